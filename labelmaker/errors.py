@@ -1,0 +1,42 @@
+"""Error classes that stages and the CLI understand.
+
+Every error a user can fix names the scene, the file and the fix; the orchestrator reads
+`error_class` to decide whether a retry can help (bad input: no; preempted: yes).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LabelmakerError(Exception):
+    """Base of all errors we raise on purpose."""
+
+    error_class = "crashed"
+    exit_code = 1
+
+
+class BadInputError(LabelmakerError):
+    """The scene's input is wrong; retrying cannot help, fixing the input can."""
+
+    error_class = "bad_input"
+    exit_code = 2
+
+    def __init__(self, scene: str, file: str | Path | None, problem: str, fix: str):
+        self.scene = scene
+        self.file = str(file) if file is not None else None
+        self.problem = problem
+        self.fix = fix
+        where = f" file '{self.file}':" if self.file else ""
+        super().__init__(f"scene '{scene}':{where} {problem}. Fix: {fix}")
+
+
+class StageDependencyError(LabelmakerError):
+    """A stage's input stage has not finished; run that one first."""
+
+    error_class = "dependency_failed"
+    exit_code = 3
+
+    def __init__(self, scene: str, stage: str, missing: str, fix: str):
+        self.scene = scene
+        self.stage = stage
+        super().__init__(f"scene '{scene}': stage '{stage}' needs '{missing}', which is not done. Fix: {fix}")

@@ -1,0 +1,1 @@
+"""Importers (raw captures -> workspace frames) and, later, exporters."""

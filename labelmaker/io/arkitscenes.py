@@ -1,0 +1,245 @@
+"""ARKitScenes raw videos -> CaptureIndex.
+
+Layout of one video folder (as the dataset publishes it):
+
+    <video_id>/lowres_wide/<video_id>_<ts>.png            colour (also vga_wide/, wide/)
+    <video_id>/lowres_wide_intrinsics/<video_id>_<ts>.pincam   "w h fx fy cx cy"
+    <video_id>/lowres_depth/<video_id>_<ts>.png           uint16 millimetres
+    <video_id>/confidence/<video_id>_<ts>.png             0 low, 1 medium, 2 high
+    <video_id>/lowres_wide.traj                           "ts rx ry rz tx ty tz", world-to-camera
+    <video_id>/<video_id>_3dod_mesh.ply                   ARKit's mesh of the scene
+    metadata.csv (beside or above the video folder)       video_id, ..., sky_direction
+
+The traj is sampled at ~10 Hz at other times than the frames; we interpolate. World is z-up.
+sky_direction in metadata.csv is known to be wrong for some videos, so the upright rotation is
+computed from the poses (see geometry.upright_rotations); the metadata value is only checked
+for validity and recorded next to what the poses say.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..geometry import axis_angle_to_transforms, interpolate_poses
+from .capture import CaptureIndex, FrameRecord, ImportConfig
+from .registry import Importer, register_importer
+
+log = logging.getLogger(__name__)
+
+SKY_DIRECTIONS = ("Up", "Down", "Left", "Right")
+# What each valid sky_direction implies for the upright quarter turns (geometry convention).
+SKY_TO_UPRIGHT = {"Up": 0, "Down": 2, "Left": 3, "Right": 1}
+COLOR_STREAMS = ("lowres_wide", "vga_wide", "wide")
+
+
+@dataclass
+class ArkitScenesConfig(ImportConfig):
+    source: str = "arkitscenes"
+    color: str = "lowres_wide"  # lowres_wide | vga_wide | wide
+    max_pose_gap_s: float = 0.1  # drop frames farther than this from the nearest traj sample
+    depth_match_tolerance_s: float = 0.02  # vga_wide/wide frames take the lowres depth this close in time
+    metadata_csv: str | None = None  # None: look for metadata.csv in the video folder and the two above
+
+
+def _timestamp(path: Path) -> float:
+    return float(path.stem.rsplit("_", 1)[-1])
+
+
+def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps (M,) and world-to-camera transforms (M,4,4) from a .traj file."""
+    if not path.exists():
+        raise BadInputError(scene, path, "camera trajectory is missing", "download the video's lowres_wide.traj asset")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 7 or not np.all(np.isfinite(values)):
+            raise BadInputError(
+                scene, path, f"line {lineno} is not 7 finite numbers 'ts rx ry rz tx ty tz': {line.strip()[:80]!r}",
+                "re-download lowres_wide.traj",
+            )
+        rows.append(values)
+    if len(rows) < 2:
+        raise BadInputError(scene, path, f"trajectory has {len(rows)} pose(s), at least 2 are needed", "re-download lowres_wide.traj")
+    data = np.array(rows)
+    return data[:, 0], axis_angle_to_transforms(data[:, 1:4], data[:, 4:7])
+
+
+def read_pincam(path: Path, scene: str) -> tuple[tuple[int, int], np.ndarray]:
+    try:
+        w, h, fx, fy, cx, cy = (float(v) for v in path.read_text().split())
+    except (ValueError, OSError) as err:
+        raise BadInputError(scene, path, f"intrinsics file is not 'w h fx fy cx cy' ({err})", "re-download the intrinsics asset") from None
+    if not all(np.isfinite([w, h, fx, fy, cx, cy])) or fx <= 0 or fy <= 0:
+        raise BadInputError(scene, path, "intrinsics are not finite positive numbers", "re-download the intrinsics asset")
+    return (int(w), int(h)), np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+
+
+def find_metadata(video_dir: Path, cfg: ArkitScenesConfig) -> Path | None:
+    if cfg.metadata_csv:
+        path = Path(cfg.metadata_csv)
+        if not path.exists():
+            raise BadInputError(video_dir.name, path, "metadata.csv given in the config does not exist", "fix data.metadata_csv")
+        return path
+    for folder in (video_dir, video_dir.parent, video_dir.parent.parent):
+        if (folder / "metadata.csv").exists():
+            return folder / "metadata.csv"
+    return None
+
+
+def read_sky_direction(path: Path, video_id: str) -> str | None:
+    """The video's sky_direction from metadata.csv; None if the video has no row or 'NA'."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise BadInputError(video_id, path, f"metadata.csv cannot be read ({err})", "re-download metadata.csv") from None
+    if rows and "sky_direction" not in rows[0]:
+        raise BadInputError(video_id, path, "metadata.csv has no sky_direction column", "use the dataset's metadata.csv")
+    for row in rows:
+        if str(row.get("video_id", "")).strip() == video_id:
+            sky = (row.get("sky_direction") or "").strip()
+            if sky in ("", "NA"):
+                return None
+            if sky not in SKY_DIRECTIONS:
+                raise BadInputError(
+                    video_id, path, f"unknown sky_direction {sky!r} (expected one of {', '.join(SKY_DIRECTIONS)} or NA)",
+                    "correct the video's row in metadata.csv",
+                )
+            return sky
+    return None
+
+
+def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
+    video_dir = Path(video_dir)
+    scene = video_dir.name
+    if not video_dir.is_dir():
+        raise BadInputError(scene, video_dir, "video folder does not exist", "pass the path of an ARKitScenes <video_id> folder")
+    if cfg.color not in COLOR_STREAMS:
+        raise BadInputError(scene, None, f"unknown colour stream {cfg.color!r}", f"set data.color to one of {COLOR_STREAMS}")
+
+    color_dir = video_dir / cfg.color
+    colors = sorted(color_dir.glob("*.png")) if color_dir.is_dir() else []
+    if not colors:
+        raise BadInputError(scene, color_dir, "no colour frames (folder missing or empty)", f"download the video's {cfg.color} asset")
+    depth_dir = video_dir / "lowres_depth"
+    depths = sorted(depth_dir.glob("*.png")) if depth_dir.is_dir() else []
+    if not depths:
+        raise BadInputError(scene, depth_dir, "no depth frames (folder missing or empty)", "download the video's lowres_depth asset")
+    traj_t, traj_T = read_traj(video_dir / "lowres_wide.traj", scene)
+
+    metadata = find_metadata(video_dir, cfg)
+    sky = read_sky_direction(metadata, scene) if metadata else None
+
+    mesh_path = video_dir / f"{scene}_3dod_mesh.ply"
+    mesh_vertices = check_mesh(mesh_path, scene) if mesh_path.exists() else 0
+    color_t = np.array([_timestamp(p) for p in colors])
+    depth_t = np.array([_timestamp(p) for p in depths])
+    dropped: dict[str, int] = {}
+
+    # Pair each colour frame with a depth frame (same stem for lowres, nearest time otherwise).
+    order = np.argsort(depth_t)
+    depth_t, depths = depth_t[order], [depths[i] for i in order]
+    j = _nearest(depth_t, color_t)
+    tolerance = 1e-4 if cfg.color == "lowres_wide" else cfg.depth_match_tolerance_s
+    has_depth = np.abs(depth_t[j] - color_t) <= tolerance
+    dropped["no_depth"] = int((~has_depth).sum())
+
+    T_cw, ok, reason = interpolate_poses(traj_t, traj_T, color_t, cfg.max_pose_gap_s)
+    dropped["outside_trajectory"] = int((has_depth & (reason == "outside")).sum())
+    dropped["pose_gap"] = int((has_depth & (reason == "gap")).sum())
+
+    conf_dir = video_dir / "confidence"
+    intr_dir = video_dir / f"{cfg.color}_intrinsics"
+    frames: list[FrameRecord] = []
+    missing_intrinsics = 0
+    for i in np.flatnonzero(has_depth & ok):
+        color_path, depth_path = colors[i], depths[j[i]]
+        pincam = intr_dir / f"{color_path.stem}.pincam"
+        if not pincam.exists():
+            missing_intrinsics += 1
+            continue
+        _, K = read_pincam(pincam, scene)
+        conf_path = conf_dir / depth_path.name
+        frames.append(
+            FrameRecord(
+                name=color_path.stem,
+                timestamp=float(color_t[i]),
+                color_path=color_path,
+                depth_path=depth_path,
+                confidence_path=conf_path if conf_path.exists() else None,
+                K_color=K,
+                K_depth=_lowres_depth_K(video_dir, depth_path, K, scene, cfg),
+                T_cw=T_cw[i],
+            )
+        )
+    dropped["no_intrinsics"] = missing_intrinsics
+    kept = len(frames)
+    log.info("scene %s: %d of %d colour frames kept; dropped %s", scene, kept, len(colors), dropped)
+    if not frames:
+        raise BadInputError(
+            scene, video_dir / "lowres_wide.traj",
+            f"none of the {len(colors)} frames has depth, intrinsics and a pose within {cfg.max_pose_gap_s}s of the trajectory "
+            f"(dropped: {dropped})",
+            "check that lowres_wide.traj, lowres_depth and the intrinsics belong to this video, or raise data.max_pose_gap_s",
+        )
+    return CaptureIndex(
+        scene=scene,
+        source="arkitscenes",
+        input_dir=video_dir,
+        frames=frames,
+        world_up=np.array([0.0, 0.0, 1.0]),
+        dropped=dropped,
+        info={
+            "sky_direction_metadata": sky,
+            "metadata_csv": str(metadata) if metadata else None,
+            "source_mesh": str(mesh_path) if mesh_path.exists() else None,
+            "source_mesh_vertices": mesh_vertices,
+            "color_stream": cfg.color,
+        },
+    )
+
+
+def _nearest(sorted_times: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of `sorted_times` for each query time."""
+    right = np.clip(np.searchsorted(sorted_times, query), 0, len(sorted_times) - 1)
+    left = np.clip(right - 1, 0, len(sorted_times) - 1)
+    return np.where(np.abs(sorted_times[left] - query) <= np.abs(sorted_times[right] - query), left, right)
+
+
+def check_mesh(path: Path, scene: str) -> int:
+    """Read a mesh to make sure later stages can; returns its vertex count."""
+    import open3d as o3d
+
+    try:
+        mesh = o3d.io.read_triangle_mesh(str(path))
+    except Exception as err:  # open3d raises RuntimeError or plain Exception
+        raise BadInputError(scene, path, f"mesh cannot be read ({err})", "re-download the mesh asset or delete it") from None
+    if len(mesh.vertices) == 0:
+        raise BadInputError(scene, path, "mesh cannot be read or has no vertices", "re-download the mesh asset or delete it")
+    return len(mesh.vertices)
+
+
+def _lowres_depth_K(video_dir: Path, depth_path: Path, K_color: np.ndarray, scene: str, cfg: ArkitScenesConfig) -> np.ndarray:
+    """lowres_depth shares lowres_wide's intrinsics; for other colour streams read those."""
+    if cfg.color == "lowres_wide":
+        return K_color
+    pincam = video_dir / "lowres_wide_intrinsics" / f"{depth_path.stem}.pincam"
+    if not pincam.exists():
+        raise BadInputError(scene, pincam, "lowres intrinsics for a depth frame are missing", "download the lowres_wide_intrinsics asset")
+    return read_pincam(pincam, scene)[1]
+
+
+register_importer(
+    Importer("arkitscenes", ArkitScenesConfig, index_arkitscenes, "ARKitScenes raw video folder (lowres_wide, lowres_depth, traj)")
+)

@@ -1,0 +1,86 @@
+"""Triangle meshes as plain arrays, and reading/writing them.
+
+We write binary PLY ourselves (numpy, one structured array per element) so that exporters can
+add vertex properties such as `label`; reading other formats (OBJ, ARKit's PLY) goes through
+open3d.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class MeshArrays:
+    vertices: np.ndarray  # (V,3) float32, world metres
+    triangles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))  # (F,3)
+    colors: np.ndarray | None = None  # (V,3) uint8
+    normals: np.ndarray | None = None  # (V,3) float32
+
+    def __len__(self) -> int:
+        return len(self.vertices)
+
+
+def empty_mesh() -> MeshArrays:
+    return MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32))
+
+
+_PLY_TYPES = {
+    ("f", 4): "float", ("f", 8): "double", ("u", 1): "uchar", ("i", 1): "char",
+    ("u", 2): "ushort", ("i", 2): "short", ("u", 4): "uint", ("i", 4): "int",
+}
+
+
+def _ply_type(dtype) -> str:
+    dt = np.dtype(dtype)
+    try:
+        return _PLY_TYPES[(dt.kind, dt.itemsize)]
+    except KeyError:
+        raise ValueError(f"PLY has no type for {dt}; cast to a 32-bit type first") from None
+
+
+def write_ply(path: Path, mesh: MeshArrays, vertex_properties: dict[str, np.ndarray] | None = None) -> None:
+    """Binary little-endian PLY with positions, optional normals/colours/extra properties, faces."""
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    columns = [mesh.vertices[:, 0], mesh.vertices[:, 1], mesh.vertices[:, 2]]
+    if mesh.normals is not None:
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+        columns += [mesh.normals[:, i] for i in range(3)]
+    if mesh.colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        columns += [mesh.colors[:, i] for i in range(3)]
+    for name, values in (vertex_properties or {}).items():
+        values = np.asarray(values)
+        fields.append((name, values.dtype.newbyteorder("<").str))
+        columns.append(values)
+    vertex = np.empty(len(mesh.vertices), dtype=fields)
+    for (name, _), col in zip(fields, columns):
+        vertex[name] = col
+    faces = np.empty(len(mesh.triangles), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    faces["n"] = 3
+    faces["i"] = mesh.triangles
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertex)}"]
+    header += [f"property {_ply_type(t)} {n}" for n, t in fields]
+    header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
+    with open(path, "wb") as fh:
+        fh.write(("\n".join(header) + "\n").encode("ascii"))
+        fh.write(vertex.tobytes())
+        fh.write(faces.tobytes())
+
+
+def read_mesh(path: Path) -> MeshArrays:
+    """Read a triangle mesh (PLY, OBJ, ...) with open3d; colours come back as uint8."""
+    import open3d as o3d
+
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    colors = np.asarray(mesh.vertex_colors)
+    normals = np.asarray(mesh.vertex_normals)
+    return MeshArrays(
+        vertices=vertices,
+        triangles=np.asarray(mesh.triangles, dtype=np.int32),
+        colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
+        normals=normals.astype(np.float32) if len(normals) else None,
+    )

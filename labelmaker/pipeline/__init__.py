@@ -1,0 +1,1 @@
+"""Stages, their records and (later) the executors that run them."""

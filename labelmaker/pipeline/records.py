@@ -1,0 +1,131 @@
+"""Stage records: run a stage body so that only a finished run leaves a done-record.
+
+A record says running / done / failed, the attempt number, the hash of the config and of the
+inputs, package versions, host, timings, and for failures the error class and message. A stage
+is skipped when its done-record matches the current config and input hashes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Callable
+
+from ..errors import LabelmakerError
+from ..workspace import Workspace
+
+_VERSIONED = ("labelmaker", "numpy", "open3d-cpu", "open3d", "h5py", "torch", "scipy")
+
+
+def stable_hash(data) -> str:
+    """A short hash of JSON-able data, independent of dict order."""
+    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageOutcome:
+    record: dict
+    skipped: bool
+
+
+def run_stage(
+    ws: Workspace,
+    stage: str,
+    config: dict,
+    input_hash: str | Callable[[], str],
+    body: Callable[[], dict],
+    force: bool = False,
+) -> StageOutcome:
+    """Run `body` as stage `stage` of workspace `ws` unless an up-to-date done-record exists.
+
+    `input_hash` may be a function when finding the inputs can itself fail on bad input (an
+    importer reading its source): such a failure is then recorded like any other.
+    `body` returns a summary dict, stored in the done-record; it may carry an `output_hash`
+    that downstream stages use as their input hash.
+    """
+    cfg_hash = stable_hash(config)
+    previous = ws.read_state(stage) or {}
+    if callable(input_hash):
+        try:
+            input_hash = input_hash()
+        except LabelmakerError as err:
+            base = {"stage": stage, "scene": ws.scene, "attempt": int(previous.get("attempt", 0)) + 1, "config_hash": cfg_hash}
+            ws.create()
+            _record_failure(ws, stage, base, time.perf_counter(), err.error_class, str(err))
+            raise
+    if (
+        not force
+        and previous.get("status") == "done"
+        and previous.get("config_hash") == cfg_hash
+        and previous.get("input_hash") == input_hash
+    ):
+        return StageOutcome(previous, skipped=True)
+
+    record = {
+        "stage": stage,
+        "scene": ws.scene,
+        "status": "running",
+        "attempt": int(previous.get("attempt", 0)) + 1,
+        "config_hash": cfg_hash,
+        "input_hash": input_hash,
+        "config": config,
+        "versions": package_versions(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _now(),
+    }
+    ws.create()
+    # Replaces any old done-record first: from here on the outputs may be half replaced.
+    ws.write_state(stage, record)
+    t0 = time.perf_counter()
+    try:
+        summary = body()
+    except LabelmakerError as err:
+        _record_failure(ws, stage, record, t0, err.error_class, str(err))
+        raise
+    except MemoryError as err:
+        _record_failure(ws, stage, record, t0, "out_of_memory", str(err) or "out of memory")
+        raise
+    except Exception as err:
+        _record_failure(ws, stage, record, t0, "crashed", f"{type(err).__name__}: {err}")
+        raise
+    record.update(
+        status="done",
+        ended=_now(),
+        seconds=round(time.perf_counter() - t0, 3),
+        summary=summary,
+        output_hash=summary.get("output_hash", stable_hash(summary)),
+    )
+    ws.write_state(stage, record)
+    return StageOutcome(record, skipped=False)
+
+
+def _record_failure(ws: Workspace, stage: str, record: dict, t0: float, error_class: str, message: str):
+    record.update(
+        status="failed",
+        ended=_now(),
+        seconds=round(time.perf_counter() - t0, 3),
+        error_class=error_class,
+        error=message,
+    )
+    ws.write_state(stage, record)

@@ -1,0 +1,80 @@
+"""The per-scene stages: thin shells that read the workspace, call the core, write the workspace."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import BadInputError, StageDependencyError
+from ..fusion import FusionConfig, TSDFVolume, iter_frames
+from ..io.capture import ImportConfig, write_capture
+from ..io.registry import get_importer
+from ..workspace import Workspace
+from .records import StageOutcome, run_stage, stable_hash
+
+
+def _as_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `import`: index the raw capture, then write frame shards (resuming finished ones)."""
+    importer = get_importer(cfg.source)
+    input_dir = Path(input_dir).resolve()
+    config = _as_dict(cfg)
+    config_hash = stable_hash(config)
+
+    index = None
+
+    def input_hash() -> str:
+        # Indexing is cheap (file names, poses); its result is the stage's input identity.
+        nonlocal index
+        index = importer.index(input_dir, cfg)
+        return stable_hash([str(input_dir), [(f.name, f.timestamp, f.T_cw.round(9).tolist()) for f in index.frames]])
+
+    def body() -> dict:
+        with tqdm(total=len(index.frames), desc=f"import {index.scene}", unit="frame", disable=not progress) as bar:
+            return write_capture(index, ws, cfg, config_hash, progress=bar.update)
+
+    return run_stage(ws, "import", config, input_hash, body, force=force)
+
+
+def _require_done(ws: Workspace, stage: str, needed: str, fix: str) -> dict:
+    record = ws.read_state(needed)
+    if not record or record.get("status") != "done":
+        raise StageDependencyError(ws.scene, stage, needed, fix)
+    return record
+
+
+def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `fuse`: TSDF-fuse the imported frames into mesh.ply."""
+    imported = _require_done(ws, "fuse", "import", f"run 'labelmaker import ... {ws.root}' first")
+    n_frames = int(imported["summary"]["n_frames"])
+
+    def body() -> dict:
+        volume = TSDFVolume(cfg)
+        total = len(range(0, n_frames, max(1, cfg.frame_step)))
+        with tqdm(total=total, desc=f"fuse {ws.scene}", unit="frame", disable=not progress) as bar:
+            for frame in iter_frames(ws.iter_frame_shards(), cfg.frame_step):
+                volume.integrate(*frame)
+                bar.update(1)
+        mesh = volume.extract_mesh()
+        if len(mesh) == 0:
+            raise BadInputError(
+                ws.scene, None,
+                f"TSDF fusion of {volume.frames_integrated} frames produced an empty mesh",
+                "check the depth (units, confidence threshold) and lower fusion.weight_threshold or raise fusion.depth_max_m",
+            )
+        ws.write_mesh(mesh)
+        return {
+            "vertices": len(mesh),
+            "triangles": int(len(mesh.triangles)),
+            "frames_integrated": volume.frames_integrated,
+            "voxel_blocks": volume.block_count,
+            "device": str(volume.device),
+            "bounds_min": mesh.vertices.min(axis=0).round(3).tolist(),
+            "bounds_max": mesh.vertices.max(axis=0).round(3).tolist(),
+        }
+
+    return run_stage(ws, "fuse", _as_dict(cfg), imported["output_hash"], body, force=force)

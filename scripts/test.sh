@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install (once) and run the whole test suite, slow tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh cpu,test
+exec .venv/bin/python -m pytest "$@"

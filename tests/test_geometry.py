@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from labelmaker.geometry import (
+    camera_centres,
+    interpolate_poses,
+    invert_transforms,
+    make_transforms,
+    rotation_angle_deg,
+    upright_rotations,
+)
+
+
+def _random_T(rng, n):
+    return make_transforms(Rotation.random(n, random_state=rng.integers(1 << 31)).as_matrix(), rng.normal(size=(n, 3)))
+
+
+def test_invert_transforms_is_inverse():
+    rng = np.random.default_rng(0)
+    T = _random_T(rng, 5)
+    assert np.allclose(invert_transforms(T) @ T, np.eye(4), atol=1e-12)
+
+
+def test_interpolation_hits_samples_and_flags_gaps():
+    rng = np.random.default_rng(1)
+    times = np.array([0.0, 0.1, 0.2, 0.5])
+    T = _random_T(rng, 4)
+    out, ok, reason = interpolate_poses(times, T, np.array([0.1, 0.15, 0.35, 0.6, -0.01]), max_gap=0.1)
+    assert np.allclose(out[0], T[1], atol=1e-9)
+    assert ok.tolist() == [True, True, False, False, False]
+    assert reason.tolist() == ["", "", "gap", "outside", "outside"]
+
+
+def test_interpolation_moves_camera_centre_linearly():
+    # Two poses with the same centre and different orientations: the centre must not move.
+    R = Rotation.from_euler("z", [[0], [90]], degrees=True).as_matrix()
+    centre = np.array([1.0, 2.0, 3.0])
+    T_wc = make_transforms(R, np.stack([centre, centre]))
+    out, ok, _ = interpolate_poses(np.array([0.0, 1.0]), invert_transforms(T_wc), np.array([0.5]), max_gap=1.0)
+    assert ok.all()
+    assert np.allclose(camera_centres(out)[0], centre)
+    assert rotation_angle_deg(out[0, :3, :3], invert_transforms(T_wc)[0, :3, :3]) == pytest.approx(45.0)
+
+
+@pytest.mark.parametrize(
+    "roll_deg, expected_k",
+    [(0, 0), (180, 2), (90, None), (-90, None)],
+)
+def test_upright_rotation_puts_gravity_down_in_the_image(roll_deg, expected_k):
+    """Roll an upright camera; the returned k must rotate a gravity arrow to the image bottom."""
+    # Camera looking along world +y, world z up: OpenCV camera y (down) = world -z.
+    R_wc = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
+    roll = Rotation.from_euler("z", roll_deg, degrees=True).as_matrix()
+    T_cw = invert_transforms(make_transforms((R_wc @ roll)[None], np.zeros((1, 3))))
+    k = int(upright_rotations(T_cw, np.array([0, 0, 1.0]))[0])
+    if expected_k is not None:
+        assert k == expected_k
+    # Paint the image row band where gravity points, rotate by k, it must end at the bottom.
+    g = T_cw[0, :3, :3] @ np.array([0, 0, -1.0])
+    img = np.zeros((9, 9))
+    img[4 + int(np.rint(4 * g[1])), 4 + int(np.rint(4 * g[0]))] = 1
+    rotated = np.rot90(img, k)
+    r, c = np.argwhere(rotated == 1)[0]
+    assert (r, c) == (8, 4)
