@@ -114,6 +114,18 @@ class Workspace:
             "state": str(self.root / STATE_DIR),
         }
 
+    def remove_stale_temporaries(self, output: str) -> int:
+        """Delete temporaries a killed writer left behind for `output` ("frames" or "mesh").
+
+        Scoped per output so that stages of one scene running side by side never delete each
+        other's files in flight.
+        """
+        pattern = {"frames": f"{FRAMES_DIR}/.shard-*.tmp-*", "mesh": f".{Path(MESH_FILE).stem}.tmp-*"}[output]
+        stale = list(self.root.glob(pattern))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     # -- scene metadata ---------------------------------------------------------------------
     def write_scene_meta(self, meta: dict) -> None:
         write_json_atomic(self.root / SCENE_FILE, meta)

@@ -172,6 +172,7 @@ def write_capture(
     fingerprint matches what would be written now is kept, so a killed import resumes at
     shard granularity.
     """
+    ws.remove_stale_temporaries("frames")
     frames = select_frames(index, cfg)
     upright = upright_rotations(np.stack([f.T_cw for f in frames]), index.world_up)
     decoder = _FrameDecoder(index, cfg)

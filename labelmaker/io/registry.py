@@ -36,4 +36,4 @@ def get_importer(name: str) -> Importer:
 
 def _load_builtin() -> None:
     """Import the built-in importer modules, which register themselves."""
-    from . import arkitscenes  # noqa: F401
+    from . import arkitscenes, posed_rgbd, scanner3d  # noqa: F401

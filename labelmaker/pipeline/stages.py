@@ -53,6 +53,7 @@ def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: 
     n_frames = int(imported["summary"]["n_frames"])
 
     def body() -> dict:
+        ws.remove_stale_temporaries("mesh")
         volume = TSDFVolume(cfg)
         total = len(range(0, n_frames, max(1, cfg.frame_step)))
         with tqdm(total=total, desc=f"fuse {ws.scene}", unit="frame", disable=not progress) as bar:

@@ -1,0 +1,59 @@
+"""Typed configs for Hydra: one dataclass per component, composed into LabelmakerConfig.
+
+The YAML files in configs/ set the values; these classes are their schema, so a misspelt key
+or a wrong type is an error at start-up instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from .fusion import FusionConfig
+from .io.registry import IMPORTERS, get_importer
+from .synthetic import SynthConfig
+
+
+@dataclass
+class DemoConfig:
+    out_dir: str = "demo_output"  # raw capture, workspace and summary go below it
+
+
+@dataclass
+class LabelmakerConfig:
+    input: Optional[str] = None  # raw capture folder (import)
+    workspace: Optional[str] = None  # the scene workspace folder
+    force: bool = False  # rerun stages even when their done-record is up to date
+    progress: bool = True  # tqdm bars (off in batch jobs)
+    data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+def config_dir() -> Path:
+    """configs/ of the source tree, or $LABELMAKER_CONFIG_DIR."""
+    env = os.environ.get("LABELMAKER_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def register_configs() -> None:
+    get_importer("arkitscenes")  # loads the built-in importers
+    cs = ConfigStore.instance()
+    cs.store(name="labelmaker_schema", node=LabelmakerConfig)
+    for importer in IMPORTERS.values():
+        cs.store(group="data", name=f"{importer.name}_schema", node=importer.config)
+
+
+def load_config(overrides: list[str]) -> tuple[LabelmakerConfig, Any]:
+    """Compose configs/config.yaml with command-line overrides; returns (typed, raw) configs."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        raw = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_object(raw), raw
