@@ -163,7 +163,7 @@ class _Path:
     """A slow walk around an ellipse in the middle of the room, looking across it.
 
     Each wobble is (amplitude, angular frequency rad/s, phase). The rates are bounded so the
-    speed stays <= 0.3 m/s and the turn rate < 30 deg/s: interpolating a 10 Hz trajectory then
+    speed stays <= ~0.3 m/s and the turn rate < 30 deg/s: interpolating a 10 Hz trajectory then
     recovers the frame poses to well under 1 mm and 0.1 deg.
     """
 
@@ -208,7 +208,7 @@ def _path_xy(path: _Path, n: int = 90) -> np.ndarray:
     return path.centre + path.radii * np.stack([np.cos(theta), np.sin(theta)], axis=1)
 
 
-def _camera_to_world(path: _Path, roll: float, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _camera_to_world(path: _Path, sky_roll: float, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotations R_wc (N,3,3) (columns = camera axes in world) and centres (N,3) at times tau."""
     def wob(name: str) -> np.ndarray:
         amp, freq, phase = path.wobble[name]
@@ -222,30 +222,26 @@ def _camera_to_world(path: _Path, roll: float, tau: np.ndarray) -> tuple[np.ndar
     ], axis=1)
     yaw = theta + math.pi + wob("yaw")  # towards the far side of the room
     pitch = path.pitch + wob("pitch")
-    rol = roll + wob("roll")
+    roll = sky_roll + wob("roll")
     fwd = np.stack([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)], axis=1)
     right = np.stack([np.sin(yaw), -np.cos(yaw), np.zeros_like(yaw)], axis=1)
     down = np.cross(fwd, right)
-    c, s = np.cos(rol)[:, None], np.sin(rol)[:, None]
+    c, s = np.cos(roll)[:, None], np.sin(roll)[:, None]
     x_axis = c * right + s * down
     y_axis = -s * right + c * down
     return np.stack([x_axis, y_axis, fwd], axis=2), centres
 
 
-def _world_to_camera(cfg: SynthConfig, timestamps: np.ndarray) -> np.ndarray:
-    rot_wc, centres = _camera_to_world(
-        _path_params(cfg, _room_dims(cfg)), _sky_roll(cfg.sky_direction), timestamps - _timing(cfg).t0
-    )
-    poses = np.zeros((len(timestamps), 4, 4))
+def true_world_to_camera(cfg: SynthConfig, timestamps: np.ndarray) -> np.ndarray:
+    """Exact world-to-camera poses (N,4,4) at any timestamps (s), e.g. to test interpolation."""
+    tau = np.atleast_1d(np.asarray(timestamps, dtype=float)) - _timing(cfg).t0
+    path = _path_params(cfg, _room_dims(cfg))
+    rot_wc, centres = _camera_to_world(path, _sky_roll(cfg.sky_direction), tau)
+    poses = np.zeros((len(tau), 4, 4))
     poses[:, :3, :3] = rot_wc.transpose(0, 2, 1)
     poses[:, :3, 3] = -np.einsum("nij,nj->ni", poses[:, :3, :3], centres)
     poses[:, 3, 3] = 1.0
     return poses
-
-
-def true_world_to_camera(cfg: SynthConfig, timestamps: np.ndarray) -> np.ndarray:
-    """Exact world-to-camera poses (N,4,4) at any timestamps (s), e.g. to test interpolation."""
-    return _world_to_camera(cfg, np.atleast_1d(np.asarray(timestamps, dtype=float)))
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -629,6 +625,8 @@ def _furnish(layout: _Layout, rng: np.random.Generator, height: float) -> None:
 
 @dataclass
 class _SceneMesh:
+    """The whole scene as one dense triangle soup with per-vertex class, instance and colour."""
+
     verts: np.ndarray  # (n,3) world
     tris: np.ndarray  # (m,3)
     vert_class: np.ndarray  # (n,)
@@ -650,7 +648,7 @@ class _SceneMesh:
 def _build_scene(cfg: SynthConfig, dims: np.ndarray, path: _Path) -> _SceneMesh:
     rng = _rng(cfg, _STREAM_LAYOUT)
     layout = _Layout(dims, _path_xy(path), rng)
-    layout.items.append(_room(rng, dims))
+    layout.items.append(_room(rng, dims))  # the shell itself is no obstacle
     _furnish(layout, rng, dims[2])
 
     parts, instances, inst_class = [], [], [0]
@@ -868,9 +866,9 @@ def make_scene(cfg: SynthConfig, out_root: Path, progress: bool = False) -> Synt
         (video_dir / folder).mkdir(parents=True)
     sky = cfg.sky_direction if cfg.metadata_sky_direction is None else cfg.metadata_sky_direction
     _write_metadata(out_root, vid, timing.visit_id, sky)
-    _write_traj(video_dir / "lowres_wide.traj", timing.traj, _world_to_camera(cfg, timing.traj))
+    _write_traj(video_dir / "lowres_wide.traj", timing.traj, true_world_to_camera(cfg, timing.traj))
     _write_mesh(video_dir / f"{vid}_3dod_mesh.ply", mesh.verts, mesh.tris, mesh.vertex_colours())
-    poses = _world_to_camera(cfg, timing.frames)
+    poses = true_world_to_camera(cfg, timing.frames)
     _write_ground_truth(gt_dir, mesh, timing.frames, poses, K)
 
     renderer = _Renderer(mesh, K, cfg.width, cfg.height)
