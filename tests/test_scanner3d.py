@@ -101,14 +101,6 @@ def _small_scan(tmp_path: Path, frames: range = range(7)) -> Path:
     return scan
 
 
-def _edit_json(path: Path, **changes) -> None:
-    data = json.loads(path.read_text())
-    data.update(changes)
-    for key in [k for k, v in changes.items() if v is None]:
-        del data[key]
-    path.write_text(json.dumps(data))
-
-
 def _break(case: str, scan: Path) -> str:
     """Damage the scan copy; return the file name the error must mention."""
     last_depth = scan / "depth_00006.png"
@@ -126,17 +118,17 @@ def _break(case: str, scan: Path) -> str:
         Image.fromarray(np.full((96, 128), 1500, dtype=np.uint16)).save(last_depth)
         return last_depth.name
     path = scan / "frame_00003.json"
+    data = json.loads(path.read_text())
     if case == "nan_pose":
-        pose = json.loads(path.read_text())["cameraPoseARFrame"]
-        pose[3] = float("nan")
-        _edit_json(path, cameraPoseARFrame=pose)
+        data["cameraPoseARFrame"][3] = float("nan")  # json.dumps writes the NaN literal
     elif case == "missing_intrinsics":
-        _edit_json(path, intrinsics=None)
-    elif case == "corrupt_json":
+        del data["intrinsics"]
+    elif case == "intrinsics_of_other_size":  # cx, cy of an image twice as large
+        data["intrinsics"][2] *= 2
+        data["intrinsics"][5] *= 2
+    path.write_text(json.dumps(data))
+    if case == "corrupt_json":
         path.write_text('{"time": 1.0, "cameraPoseARFrame": [')
-    elif case == "intrinsics_of_other_size":
-        K = json.loads(path.read_text())["intrinsics"]
-        _edit_json(path, intrinsics=[v * 2 if i in (2, 5) else v for i, v in enumerate(K)])
     return path.name
 
 

@@ -15,9 +15,10 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
 
-# A rotation block farther than this from orthonormal is not a rigid pose (file corrupt or in
-# another convention, e.g. with scale); poses from trackers are orthonormal to ~1e-6.
-RIGID_TOLERANCE = 1e-3
+# A rotation block farther than this from orthonormal is not a rigid pose but a corrupt file or
+# another convention (e.g. with scale). Trackers write near-rigid poses: ARKit's are off by
+# ~1e-7, 7-Scenes' (KinectFusion) by ~2e-4 (determinants ~0.9998).
+RIGID_TOLERANCE = 1e-2
 
 
 def files_by_frame(folder: Path, pattern: str) -> dict[int, Path]:
@@ -91,6 +92,19 @@ def non_rigid(T: np.ndarray) -> np.ndarray:
     proper = np.linalg.det(R) > 0
     last_row = np.abs(safe[:, 3] - [0, 0, 0, 1]).max(axis=1) < RIGID_TOLERANCE
     return ~(finite & orthonormal & proper & last_row)
+
+
+def nearest_rigid(T: np.ndarray) -> np.ndarray:
+    """(N,4,4) transforms with each rotation block replaced by the nearest rotation (SVD).
+
+    Source poses are only nearly rigid; downstream code inverts by transposing the rotation
+    and measures angles, which is exact only for orthonormal rotations.
+    """
+    U, _, Vt = np.linalg.svd(np.asarray(T, dtype=np.float64)[:, :3, :3])
+    out = np.array(T, dtype=np.float64, copy=True)
+    out[:, :3, :3] = U @ Vt
+    out[:, 3] = [0.0, 0.0, 0.0, 1.0]
+    return out
 
 
 def image_size(path: Path, scene: str, what: str) -> tuple[int, int]:

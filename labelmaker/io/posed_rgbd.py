@@ -31,6 +31,7 @@ from .framefiles import (
     files_by_frame,
     image_size,
     match_frames,
+    nearest_rigid,
     non_rigid,
     read_numbers,
 )
@@ -50,6 +51,7 @@ INTRINSICS_LAYOUTS = {
     "intrinsic/intrinsic_depth.txt": "intrinsic/intrinsic_color.txt",
 }
 DEFAULT_WORLD_UP = (0.0, 0.0, 1.0)  # ScanNet's world is z-up
+FRAME_NAMES = "frame-NNNNNN.{color.jpg|png,depth.png,pose.txt}"
 POSE_FIX = "write the pose as 16 numbers of a 4x4 rigid camera-to-world matrix, or delete the frame"
 
 
@@ -58,8 +60,8 @@ class PosedRgbdConfig(ImportConfig):
     source: str = "posed_rgbd"
     depth_scale: float = 1000.0  # depth file units per metre
     depth_invalid: Optional[int] = 65535  # raw depth value meaning "no depth" besides 0 (7-Scenes)
-    intrinsics_file: Optional[str] = None  # relative to the folder; None: the first of INTRINSICS_LAYOUTS that exists
-    color_intrinsics_file: Optional[str] = None  # None: ScanNet's intrinsic_color.txt beside intrinsic_depth.txt, else the depth matrix
+    intrinsics_file: Optional[str] = None  # relative to the folder; None: the first of INTRINSICS_LAYOUTS there
+    color_intrinsics_file: Optional[str] = None  # None: the layout's colour file if there, else the depth matrix
     world_up: Optional[List[float]] = None  # None: minus the vector in gravity_file if it exists, else DEFAULT_WORLD_UP
     gravity_file: str = "gravity-direction.txt"
     fps: float = 30.0  # the format stores no times: timestamp = frame number / fps
@@ -69,15 +71,17 @@ def index_posed_rgbd(folder: Path, cfg: PosedRgbdConfig) -> CaptureIndex:
     folder = Path(folder)
     scene = folder.name
     if not folder.is_dir():
-        raise BadInputError(scene, folder, "frame folder does not exist", "pass a folder of frame-NNNNNN.{color.jpg,depth.png,pose.txt}")
+        raise BadInputError(scene, folder, "frame folder does not exist", f"pass a folder of {FRAME_NAMES}")
     if not cfg.depth_scale > 0 or not cfg.fps > 0:
-        raise BadInputError(scene, None, f"depth_scale ({cfg.depth_scale}) and fps ({cfg.fps}) must be positive", "fix data.depth_scale / data.fps")
+        raise BadInputError(
+            scene, None, f"depth_scale ({cfg.depth_scale}) and fps ({cfg.fps}) must be positive", "fix data.depth_scale / data.fps"
+        )
     parts = {kind: files_by_frame(folder, pattern) for kind, pattern in FRAME_FILES.items()}
     numbers, dropped = match_frames(parts)
     if not numbers:
         raise BadInputError(
             scene, folder,
-            f"no frame has colour, depth and pose files (frame-NNNNNN.color.jpg|png, .depth.png, .pose.txt); dropped: {dropped}",
+            f"no frame has colour, depth and pose files ({FRAME_NAMES}); dropped: {dropped}",
             "pass a folder of posed RGB-D frames named like 7-Scenes / ScanNet exports",
         )
     T_wc, invalid = read_poses([parts["pose"][n] for n in numbers], scene)
@@ -88,7 +92,7 @@ def index_posed_rgbd(folder: Path, cfg: PosedRgbdConfig) -> CaptureIndex:
             "use frames with valid poses",
         )
     numbers = [n for n, bad in zip(numbers, invalid) if not bad]
-    T_cw = invert_transforms(T_wc[~invalid])
+    T_cw = invert_transforms(nearest_rigid(T_wc[~invalid]))
 
     first = numbers[0]
     depth_wh = image_size(parts["depth"][first], scene, "depth")
@@ -158,6 +162,7 @@ def read_intrinsics(
 
 
 def _intrinsics_paths(folder: Path, cfg: PosedRgbdConfig) -> tuple[Path, Path | None]:
+    """Depth and (if separate) colour intrinsics files: as configured, else a known layout."""
     if cfg.intrinsics_file:
         depth_name = cfg.intrinsics_file
     else:
@@ -187,5 +192,5 @@ def _unit(vector: np.ndarray, scene: str, path: Path | None, fix: str) -> np.nda
 
 
 register_importer(
-    Importer("posed_rgbd", PosedRgbdConfig, index_posed_rgbd, "folder of frame-NNNNNN.{color.jpg,depth.png,pose.txt} + intrinsics (7-Scenes, ScanNet export)")
+    Importer("posed_rgbd", PosedRgbdConfig, index_posed_rgbd, f"folder of {FRAME_NAMES} + intrinsics (7-Scenes, ScanNet export)")
 )

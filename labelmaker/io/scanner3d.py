@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..geometry import ARKIT_TO_OPENCV_CAMERA, invert_transforms
 from .capture import CaptureIndex, FrameRecord, ImportConfig
-from .framefiles import as_intrinsics, check_principal_point, files_by_frame, image_size, match_frames, non_rigid
+from .framefiles import as_intrinsics, check_principal_point, files_by_frame, image_size, match_frames, nearest_rigid, non_rigid
 from .images import scale_intrinsics
 from .registry import Importer, register_importer
 
@@ -92,7 +92,7 @@ def index_scanner3d(scan_dir: Path, cfg: Scanner3dConfig) -> CaptureIndex:
     for n, (_, _, K) in zip(numbers, metadata):
         check_principal_point(K, color_wh, scene, parts["pose"][n], EXPORT_FIX)
     # ARKit camera (y up, z backward) -> OpenCV camera (y down, z forward), then invert.
-    T_cw = invert_transforms(np.stack([m[1] for m in metadata]) @ ARKIT_TO_OPENCV_CAMERA)
+    T_cw = invert_transforms(nearest_rigid(np.stack([m[1] for m in metadata])) @ ARKIT_TO_OPENCV_CAMERA)
     confidences = files_by_frame(scan_dir, CONFIDENCE_FILES)
     frames = [
         FrameRecord(
