@@ -151,3 +151,36 @@ def test_subsampling_and_vga_option_validation(synth_scene_factory, tmp_path):
     assert s["n_frames"] == len(range(0, s["n_frames_indexed"], 3))
     assert main(["import", "arkitscenes", str(scene.video_dir), str(tmp_path / "v"), "data.color=vga_wide", "progress=false"]) == 2
     assert main(["import", "arkitscenes", str(scene.video_dir), str(tmp_path / "v"), "data.colr=x"]) == 2  # typo in a key
+
+
+def test_vga_colour_stream_with_depth_resampled(synth_scene_factory, tmp_path):
+    """vga_wide frames (other size, other timestamps) get lowres depth resampled into them."""
+    from PIL import Image
+
+    from labelmaker.io.images import scale_intrinsics
+
+    scene = synth_scene_factory(tmp_path, seed=5, n_frames=12)
+    vga, vga_k = scene.video_dir / "vga_wide", scene.video_dir / "vga_wide_intrinsics"
+    vga.mkdir()
+    vga_k.mkdir()
+    for png in sorted((scene.video_dir / "lowres_wide").glob("*.png")):
+        stem, ts = png.stem.rsplit("_", 1)
+        shifted = f"{stem}_{float(ts) + 0.004:.3f}"  # the vga stream is stamped a little apart
+        Image.open(png).resize((640, 480), Image.Resampling.BILINEAR).save(vga / f"{shifted}.png")
+        w, h, fx, fy, cx, cy = map(float, (scene.video_dir / "lowres_wide_intrinsics" / f"{png.stem}.pincam").read_text().split())
+        K = scale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), (256, 192), (640, 480))
+        (vga_k / f"{shifted}.pincam").write_text(f"640 480 {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
+
+    ws = Workspace(tmp_path / "ws")
+    s = import_scene(scene.video_dir, ws, ArkitScenesConfig(color="vga_wide", resize_depth_to_color=True), progress=False)
+    summary = s.record["summary"]
+    assert summary["color_size"] == [640, 480] and summary["depth_size"] == [640, 480]
+    batch = ws.read_frame_shard(0)
+    assert np.allclose(batch.K_color, batch.K_depth)
+    lowres = Workspace(tmp_path / "ws_lowres")
+    import_scene(scene.video_dir, lowres, ArkitScenesConfig(), progress=False)
+    small = lowres.read_frame_shard(0)
+    # Nearest resampling: every vga depth value is a lowres depth value of the same frame.
+    assert (batch.depth[0] > 0).mean() > 0.5
+    assert np.isin(batch.depth[0], small.depth[0]).all()
+    assert abs(np.median(batch.depth[0][batch.depth[0] > 0]) - np.median(small.depth[0][small.depth[0] > 0])) < 30
