@@ -23,7 +23,8 @@ fi
 stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing labelmaker[$extras] into .venv (first time: about a minute)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
+  # (filters out pip's notes about find-links folders this machine's pip config names but lacks)
+  .venv/bin/python -m pip install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]" 2> >(grep -v "is ignored: it is neither" >&2)
   touch "$stamp"
 fi

@@ -30,3 +30,28 @@ def synth_scene_factory(tmp_path_factory):
         )
 
     return make
+
+
+@pytest.fixture
+def fails_cleanly_then_recovers(tmp_path):
+    """Import a damaged copy of a capture: a clear BadInputError and a failed record; then
+    restore the copy and import again: done. Returns the successful import's summary."""
+    from labelmaker.errors import BadInputError
+    from labelmaker.pipeline.stages import import_scene
+    from labelmaker.workspace import Workspace
+
+    def check(folder: Path, pristine: Path, cfg, must_mention: list[str]) -> dict:
+        ws = Workspace(tmp_path / "ws_checked")
+        with pytest.raises(BadInputError) as err:
+            import_scene(folder, ws, cfg, progress=False)
+        message = str(err.value)
+        assert all(text in message for text in must_mention) and "Fix:" in message, message
+        assert not ws.is_done("import")
+        assert ws.read_state("import")["status"] == "failed"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(pristine, folder)
+        summary = import_scene(folder, ws, cfg, progress=False).record["summary"]
+        assert ws.is_done("import")
+        return summary
+
+    return check
