@@ -2,6 +2,7 @@
 
     labelmaker import arkitscenes <video dir> <workspace> [key=value ...]
     labelmaker fuse <workspace> [key=value ...]
+    labelmaker run <capture dir> <workspace> [--pred SPACE=FOLDER ...] [key=value ...]
     labelmaker synth <out dir> [synth.seed=3 synth.sky_direction=Left ...]
     labelmaker demo [out dir] [key=value ...]
 
@@ -42,7 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("out_dir")
     synth.add_argument("overrides", nargs="*")
 
-    demo = sub.add_parser("demo", help="synthetic scene -> import -> fused mesh, with a summary")
+    run = sub.add_parser("run", help="one scene through every stage (import ... lift, export, evaluate, report)")
+    run.add_argument("input", help="the capture folder (its layout: data=arkitscenes|scanner3d|posed_rgbd)")
+    run.add_argument("workspace", help="the scene workspace folder")
+    run.add_argument("--pred", action="append", default=[], metavar="SPACE=FOLDER",
+                     help="a folder of precomputed per-frame label PNGs in label space SPACE (repeatable)")
+    run.add_argument("overrides", nargs="*")
+
+    demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
     demo.add_argument("overrides", nargs="*")
     return p
@@ -119,6 +127,38 @@ def cmd_synth(args) -> None:
     )
 
 
+def _precomputed_models(preds: list[str]) -> dict:
+    """`--pred ade20k=/some/folder` -> a precomputed model entry for segment.models."""
+    from .segmenters import ModelConfig
+
+    models = {}
+    for i, spec in enumerate(preds, start=1):
+        space, sep, folder = spec.partition("=")
+        if not sep or not space or not folder:
+            raise LabelmakerError(f"--pred {spec!r}: expected SPACE=FOLDER, e.g. --pred ade20k=/preds/mask2former/scene0")
+        models[f"pred{i}_{space}"] = ModelConfig(kind="precomputed", label_space=space, path=str(Path(folder).resolve()))
+    return models
+
+
+def cmd_run(args) -> None:
+    from .pipeline.run import run_scene
+    from .workspace import Workspace
+
+    overrides = list(args.overrides)
+    cfg, raw = _load(overrides, _precomputed_models(args.pred))
+    ws = Workspace(args.workspace)
+    t0 = time.perf_counter()
+    done = run_scene(cfg, args.input, ws)
+    _record_run(ws.root, "run", raw, [*(f"--pred {p}" for p in args.pred), *overrides])
+    lines = {stage: "up to date" if o.skipped else f"done in {o.record.get('seconds', 0):.1f}s" for stage, o in done.items()}
+    if "evaluate" in done:
+        lines["3D mIoU"] = done["evaluate"].record["summary"]["miou_3d"]
+    for key in ("labels_ply", "labels_scannet200", "pointcept", "preview"):
+        if ws.output_path(key).exists():
+            lines[key] = ws.output_path(key)
+    _print_summary(f"run done: scene {ws.scene} in {time.perf_counter() - t0:.1f}s", lines)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -126,6 +166,8 @@ def cmd_demo(args) -> None:
     if args.out_dir and "=" in args.out_dir:  # `labelmaker demo key=value` without an out dir
         overrides.insert(0, args.out_dir)
         args.out_dir = None
+    if not any(o.startswith("models=") for o in overrides):
+        overrides = ["models=simulated", "evaluate.baselines=true", *overrides]
     cfg, raw = _load(overrides)
     out_dir = Path(args.out_dir or cfg.demo.out_dir)
     result = run_demo(cfg, out_dir)
@@ -133,17 +175,24 @@ def cmd_demo(args) -> None:
     _print_summary(result["title"], result["lines"])
 
 
-def _load(overrides: list[str]):
+def _load(overrides: list[str], models: dict | None = None):
     from .config import load_config
 
-    return load_config(overrides)
+    return load_config(overrides, models)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "synth": cmd_synth, "demo": cmd_demo}
+COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options such as --pred; anything else is a mistake
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         COMMANDS[args.command](args)

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, OmegaConf, open_dict
 
+from .consensus import ConsensusConfig
 from .fusion import FusionConfig
 from .io.registry import IMPORTERS, get_importer
+from .pipeline.eval_stages import EvaluateConfig
+from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
+from .segmenters import ModelConfig
 from .synthetic import SynthConfig
 
 
@@ -31,6 +35,11 @@ class LabelmakerConfig:
     progress: bool = True  # tqdm bars (off in batch jobs)
     data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    lift: LiftStageConfig = field(default_factory=LiftStageConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -49,11 +58,16 @@ def register_configs() -> None:
         cs.store(group="data", name=f"{importer.name}_schema", node=importer.config)
 
 
-def load_config(overrides: list[str]) -> tuple[LabelmakerConfig, Any]:
-    """Compose configs/config.yaml with command-line overrides; returns (typed, raw) configs."""
+def load_config(overrides: list[str], models: dict[str, ModelConfig] | None = None) -> tuple[LabelmakerConfig, Any]:
+    """Compose configs/config.yaml with command-line overrides, plus `models` added to
+    segment.models (the CLI's --pred; Hydra overrides cannot add typed dict entries);
+    returns (typed, raw) configs."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         raw = compose(config_name="config", overrides=overrides)
+    with open_dict(raw.segment.models):
+        for name, model in (models or {}).items():
+            raw.segment.models[name] = OmegaConf.structured(model)
     return OmegaConf.to_object(raw), raw

@@ -1,4 +1,4 @@
-"""`labelmaker demo`: a synthetic scene through import and fusion, checked against its truth."""
+"""`labelmaker demo`: a synthetic scene through the whole pipeline, checked against its truth."""
 from __future__ import annotations
 
 import time
@@ -9,7 +9,7 @@ import numpy as np
 from .config import LabelmakerConfig
 from .geometry import camera_centres, rotation_angle_deg
 from .mesh import read_mesh
-from .pipeline.stages import fuse_scene, import_scene
+from .pipeline.run import run_scene
 from .synthetic import make_scene
 from .workspace import Workspace
 
@@ -40,28 +40,39 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     scene = make_scene(cfg.synth, out_dir / "raw", progress=cfg.progress)
     ws = Workspace(out_dir / "workspace" / scene.video_id)
-    imported = import_scene(scene.video_dir, ws, cfg.data, force=cfg.force, progress=cfg.progress).record["summary"]
-    fused = fuse_scene(ws, cfg.fusion, force=cfg.force, progress=cfg.progress).record["summary"]
+    done = run_scene(cfg, scene.video_dir, ws)
+    imported = done["import"].record["summary"]
+    fused = done["fuse"].record["summary"]
 
     mesh = ws.read_mesh()
     dist = surface_distances(mesh.vertices, scene.gt_dir / "mesh.ply")
     max_pos, max_rot = pose_errors(ws, scene.gt_dir / "poses.npz")
-    upright = imported["upright_counts"]
+    lines = {
+        "frames": f"{imported['n_frames']} imported of {imported['n_frames_indexed']} "
+        f"(dropped: {', '.join(f'{k}={v}' for k, v in imported['dropped'].items())})",
+        "poses": f"interpolated from the traj; worst error {max_pos * 1000:.2f} mm, {max_rot:.3f} deg",
+        "upright turns": f"{imported['upright_counts']} (frames per quarter-turn count)",
+        "mesh": f"{fused['vertices']} vertices, {fused['triangles']} triangles; median {np.median(dist) * 100:.2f} cm, "
+        f"95th pct {np.percentile(dist, 95) * 100:.2f} cm from the true surface",
+    }
+    if "evaluate" in done:
+        ev = done["evaluate"].record["summary"]
+        for method, miou in ev["miou_3d"].items():
+            lines[f"3D mIoU {method}"] = f"{miou:.3f} (accuracy {ev['accuracy_3d'][method]:.3f})"
+        lines["2D mIoU"] = ", ".join(f"{k} {v:.3f}" for k, v in ev["miou_2d"].items())
+        lines["scores"] = ev["scores"]
+    lines.update({
+        "raw capture": scene.video_dir,
+        "workspace": ws.root,
+        "labelled mesh": ws.output_path("labels_ply"),
+        "ScanNet200 ids": ws.output_path("labels_scannet200"),
+        "Pointcept folder": ws.output_path("pointcept"),
+    })
+    if "report" in done:
+        lines["preview"] = done["report"].record["summary"]["preview"]
     return {
         "workspace": ws.root,
         "title": f"demo done in {time.perf_counter() - t0:.1f}s: synthetic scene {scene.video_id} "
-        f"(seed {cfg.synth.seed}, sky {cfg.synth.sky_direction}) -> workspace -> fused mesh",
-        "lines": {
-            "frames": f"{imported['n_frames']} imported of {imported['n_frames_indexed']} "
-            f"(dropped: {', '.join(f'{k}={v}' for k, v in imported['dropped'].items())})",
-            "poses": f"interpolated from the traj; worst error {max_pos * 1000:.2f} mm, {max_rot:.3f} deg",
-            "upright turns": f"{upright} (frames per quarter-turn count)",
-            "mesh": f"{fused['vertices']} vertices, {fused['triangles']} triangles",
-            "mesh accuracy": f"median {np.median(dist) * 100:.2f} cm, 95th pct {np.percentile(dist, 95) * 100:.2f} cm "
-            "from the true surface",
-            "raw capture": scene.video_dir,
-            "ground truth": scene.gt_dir,
-            "workspace": ws.root,
-            "mesh file": ws.mesh_path,
-        },
+        f"(seed {cfg.synth.seed}, sky {cfg.synth.sky_direction}) -> labelled mesh with {len(cfg.segment.models)} simulated models",
+        "lines": lines,
     }

@@ -84,3 +84,21 @@ def read_mesh(path: Path) -> MeshArrays:
         colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
         normals=normals.astype(np.float32) if len(normals) else None,
     )
+
+
+def read_mesh_or_points(path: Path) -> MeshArrays:
+    """A triangle mesh, or a point cloud (no triangles) when the file holds only points."""
+    import open3d as o3d
+
+    mesh = read_mesh(path)
+    if len(mesh.vertices):
+        return mesh
+    cloud = o3d.io.read_point_cloud(str(path))
+    points = np.asarray(cloud.points, dtype=np.float32)
+    colors = np.asarray(cloud.colors)
+    normals = np.asarray(cloud.normals)
+    return MeshArrays(
+        vertices=points,
+        colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
+        normals=normals.astype(np.float32) if len(normals) else None,
+    )

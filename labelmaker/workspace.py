@@ -4,7 +4,11 @@ Layout of one scene's folder:
 
     scene.json               what was imported: source, frame count, sizes, upright per frame
     frames/shard-00000.h5    colour, depth (mm), confidence, K, T_cw, timestamps, names
+    pred/<model>/shard-*.h5  one model's label maps in its own label space (same shards as frames)
+    consensus/shard-*.h5     unified labels + per-pixel confidence
     mesh.ply                 the fused mesh (vertex colours and normals)
+    labels/                  lifted labels and their exports (see OUTPUTS)
+    eval/, report/           scores, plots and pictures
     state/<stage>.json       the stage record: running / done / failed, with hashes and timings
     logs/
 
@@ -31,7 +35,26 @@ FRAMES_DIR = "frames"
 STATE_DIR = "state"
 LOGS_DIR = "logs"
 MESH_FILE = "mesh.ply"
+PRED_DIR = "pred"
+CONSENSUS_DIR = "consensus"
 SHARD_PATTERN = "shard-{:05d}.h5"
+
+# Per-scene output files by logical name; callers ask `Workspace.output_path(name)`.
+OUTPUTS = {
+    "labels": "labels/labels.npy",  # (V,) unified ids per vertex of the lifted mesh
+    "confidence": "labels/confidence.npy",
+    "soft": "labels/soft.h5",  # top-k ids and shares per vertex
+    "labels_ply": "labels/labels.ply",
+    "labels_scannet200": "labels/labels_scannet200.npy",
+    "labels_scannet20": "labels/labels_scannet20.npy",
+    "labels_nyu40": "labels/labels_nyu40.npy",
+    "classes": "labels/classes.json",
+    "pointcept": "labels/pointcept",
+    "scores": "eval/scores.json",
+    "iou_plot": "eval/per_class_iou.png",
+    "confusion_plot": "eval/confusion.png",
+    "preview": "report/preview.png",
+}
 
 _FRAME_ARRAYS = ("timestamps", "color", "depth", "confidence", "K_color", "K_depth", "T_cw", "upright")
 
@@ -104,24 +127,15 @@ class Workspace:
     def logs_dir(self) -> Path:
         return self.root / LOGS_DIR
 
-    def describe(self) -> dict[str, str]:
-        """Where the main outputs are, for summaries printed to users."""
-        return {
-            "workspace": str(self.root),
-            "scene": str(self.root / SCENE_FILE),
-            "frames": str(self.root / FRAMES_DIR),
-            "mesh": str(self.root / MESH_FILE),
-            "state": str(self.root / STATE_DIR),
-        }
-
     def remove_stale_temporaries(self, output: str) -> int:
         """Delete temporaries a killed writer left behind for `output` ("frames" or "mesh").
 
         Scoped per output so that stages of one scene running side by side never delete each
         other's files in flight.
         """
-        pattern = {"frames": f"{FRAMES_DIR}/.shard-*.tmp-*", "mesh": f".{Path(MESH_FILE).stem}.tmp-*"}[output]
-        stale = list(self.root.glob(pattern))
+        if output == "frames":
+            return self.frame_shards.remove_stale_temporaries()
+        stale = list(self.root.glob(f".{Path(MESH_FILE).stem}.tmp-*"))
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -133,46 +147,29 @@ class Workspace:
     def read_scene_meta(self) -> dict:
         return json.loads((self.root / SCENE_FILE).read_text())
 
-    # -- frame shards ------------------------------------------------------------------------
-    def _shard_path(self, index: int) -> Path:
-        return self.root / FRAMES_DIR / SHARD_PATTERN.format(index)
+    # -- shards -------------------------------------------------------------------------------
+    @property
+    def frame_shards(self) -> "ShardSet":
+        return ShardSet(self.root / FRAMES_DIR)
+
+    def prediction_shards(self, model: str) -> "ShardSet":
+        return ShardSet(self.root / PRED_DIR / model)
+
+    @property
+    def consensus_shards(self) -> "ShardSet":
+        return ShardSet(self.root / CONSENSUS_DIR)
 
     def frame_shard_fingerprint(self, index: int) -> str | None:
-        """The fingerprint stored in a complete shard, or None if it is absent or unreadable."""
-        path = self._shard_path(index)
-        if not path.exists():
-            return None
-        try:
-            with h5py.File(path, "r") as f:
-                return str(f.attrs["fingerprint"])
-        except (OSError, KeyError):
-            return None
+        return self.frame_shards.fingerprint(index)
 
     def write_frame_shard(self, index: int, frames: FrameBatch, fingerprint: str) -> None:
-        with atomic_path(self._shard_path(index)) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["fingerprint"] = fingerprint
-                f.create_dataset("names", data=np.array(frames.names, dtype=h5py.string_dtype()))
-                for key in _FRAME_ARRAYS:
-                    arr = np.ascontiguousarray(getattr(frames, key))
-                    image = arr.ndim >= 3 and key in ("color", "depth", "confidence")
-                    f.create_dataset(
-                        key,
-                        data=arr,
-                        chunks=(1,) + arr.shape[1:] if image else None,
-                        compression="lzf" if image else None,
-                    )
-
-    def remove_frame_shards_from(self, first: int) -> None:
-        """Delete shards with index >= first (left over from an import with more frames)."""
-        for path in sorted((self.root / FRAMES_DIR).glob("shard-*.h5")):
-            if int(path.stem.split("-")[1]) >= first:
-                path.unlink()
+        arrays = {key: getattr(frames, key) for key in _FRAME_ARRAYS}
+        arrays["names"] = np.array(frames.names, dtype=h5py.string_dtype())
+        self.frame_shards.write(index, arrays, fingerprint)
 
     def read_frame_shard(self, index: int) -> FrameBatch:
-        with h5py.File(self._shard_path(index), "r") as f:
-            arrays = {key: f[key][()] for key in _FRAME_ARRAYS}
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+        arrays = self.frame_shards.read(index)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in arrays.pop("names")]
         return FrameBatch(names=names, **arrays)
 
     def frame_shard_count(self) -> int:
@@ -181,6 +178,10 @@ class Workspace:
     def iter_frame_shards(self) -> Iterator[FrameBatch]:
         for index in range(self.frame_shard_count()):
             yield self.read_frame_shard(index)
+
+    def output_path(self, name: str) -> Path:
+        """Where output `name` (a key of OUTPUTS) lives; write it through atomic_path."""
+        return self.root / OUTPUTS[name]
 
     # -- mesh ------------------------------------------------------------------------------------
     @property
@@ -213,3 +214,67 @@ class Workspace:
     def is_done(self, stage: str) -> bool:
         record = self.read_state(stage)
         return bool(record) and record.get("status") == "done"
+
+
+class ShardSet:
+    """A folder of numbered HDF5 shards, each written atomically with a fingerprint.
+
+    A shard's fingerprint says what inputs and config made it; a stage that finds a shard with
+    the fingerprint it would write skips it, which is how killed stages resume.
+    """
+
+    IMAGE_COMPRESSION = "lzf"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, index: int) -> Path:
+        return self.folder / SHARD_PATTERN.format(index)
+
+    def fingerprint(self, index: int) -> str | None:
+        """The fingerprint stored in a complete shard, or None if it is absent or unreadable."""
+        path = self.path(index)
+        if not path.exists():
+            return None
+        try:
+            with h5py.File(path, "r") as f:
+                return str(f.attrs["fingerprint"])
+        except (OSError, KeyError):
+            return None
+
+    def write(self, index: int, arrays: dict[str, np.ndarray], fingerprint: str, attrs: dict | None = None) -> None:
+        """Arrays of 3+ dimensions (image stacks) are chunked per frame and compressed."""
+        with atomic_path(self.path(index)) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["fingerprint"] = fingerprint
+                for key, value in (attrs or {}).items():
+                    f.attrs[key] = value
+                for key, arr in arrays.items():
+                    arr = np.ascontiguousarray(arr) if arr.dtype != object else arr
+                    image = arr.ndim >= 3
+                    f.create_dataset(
+                        key,
+                        data=arr,
+                        chunks=(1,) + arr.shape[1:] if image else None,
+                        compression=self.IMAGE_COMPRESSION if image else None,
+                    )
+
+    def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        with h5py.File(self.path(index), "r") as f:
+            return {key: f[key][()] for key in (keys or tuple(f.keys()))}
+
+    def attrs(self, index: int) -> dict:
+        with h5py.File(self.path(index), "r") as f:
+            return dict(f.attrs)
+
+    def remove_from(self, first: int) -> None:
+        """Delete shards with index >= first (left over from a run with more frames)."""
+        for path in sorted(self.folder.glob("shard-*.h5")):
+            if int(path.stem.split("-")[1]) >= first:
+                path.unlink()
+
+    def remove_stale_temporaries(self) -> int:
+        stale = list(self.folder.glob(".shard-*.tmp-*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)

@@ -198,7 +198,7 @@ def write_capture(
                 ws.write_frame_shard(shard, batch, fp)
             if progress:
                 progress(len(records))
-    ws.remove_frame_shards_from(len(starts))
+    ws.frame_shards.remove_from(len(starts))
     rotations, counts = np.unique(upright, return_counts=True)
     meta = {
         "scene": index.scene,

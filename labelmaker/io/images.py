@@ -63,3 +63,13 @@ def resample_nearest(image: np.ndarray, K_src: np.ndarray, K_dst: np.ndarray, ds
     out[~oky, :] = 0
     out[:, ~okx] = 0
     return out
+
+
+def resize_nearest(image: np.ndarray, dst_wh: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label-like image (no new values are made)."""
+    h, w = image.shape[:2]
+    if (w, h) == tuple(dst_wh):
+        return image
+    rows = np.arange(dst_wh[1]) * h // dst_wh[1]
+    cols = np.arange(dst_wh[0]) * w // dst_wh[0]
+    return image[rows][:, cols]

@@ -40,16 +40,17 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
     return run_stage(ws, "import", config, input_hash, body, force=force)
 
 
-def _require_done(ws: Workspace, stage: str, needed: str, fix: str) -> dict:
+def require_done(ws: Workspace, stage: str, needed: str) -> dict:
+    """The done-record of `needed`, which `stage` depends on; a clear error if it is missing."""
     record = ws.read_state(needed)
     if not record or record.get("status") != "done":
-        raise StageDependencyError(ws.scene, stage, needed, fix)
+        raise StageDependencyError(ws.scene, stage, needed, f"run stage '{needed}' for {ws.root} first (labelmaker run does all stages)")
     return record
 
 
 def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: bool = True) -> StageOutcome:
     """Stage `fuse`: TSDF-fuse the imported frames into mesh.ply."""
-    imported = _require_done(ws, "fuse", "import", f"run 'labelmaker import ... {ws.root}' first")
+    imported = require_done(ws, "fuse", "import")
     n_frames = int(imported["summary"]["n_frames"])
 
     def body() -> dict:

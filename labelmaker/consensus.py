@@ -1,0 +1,260 @@
+"""Per-pixel consensus: weighted voting of several label maps, each in its own label space.
+
+Functional core: integer label maps and label mappings in, unified labels and confidence out.
+
+Each prediction's source class votes, with the prediction's weight, for the unified classes its
+mapping row lists (an empty row votes for nothing). Flip test-time augmentation is just another
+prediction in the list.
+
+Speed: pixels with the same tuple of source labels (one id per prediction) get the same result,
+and a frame has few distinct tuples (hundreds to a few thousand of ~50 k pixels). So we pack each
+pixel's tuple into one int64 key, reduce the keys to the U distinct tuples (a bincount when the key
+range is small, torch.unique otherwise), vote densely for U x n_classes only, take the winner per
+tuple and gather it back to the pixels. Keys that would overflow int64 (many predictions with large
+label spaces) are repacked: the tuple prefix folded so far is replaced by its compact index among
+the distinct prefixes before the next prediction is folded in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["ConsensusConfig", "vote", "resolve_device", "dense_mapping"]
+
+# Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
+TIE_TOLERANCE = 1e-5
+_KEY_LIMIT = 1 << 62  # largest radix product we let a packed key reach
+# key ranges up to max(MIN, min(4 x pixels, MAX)) are compacted with a presence table instead of a sort
+_DENSE_UNIQUE_MIN, _DENSE_UNIQUE_MAX = 1 << 16, 1 << 24
+_VOTE_CHUNK = 1 << 22  # max elements of one (tuples x n_classes) vote block
+
+
+@dataclass
+class ConsensusConfig:
+    split: str = "prior"  # a source class standing for k unified classes gives each member: "prior": w x its prior
+    # frequency relative to the most frequent member; "share": w/k; "each": w (the public LabelMaker's rule)
+    min_support: float = 0.0  # winner's vote / total cast weight below this -> unknown (0)
+    min_margin: float = 0.0  # (winner - runner-up) / total below this -> unknown
+    min_votes: float = 0.0  # total weight cast at a pixel below this -> unknown
+    ranks: int = 3  # classes kept per pixel, best first (lifting votes with all of them, by their shares)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when torch sees a GPU, else CPU; 'cuda' without a GPU is an error."""
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} but torch sees no CUDA device; use device=auto or cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        return torch.device(name)
+    raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def _as_long(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.int64)
+    a = np.asarray(x)
+    if a.dtype.kind not in "iub":
+        raise ValueError(f"label maps must hold integers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a).astype(np.int64, copy=False)
+    if not a.flags.writeable:  # torch wants writable memory
+        a = a.copy()
+    return torch.from_numpy(a).to(device)
+
+
+def _mapping_arrays(mapping: Any, index: int, n_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def as_long(x: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.to(device=device, dtype=torch.int64).reshape(-1)
+        return torch.from_numpy(np.array(x, dtype=np.int64).reshape(-1)).to(device)  # small: copy
+
+    offsets, targets = as_long(mapping.offsets), as_long(mapping.targets)
+    if offsets.ndim != 1 or offsets.numel() < 1 or int(offsets[0]) != 0 or int(offsets[-1]) > targets.numel() \
+            or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"mapping {index}: offsets must be non-decreasing CSR row pointers starting at 0")
+    used = targets[: int(offsets[-1])]
+    if used.numel() and (int(used.min()) < 1 or int(used.max()) >= n_classes):
+        raise ValueError(f"mapping {index}: unified target ids must lie in 1..{n_classes - 1} "
+                         f"(found {int(used.min())}..{int(used.max())})")
+    return offsets, targets
+
+
+def dense_mapping(offsets: torch.Tensor, targets: torch.Tensor, n_classes: int, split: str,
+                  prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(S, n_classes) float32 matrix: row s = the votes one unit of weight on source class s casts."""
+    n_src = offsets.numel() - 1
+    counts = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(n_src, device=offsets.device), counts)
+    cols = targets[: int(offsets[-1])]
+    if split == "prior":
+        p = prior.to(device=offsets.device, dtype=torch.float32)[cols].clamp(min=1e-12)
+        row_max = torch.zeros(n_src, dtype=torch.float32, device=offsets.device).scatter_reduce_(0, rows, p, "amax")
+        vals = p / row_max[rows]
+    elif split == "share":
+        vals = (1.0 / counts.clamp(min=1).to(torch.float32))[rows]
+    else:
+        vals = torch.ones(rows.numel(), dtype=torch.float32, device=offsets.device)
+    dense = torch.zeros(n_src * n_classes, dtype=torch.float32, device=offsets.device)
+    dense.index_put_((rows * n_classes + cols,), vals, accumulate=True)
+    return dense.view(n_src, n_classes)
+
+
+def _compact(key: torch.Tensor, radix: int) -> tuple[torch.Tensor, int]:
+    """Replace keys in [0, radix) by their rank among the distinct keys; returns (ranks, count)."""
+    if radix <= max(_DENSE_UNIQUE_MIN, min(4 * key.numel(), _DENSE_UNIQUE_MAX)):
+        present = torch.zeros(radix, dtype=torch.int32, device=key.device)
+        present[key] = 1
+        rank = torch.cumsum(present, 0, dtype=torch.int32)
+        count = int(rank[-1])
+        return rank.index_select(0, key).to(torch.int64) - 1, count
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    return inverse, int(uniq.numel())
+
+
+def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
+         cfg: ConsensusConfig | None = None, prior: Sequence[float] | None = None,
+         ranks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted per-pixel vote of several predictions into the unified label space.
+
+    predictions: integer arrays/tensors, all of one shape ((H,W) or (N,H,W)), each in its own source
+        space; mappings: one per prediction, any object with CSR `.offsets` (S+1,) and `.targets`
+        (unified ids >= 1) -- source id s votes for targets[offsets[s]:offsets[s+1]];
+        weights: one float >= 0 per prediction; n_classes: size of the unified space (id 0 = unknown).
+
+    Votes: a source class standing for k unified classes gives, with split="prior", each member the
+    weight times the member's `prior` relative to the most frequent member's (a coarse ADE20K "wall"
+    then votes fully for wall and a little for shower wall, so it still ties with -- and by the tie
+    rule beats -- one model's vote for a rarer class); with split="share" weight/k to each; with
+    split="each" the full weight to each. `prior` ((n_classes,) frequencies, e.g. labels.class_prior()) is needed
+    for "prior" only. The total cast weight at a pixel is the sum of
+    the weights of the predictions whose class maps to something (in both modes), so the winner's
+    share is in [0, 1].
+
+    Tie rule: the winner is the lowest unified id among the classes whose vote is within
+    TIE_TOLERANCE x total of the maximum (so float rounding never decides). A tie has a margin of ~0,
+    so min_margin > 0 turns ties into unknown.
+
+    A pixel is unknown (label 0, confidence 0) when no weight is cast there, or the total is below
+    cfg.min_votes, or the winner's share is below cfg.min_support, or (winner - runner-up) / total is
+    below cfg.min_margin.
+
+    Returns (labels int64, confidence float32 = winner's share of the total) of the predictions'
+    shape, on the device used (cfg.device). With ranks=R > 1 both get a leading axis of size R:
+    rank 0 is the winner as above, ranks 1.. the next classes by vote (same tie rule) with their
+    shares, 0 where the pixel is unknown or no further class got a vote -- so that lifting can keep
+    the whole vote of a close call instead of the winner alone. Raises ValueError for a source id outside its mapping's
+    range (naming the id and the prediction's index), mismatched shapes or bad weights.
+    """
+    cfg = cfg or ConsensusConfig()
+    if cfg.split not in ("prior", "share", "each"):
+        raise ValueError(f"consensus split must be 'prior', 'share' or 'each', got {cfg.split!r}")
+    if cfg.split == "prior":
+        if prior is None or len(prior) != n_classes:
+            raise ValueError(f"split='prior' needs a prior of length n_classes={n_classes}")
+        prior = torch.as_tensor(np.asarray(prior, dtype=np.float32))
+    n_pred = len(predictions)
+    if n_pred == 0:
+        raise ValueError("vote needs at least one prediction")
+    if len(mappings) != n_pred or len(weights) != n_pred:
+        raise ValueError(f"got {n_pred} predictions, {len(mappings)} mappings and {len(weights)} weights; "
+                         "need one mapping and one weight per prediction")
+    w = [float(x) for x in weights]
+    if any(not np.isfinite(x) or x < 0 for x in w):
+        raise ValueError(f"prediction weights must be finite and >= 0, got {w}")
+    n_classes = int(n_classes)
+    if n_classes < 2:
+        raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
+    device = resolve_device(cfg.device)
+
+    preds = [_as_long(p, device) for p in predictions]
+    shape = preds[0].shape
+    for i, p in enumerate(preds):
+        if p.shape != shape:
+            raise ValueError(f"prediction {i} has shape {tuple(p.shape)}, prediction 0 has {tuple(shape)}")
+    maps = [_mapping_arrays(m, i, n_classes, device) for i, m in enumerate(mappings)]
+    sizes = [int(off.numel()) - 1 for off, _ in maps]
+    flat = [p.reshape(-1) for p in preds]
+    n = flat[0].numel()
+    if n == 0:
+        return _empty(shape, device, ranks)
+    for i, (p, size) in enumerate(zip(flat, sizes)):
+        lo, hi = torch.aminmax(p)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"prediction {i}: source label id {bad} is outside its label mapping "
+                             f"(which covers ids 0..{size - 1})")
+
+    # Fold the per-prediction ids into one key per pixel, repacking before it could overflow.
+    key, radix = flat[0], sizes[0]
+    for p, size in zip(flat[1:], sizes[1:]):
+        if radix * size >= _KEY_LIMIT:
+            key, radix = _compact(key, radix)
+        key = key * size + p
+        radix *= size
+    inverse, n_unique = _compact(key, radix)
+    # One representative pixel per distinct tuple (all pixels of a tuple hold the same ids).
+    rep = torch.empty(n_unique, dtype=torch.int64, device=device)
+    rep.scatter_(0, inverse, torch.arange(n, device=device))
+    tuple_ids = [p[rep] for p in flat]
+
+    # Vote only over the unified classes some present source class stands for (ascending ids, so
+    # the tie rule "lowest id first" is kept), usually a few dozen of the n_classes.
+    dense = [dense_mapping(off, tgt, n_classes, cfg.split, prior) for off, tgt in maps]
+    active = torch.zeros(n_classes, dtype=torch.bool, device=device)
+    for ids, mat in zip(tuple_ids, dense):
+        active |= (mat[torch.unique(ids)] > 0).any(0)
+    classes = torch.nonzero(active).squeeze(1)
+    dense = [mat[:, classes] for mat in dense]
+    n_active = int(classes.numel())
+    nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
+    if n_active == 0:  # nothing maps to any class: all unknown
+        return _empty(shape, device, ranks)
+    padded = n_active < 2
+
+    labels_u = torch.zeros((ranks, n_unique), dtype=torch.int64, device=device)
+    conf_u = torch.zeros((ranks, n_unique), dtype=torch.float32, device=device)
+    chunk = max(1, _VOTE_CHUNK // (n_active + 1))
+    for start in range(0, n_unique, chunk):
+        stop = min(n_unique, start + chunk)
+        votes = torch.zeros((stop - start, n_active + padded), dtype=torch.float32, device=device)
+        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
+        for ids, mat, ne, wi in zip(tuple_ids, dense, nonempty, w):
+            if wi == 0.0:
+                continue
+            sel = ids[start:stop]
+            votes[:, :n_active].add_(mat[sel], alpha=wi)
+            total.add_(ne[sel], alpha=wi)
+        top = torch.topk(votes, 2, dim=1).values  # a padded zero column when one class is active
+        best, second = top[:, 0], top[:, 1]
+        tied = votes >= (best - TIE_TOLERANCE * total).unsqueeze(1)
+        winner = torch.argmax(tied.to(torch.uint8), dim=1)  # first (lowest id) of the tied maxima
+        safe_total = total.clamp(min=torch.finfo(torch.float32).tiny)
+        support = best / safe_total
+        margin = (best - second) / safe_total
+        unknown = (total <= 0) | (best <= 0) | (total < cfg.min_votes) | (support < cfg.min_support) \
+            | (margin < cfg.min_margin)
+        labels_u[0, start:stop] = torch.where(unknown, torch.zeros_like(winner), classes[winner.clamp(max=n_active - 1)])
+        conf_u[0, start:stop] = torch.where(unknown, torch.zeros_like(support), support.clamp(max=1.0))
+        rest, pick = votes, winner
+        for r in range(1, ranks):
+            rest = rest.scatter(1, pick.unsqueeze(1), -1.0)
+            best_r = rest.max(1).values
+            pick = torch.argmax((rest >= (best_r - TIE_TOLERANCE * total).unsqueeze(1)).to(torch.uint8), dim=1)
+            none = unknown | (best_r <= 0) | (pick >= n_active)
+            labels_u[r, start:stop] = torch.where(none, torch.zeros_like(pick), classes[pick.clamp(max=n_active - 1)])
+            conf_u[r, start:stop] = torch.where(none, torch.zeros_like(best_r), (best_r / safe_total).clamp(0.0, 1.0))
+
+    if ranks == 1:
+        return labels_u[0, inverse].view(shape), conf_u[0, inverse].view(shape)
+    return labels_u[:, inverse].view((ranks, *shape)), conf_u[:, inverse].view((ranks, *shape))
+
+
+def _empty(shape, device, ranks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    full = tuple(shape) if ranks == 1 else (ranks, *shape)
+    return torch.zeros(full, dtype=torch.int64, device=device), torch.zeros(full, dtype=torch.float32, device=device)

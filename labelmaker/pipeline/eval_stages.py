@@ -1,0 +1,183 @@
+"""Stages that judge and show the result: evaluate (2D and 3D scores) and report (pictures)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from ..consensus import ConsensusConfig, vote
+from ..errors import BadInputError
+from ..evaluate import Scores, confusion_matrix, plot_confusion, plot_per_class_iou, scores, write_scores_json
+from ..io.ground_truth import GroundTruth, find_ground_truth
+from ..labels import class_prior, mapping_to_unified, unified_space
+from ..lifting import LiftConfig, lift
+from ..mesh import read_mesh_or_points
+from ..report import legend_image, render_mesh_views, side_by_side, write_png
+from ..segmenters import ModelConfig
+from ..workspace import Workspace
+from .label_stages import LiftStageConfig, lift_frames
+from .records import StageOutcome, run_stage, stable_hash
+from .stages import require_done
+
+
+@dataclass
+class EvaluateConfig:
+    ground_truth: Optional[str] = None  # ground-truth folder; null: <capture>/ground_truth when it exists
+    max_distance_m: float = 0.05  # GT labels move to our vertices from the nearest GT vertex within this distance
+    frame_step: int = 1  # 2D scores on every k-th frame
+    baselines: bool = False  # also lift each model alone and a plain per-vertex majority, and score them
+
+
+def ground_truth_of(ws: Workspace, folder: str | None) -> GroundTruth | None:
+    if folder:
+        return GroundTruth(Path(folder), ws.scene)
+    found = find_ground_truth(Path(ws.read_scene_meta()["input_dir"]))
+    return GroundTruth(found, ws.scene) if found else None
+
+
+def transfer_labels(gt_mesh, gt_labels: np.ndarray, vertices: np.ndarray, max_distance: float) -> np.ndarray:
+    """GT label at the closest point of the GT surface for each of our vertices; 0 where the
+    surface is farther than `max_distance`.
+
+    The closest triangle, not the closest GT vertex: GT meshes keep hidden surfaces (the wall
+    behind a picture) whose vertices can be nearer than the visible surface's sparse vertices.
+    A point cloud GT (no triangles) falls back to the nearest GT point.
+    """
+    out = np.zeros(len(vertices), dtype=np.int64)
+    if not len(gt_mesh.triangles):
+        dist, idx = cKDTree(gt_mesh.vertices).query(vertices, distance_upper_bound=max_distance)
+        near = np.isfinite(dist)
+        out[near] = gt_labels[idx[near]]
+        return out
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(gt_mesh.vertices.astype(np.float32), gt_mesh.triangles.astype(np.uint32))
+    query = vertices.astype(np.float32)
+    closest = scene.compute_closest_points(query)
+    dist = np.linalg.norm(closest["points"].numpy() - query, axis=1)
+    tri = closest["primitive_ids"].numpy().astype(np.int64)
+    uvs = closest["primitive_uvs"].numpy()
+    # the triangle's corner nearest the closest point carries the label
+    bary = np.stack([1.0 - uvs[:, 0] - uvs[:, 1], uvs[:, 0], uvs[:, 1]], axis=1)
+    corner = gt_mesh.triangles[tri, np.argmax(bary, axis=1)]
+    near = dist <= max_distance
+    out[near] = gt_labels[corner[near]]
+    return out
+
+
+def single_model_labels(pred: np.ndarray, label_space: str) -> np.ndarray:
+    """A model's own prediction in unified ids (the consensus of that model alone)."""
+    n_classes = len(unified_space().ids)
+    labels, _ = vote([pred], [mapping_to_unified(label_space)], [1.0], n_classes, ConsensusConfig(device="cpu"), prior=class_prior())
+    return labels.numpy()
+
+
+def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig,
+                   force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `evaluate`: 3D vertex and 2D pixel mIoU against ground truth, JSON and plots."""
+    lifted = require_done(ws, "evaluate", "lift")
+    input_hash = stable_hash([lifted["output_hash"], {n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)])
+
+    def body() -> dict:
+        gt = ground_truth_of(ws, cfg.ground_truth)
+        if gt is None:
+            raise BadInputError(ws.scene, None, "no ground truth to evaluate against", "set evaluate.ground_truth to a ground-truth folder")
+        unified = unified_space()
+        n = len(unified.ids)
+        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        gt_mesh = gt.mesh()
+        gt3d = transfer_labels(gt_mesh, gt.vertex_labels(), mesh.vertices, cfg.max_distance_m)
+        results3d = {"lifted consensus": scores(confusion_matrix(np.load(ws.output_path("labels")), gt3d, n))}
+        if cfg.baselines:
+            results3d.update(_baselines_3d(ws, models, lift_cfg, mesh, gt3d, n, progress))
+        results2d = _scores_2d(ws, gt, models, cfg.frame_step, n, progress)
+
+        names = list(unified.names)
+        write_scores_json({f"3d/{k}": v for k, v in results3d.items()} | {f"2d/{k}": v for k, v in results2d.items()},
+                          names, ws.output_path("scores"))
+        plot_per_class_iou(results3d, names, ws.output_path("iou_plot"), f"{ws.scene}: 3D IoU per class")
+        conf = confusion_matrix(np.load(ws.output_path("labels")), gt3d, n)
+        plot_confusion(conf, names, ws.output_path("confusion_plot"), f"{ws.scene}: 3D confusion (lifted consensus)")
+        return {
+            "miou_3d": {k: round(v.miou, 4) for k, v in results3d.items()},
+            "accuracy_3d": {k: round(v.accuracy, 4) for k, v in results3d.items()},
+            "miou_2d": {k: round(v.miou, 4) for k, v in results2d.items()},
+            "scores": str(ws.output_path("scores")),
+        }
+
+    return run_stage(ws, "evaluate", dataclasses.asdict(cfg), input_hash, body, force=force)
+
+
+def _scores_2d(ws: Workspace, gt: GroundTruth, models: Dict[str, ModelConfig], step: int, n: int, progress: bool) -> dict[str, Scores]:
+    confusions = {name: np.zeros((n, n), np.int64) for name in [*sorted(models), "consensus"]}
+    index = 0
+    n_shards = ws.frame_shard_count()
+    for i in tqdm(range(n_shards), desc=f"evaluate 2D {ws.scene}", unit="shard", disable=not progress):
+        names = ws.read_frame_shard(i).names
+        keep = [j for j in range(len(names)) if (index + j) % max(1, step) == 0]
+        index += len(names)
+        if not keep:
+            continue
+        truth = np.stack([gt.frame_labels(names[j]) for j in keep])
+        for model in sorted(models):
+            pred = ws.prediction_shards(model).read(i, ("labels",))["labels"][keep].astype(np.int64)
+            confusions[model] += confusion_matrix(single_model_labels(pred, models[model].label_space), truth, n)
+        cons = ws.consensus_shards.read(i, ("labels",))["labels"][keep].astype(np.int64)
+        confusions["consensus"] += confusion_matrix(cons, truth, n)
+    return {name: scores(c) for name, c in confusions.items()}
+
+
+def _baselines_3d(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig, mesh, gt3d: np.ndarray,
+                  n: int, progress: bool) -> dict[str, Scores]:
+    """Each model lifted alone, and all models' raw votes counted per vertex (plain majority)."""
+    core = LiftConfig(**{f.name: getattr(lift_cfg, f.name) for f in dataclasses.fields(LiftConfig)})
+    # plain: every visible vertex takes one vote per frame and model, nothing weighted
+    core = dataclasses.replace(core, weight_by_confidence=False, weight_by_angle=False, boundary_px=0)
+    triangles = mesh.triangles if len(mesh.triangles) else None
+
+    def model_labels(names):
+        def labels_of_shard(i):
+            return [(single_model_labels(ws.prediction_shards(m).read(i, ("labels",))["labels"].astype(np.int64),
+                                         models[m].label_space), None) for m in names]
+        return labels_of_shard
+
+    out = {}
+    runs = {f"single model {m}": [m] for m in sorted(models)} | {"plain majority": sorted(models)}
+    for title, names in tqdm(runs.items(), desc=f"baselines {ws.scene}", unit="lift", disable=not progress):
+        result = lift(lift_frames(ws, model_labels(names)), mesh.vertices, triangles, n, core, normals=mesh.normals)
+        out[title] = scores(confusion_matrix(result.labels, gt3d, n))
+    return out
+
+
+def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `report`: a picture of the labelled mesh (ray cast, no display), beside the truth if known."""
+    lifted = require_done(ws, "report", "lift")
+
+    def body() -> dict:
+        unified = unified_space()
+        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        labels = np.load(ws.output_path("labels")).astype(np.int64)
+        if not len(mesh.triangles):
+            raise BadInputError(ws.scene, lifted["summary"]["mesh"], "the report renders triangle meshes; this is a point cloud",
+                                "lift onto a mesh to get pictures, or skip the report")
+        images = render_mesh_views(mesh.vertices, mesh.triangles, unified.colors[labels], views=("oblique", "top"))
+        titles = ["labels (oblique)", "labels (top)"]
+        present = set(np.unique(labels).tolist())
+        gt = ground_truth_of(ws, evaluate_cfg.ground_truth)
+        if gt is not None:
+            gt_mesh, gt_labels = gt.mesh(), gt.vertex_labels()
+            images += render_mesh_views(gt_mesh.vertices, gt_mesh.triangles, unified.colors[gt_labels], views=("top",))
+            titles.append("ground truth (top)")
+            present |= set(np.unique(gt_labels).tolist())
+        ids = sorted(present - {0})
+        legend = legend_image(ids, [unified.names[i] for i in ids], unified.colors[ids])
+        write_png(ws.output_path("preview"), side_by_side([*images, legend], [*titles, "classes"]))
+        return {"preview": str(ws.output_path("preview"))}
+
+    return run_stage(ws, "report", {"views": ["oblique", "top"]}, lifted["output_hash"], body, force=force)

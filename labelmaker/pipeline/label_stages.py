@@ -1,0 +1,253 @@
+"""Stages from frames to labelled vertices: segment[model] -> consensus -> lift -> export.
+
+Each is a thin shell: it reads the workspace, calls the functional core (segmenters,
+consensus.vote, lifting.lift, io.export) and writes the workspace, shard by shard where the
+work is per frame so that a killed stage resumes without redoing finished shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ..consensus import ConsensusConfig, vote
+from ..errors import BadInputError
+from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
+from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
+from ..lifting import LiftConfig, LiftFrame, lift
+from ..mesh import MeshArrays, read_mesh_or_points
+from ..segmenters import ModelConfig, SceneContext, build_segmenter
+from ..workspace import Workspace, atomic_path, write_json_atomic
+from .records import StageOutcome, run_stage, stable_hash
+from .stages import require_done
+
+
+@dataclass
+class SegmentConfig:
+    models: Dict[str, ModelConfig] = field(default_factory=dict)  # model name -> model
+
+
+@dataclass
+class LiftStageConfig(LiftConfig):
+    mesh: Optional[str] = None  # lift onto this mesh or point cloud (vertex order kept) instead of the fused mesh
+
+
+@dataclass
+class ExportConfig:
+    pointcept: bool = True
+    pointcept_grid_m: float = 0.0  # > 0: one point per grid cell of this size (Pointcept-style 2 cm = 0.02)
+
+
+def segment_stage(model: str) -> str:
+    return f"segment-{model}"
+
+
+def scene_context(ws: Workspace) -> SceneContext:
+    meta = ws.read_scene_meta()
+    return SceneContext(scene=meta["scene"], source=meta["source"], input_dir=Path(meta["input_dir"]))
+
+
+def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
+    stage = segment_stage(model)
+    imported = require_done(ws, stage, "import")
+    config = dataclasses.asdict(cfg)
+    cfg_hash = stable_hash(config)
+
+    def body() -> dict:
+        space = label_space(cfg.label_space)
+        segmenter = build_segmenter(model, cfg)
+        ctx = scene_context(ws)
+        shards = ws.prediction_shards(model)
+        shards.remove_stale_temporaries()
+        n_shards, fingerprints, reused = ws.frame_shard_count(), [], 0
+        with tqdm(total=int(imported["summary"]["n_frames"]), desc=f"segment {model}", unit="frame", disable=not progress) as bar:
+            for i in range(n_shards):
+                fp = stable_hash([cfg_hash, ws.frame_shard_fingerprint(i)])
+                fingerprints.append(fp)
+                if shards.fingerprint(i) == fp:
+                    reused += 1
+                    bar.update(int(imported["summary"]["shard_size"]))
+                    continue
+                batch = ws.read_frame_shard(i)
+                labels = np.asarray(segmenter.predict(batch, ctx))
+                _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
+                shards.write(i, {"labels": labels.astype(np.uint16)}, fp, attrs={"label_space": space.name, "model": model})
+                bar.update(len(batch))
+        shards.remove_from(n_shards)
+        return {"model": model, "label_space": space.name, "shards": n_shards, "shards_reused": reused,
+                "output_hash": stable_hash(fingerprints)}
+
+    return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
+
+
+def _check_prediction(labels: np.ndarray, expected: tuple, space, scene: str, model: str, names: list[str]) -> None:
+    if labels.shape != tuple(expected):
+        raise BadInputError(scene, None, f"model '{model}' returned label maps of shape {labels.shape}, expected {tuple(expected)}",
+                            "fix the segmenter so that it predicts one label map per frame at the colour raster")
+    for name, frame in zip(names, labels):
+        bad = space.invalid_ids(frame)
+        if len(bad):
+            raise BadInputError(
+                scene, f"{model}: frame {name}",
+                f"model '{model}' predicted ids {bad[:10].tolist()} that are not in its label space '{space.name}' (max id {space.max_id})",
+                f"declare the label space the model really predicts in (segment.models.{model}.label_space)",
+            )
+
+
+def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: ConsensusConfig, force: bool = False,
+                    progress: bool = True) -> StageOutcome:
+    """Stage `consensus`: per-pixel weighted vote of all models in the unified label space."""
+    if not models:
+        raise BadInputError(ws.scene, None, "no segmentation models are configured", "add models under segment.models (see configs/models/)")
+    records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
+    input_hash = stable_hash({name: [records[name]["output_hash"], m.label_space, m.weight] for name, m in models.items()})
+    config = dataclasses.asdict(cfg)
+
+    def body() -> dict:
+        names = sorted(models)
+        mappings = [mapping_to_unified(models[n].label_space) for n in names]
+        weights = [float(models[n].weight) for n in names]
+        n_classes = len(unified_space().ids)
+        out = ws.consensus_shards
+        out.remove_stale_temporaries()
+        n_shards, fingerprints, reused, unknown, pixels = ws.frame_shard_count(), [], 0, 0, 0
+        with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
+            for i in range(n_shards):
+                fp = stable_hash([config, weights, [ws.prediction_shards(n).fingerprint(i) for n in names]])
+                fingerprints.append(fp)
+                if out.fingerprint(i) == fp:
+                    reused += 1
+                else:
+                    preds = [ws.prediction_shards(n).read(i, ("labels",))["labels"] for n in names]
+                    ranked, shares = (x.cpu().numpy() for x in vote(preds, mappings, weights, n_classes, cfg,
+                                                                     prior=class_prior(), ranks=max(2, cfg.ranks)))
+                    labels = ranked[0]
+                    out.write(i, {"labels": labels.astype(np.uint16), "confidence": shares[0].astype(np.float16),
+                                  "more_labels": np.moveaxis(ranked[1:cfg.ranks], 0, 1).astype(np.uint16),
+                                  "more_confidence": np.moveaxis(shares[1:cfg.ranks], 0, 1).astype(np.float16)}, fp)
+                    unknown += int((labels == 0).sum())
+                    pixels += labels.size
+                bar.update(1)
+        out.remove_from(n_shards)
+        return {"models": names, "weights": weights, "shards": n_shards, "shards_reused": reused,
+                "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints)}
+
+    return run_stage(ws, "consensus", config, input_hash, body, force=force)
+
+
+def lift_frames(ws: Workspace, labels_of_shard=None) -> Iterator[LiftFrame]:
+    """Frames to lift: by default the consensus (all its ranked classes); `labels_of_shard(i)` may
+    instead give, per frame shard, a list of (labels (N,H,W) unified ids, confidence (N,H,W) or
+    None) — each entry votes as a frame of its own (baselines lift single models this way)."""
+    if labels_of_shard is None:
+        def labels_of_shard(i):
+            c = ws.consensus_shards.read(i)
+            return [(c["labels"].astype(np.int64), c["confidence"].astype(np.float32),
+                     c["more_labels"].astype(np.int64), c["more_confidence"].astype(np.float32))]
+
+    for i in range(ws.frame_shard_count()):
+        batch = ws.read_frame_shard(i)
+        for labels, confidence, *more in labels_of_shard(i):
+            for j in range(len(batch)):
+                yield LiftFrame(
+                    more_labels=more[0][j] if more else None,
+                    more_confidence=more[1][j] if more else None,
+                    labels=labels[j],
+                    confidence=None if confidence is None else confidence[j],
+                    depth_m=batch.depth[j].astype(np.float32) / 1000.0,
+                    K_labels=batch.K_color[j],
+                    K_depth=batch.K_depth[j],
+                    T_cw=batch.T_cw[j],
+                )
+
+
+def target_mesh(ws: Workspace, mesh_path: str | None) -> tuple[MeshArrays, Path]:
+    """The mesh (or point cloud) to label: a given file, else the fused mesh."""
+    if mesh_path is None:
+        require_done(ws, "lift", "fuse")
+        return ws.read_mesh(), ws.mesh_path
+    path = Path(mesh_path)
+    if not path.exists():
+        raise BadInputError(ws.scene, path, "the mesh to lift onto does not exist", "fix lift.mesh")
+    mesh = read_mesh_or_points(path)
+    if len(mesh) == 0:
+        raise BadInputError(ws.scene, path, "the mesh to lift onto cannot be read or has no vertices", "pass a PLY/OBJ mesh or point cloud with vertices")
+    return mesh, path
+
+
+def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `lift`: consensus labels of all frames voted onto the vertices of the mesh."""
+    consensus = require_done(ws, "lift", "consensus")
+    config = dataclasses.asdict(cfg)
+    mesh_id = [consensus["output_hash"]]
+    if cfg.mesh is None:
+        mesh_id.append(require_done(ws, "lift", "fuse")["output_hash"])
+    else:
+        stat = Path(cfg.mesh).stat() if Path(cfg.mesh).exists() else None
+        mesh_id.append([str(Path(cfg.mesh).resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+
+    def body() -> dict:
+        mesh, path = target_mesh(ws, cfg.mesh)
+        core = LiftConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LiftConfig)})
+        n_frames = int(ws.read_scene_meta()["n_frames"])
+        triangles = mesh.triangles if len(mesh.triangles) else None
+        with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
+            result = lift(lift_frames(ws), mesh.vertices, triangles, len(unified_space().ids), core,
+                          normals=mesh.normals, progress=bar.update)
+        _save_npy(ws.output_path("labels"), result.labels.astype(np.int32))
+        _save_npy(ws.output_path("confidence"), result.confidence.astype(np.float32))
+        with atomic_path(ws.output_path("soft")) as tmp:
+            write_soft_labels(tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names)
+        labelled = result.labels > 0
+        return {"mesh": str(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
+                "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
+                "classes_present": int(len(np.unique(result.labels[labelled])))}
+
+    return run_stage(ws, "lift", config, stable_hash(mesh_id), body, force=force)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+    """Stage `export`: labelled PLY, per-space id arrays, classes.json and a Pointcept folder."""
+    lifted = require_done(ws, "export", "lift")
+
+    def body() -> dict:
+        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        labels = np.load(ws.output_path("labels")).astype(np.int64)
+        if len(labels) != len(mesh):
+            raise BadInputError(ws.scene, lifted["summary"]["mesh"], f"the mesh has {len(mesh)} vertices but the labels {len(labels)}",
+                                "rerun lift (force=true) after changing the mesh")
+        unified = unified_space()
+        write_labelled_ply(ws.output_path("labels_ply"), mesh, labels, unified.colors)
+        per_space = {space: unified_to(space)[labels] for space in ("scannet200", "scannet20", "nyu40")}
+        for space, ids in per_space.items():
+            _save_npy(ws.output_path(f"labels_{space}"), ids.astype(np.int32))
+        write_json_atomic(ws.output_path("classes"), {"unified": classes_json("unified")})
+        summary = {"vertices": len(mesh), "files": [ws.output_path(k).name for k in ("labels_ply", "labels_scannet200", "labels_scannet20", "labels_nyu40", "classes")]}
+        if cfg.pointcept:
+            summary["pointcept"] = write_pointcept(
+                ws.output_path("pointcept"), mesh.vertices, mesh.colors if mesh.colors is not None else np.zeros((len(mesh), 3), np.uint8),
+                mesh.normals if mesh.normals is not None else np.zeros((len(mesh), 3), np.float32),
+                _contiguous(per_space["scannet200"], "scannet200"), _contiguous(per_space["scannet20"], "scannet20"),
+                grid_size=cfg.pointcept_grid_m,
+            )
+        return summary
+
+    return run_stage(ws, "export", dataclasses.asdict(cfg), lifted["output_hash"], body, force=force)
+
+
+def _contiguous(ids: np.ndarray, space: str) -> np.ndarray:
+    """Benchmark ids -> Pointcept's contiguous class indices (position in the class list), -1 = ignore."""
+    class_ids = label_space(space).ids
+    lookup = np.full(int(class_ids.max()) + 1, -1, dtype=np.int64)
+    lookup[class_ids] = np.arange(len(class_ids))
+    return lookup[ids]
