@@ -70,20 +70,22 @@ def write_ply(path: Path, mesh: MeshArrays, vertex_properties: dict[str, np.ndar
         fh.write(faces.tobytes())
 
 
+def _from_open3d(points, triangles, colors, normals) -> MeshArrays:
+    colors, normals = np.asarray(colors), np.asarray(normals)
+    return MeshArrays(
+        vertices=np.asarray(points, dtype=np.float32),
+        triangles=np.asarray(triangles, dtype=np.int32).reshape(-1, 3),
+        colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
+        normals=normals.astype(np.float32) if len(normals) else None,
+    )
+
+
 def read_mesh(path: Path) -> MeshArrays:
     """Read a triangle mesh (PLY, OBJ, ...) with open3d; colours come back as uint8."""
     import open3d as o3d
 
     mesh = o3d.io.read_triangle_mesh(str(path))
-    vertices = np.asarray(mesh.vertices, dtype=np.float32)
-    colors = np.asarray(mesh.vertex_colors)
-    normals = np.asarray(mesh.vertex_normals)
-    return MeshArrays(
-        vertices=vertices,
-        triangles=np.asarray(mesh.triangles, dtype=np.int32),
-        colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
-        normals=normals.astype(np.float32) if len(normals) else None,
-    )
+    return _from_open3d(mesh.vertices, mesh.triangles, mesh.vertex_colors, mesh.vertex_normals)
 
 
 def read_mesh_or_points(path: Path) -> MeshArrays:
@@ -94,11 +96,4 @@ def read_mesh_or_points(path: Path) -> MeshArrays:
     if len(mesh.vertices):
         return mesh
     cloud = o3d.io.read_point_cloud(str(path))
-    points = np.asarray(cloud.points, dtype=np.float32)
-    colors = np.asarray(cloud.colors)
-    normals = np.asarray(cloud.normals)
-    return MeshArrays(
-        vertices=points,
-        colors=np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8) if len(colors) else None,
-        normals=normals.astype(np.float32) if len(normals) else None,
-    )
+    return _from_open3d(cloud.points, np.zeros((0, 3)), cloud.colors, cloud.normals)

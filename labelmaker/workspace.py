@@ -59,7 +59,7 @@ OUTPUTS = {
 _FRAME_ARRAYS = ("timestamps", "color", "depth", "confidence", "K_color", "K_depth", "T_cw", "upright")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,7 +82,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..mesh import MeshArrays, write_ply
-from ..workspace import atomic_path
+from ..workspace import atomic_path, fsync_dir
 
 SOFT_LABELS_FORMAT = "labelmaker-soft-labels/1"
 IGNORE_INDEX = -1
@@ -113,14 +113,6 @@ def _as_colors(color, n: int) -> np.ndarray:
     raise ValueError(f"unsupported colour dtype {color.dtype}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pointcept(folder: Path, coord, color, normal, segment200, segment20, grid_size: float | None = 0.0,
                     instance=None) -> dict:
     """Write a Pointcept-ready scene folder (see the module docstring for files and dtypes).
@@ -166,11 +158,11 @@ def write_pointcept(folder: Path, coord, color, normal, segment200, segment20, g
         for name, arr in arrays.items():
             with atomic_path(staging / f"{name}.npy") as tmp:
                 np.save(tmp, arr)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         if folder.exists():
             os.replace(folder, retired)
         os.replace(staging, folder)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if retired.exists() and not folder.exists():
