@@ -193,7 +193,7 @@ def build_scene(case: Case, out: Path, seed: int = 0) -> None:
                 p[blob & (p > 0)] = rng.integers(1, size)
             preds.append(p.astype(np.uint8))
             files[f"pred{m}"].write(preds[-1].tobytes())
-        labels, conf = vote(preds, mapping_objs, WEIGHTS, N_UNIFIED, ConsensusConfig(device="cpu"))
+        labels, conf = vote(preds, mapping_objs, WEIGHTS, N_UNIFIED, ConsensusConfig(device="cpu", split="share"))
         files["labels"].write(labels.numpy().astype(np.uint16).tobytes())
         files["conf"].write(conf.numpy().astype(np.float16).tobytes())
         z = np.where(hit, t + rng.normal(0, 0.005, t.shape), 0).reshape(H, W)
@@ -239,17 +239,17 @@ def measure_consensus(data: Path, max_frames: int) -> dict:
     n = min(meta["n_frames"], max_frames)
     maps = [_Mapping.from_rows(r) for r in json.loads((data / "mappings.json").read_text())]
     preds = [np.fromfile(data / f"pred{m}.bin", dtype=np.uint8, count=n * H * W).reshape(n, H, W) for m in range(3)]
-    cfg = ConsensusConfig(device="auto")
-    vote([p[0] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg)
+    cfg = ConsensusConfig(device="auto", split="share")  # "prior" costs the same; it needs the real label tables
+    vote([p[0] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg, ranks=cfg.ranks)
     base = rss_mb()
     t0 = time.perf_counter()
     for k in range(n):
-        labels, conf = vote([p[k] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg)
+        labels, conf = vote([p[k] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg, ranks=cfg.ranks)
     per_frame = (time.perf_counter() - t0) / n * 1000
     batch = 16
     t0 = time.perf_counter()
     for k in range(0, n, batch):
-        labels, conf = vote([p[k:k + batch] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg)
+        labels, conf = vote([p[k:k + batch] for p in preds], maps, WEIGHTS, N_UNIFIED, cfg, ranks=cfg.ranks)
     batched = (time.perf_counter() - t0) / n * 1000
     return dict(frames=n, ms_per_frame=per_frame, ms_per_frame_batch16=batched, device=str(
         torch.device("cuda" if torch.cuda.is_available() else "cpu")), threads=torch.get_num_threads(),
@@ -271,9 +271,16 @@ def measure_lift(data: Path) -> dict:
     verts, tris, truth = mesh["vertices"], mesh["triangles"], mesh["labels"]
 
     def frames():
+        # as the pipeline lifts the consensus: the winner plus two more ranked classes where the
+        # models disagree (stand-ins: the neighbouring label within 3 px of a boundary, else none)
         for k in range(n):
+            labels = _read(data / "labels.bin", k, (H, W), np.uint16)
+            more = np.stack([np.roll(labels, 3, axis=1), np.roll(labels, -3, axis=0)])
+            more[more == labels[None]] = 0
             yield LiftFrame(
-                labels=_read(data / "labels.bin", k, (H, W), np.uint16),
+                labels=labels,
+                more_labels=more,
+                more_confidence=np.full(more.shape, 0.2, np.float32),
                 confidence=_read(data / "conf.bin", k, (H, W), np.float16).astype(np.float32),
                 depth_m=_read(data / "depth.bin", k, (H, W), np.uint16).astype(np.float32) / 1000.0,
                 K_labels=K, K_depth=K, T_cw=poses[k])
