@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf, open_dict
 
 from .consensus import ConsensusConfig
 from .fusion import FusionConfig
-from .io.registry import IMPORTERS, get_importer
+from .io.registry import all_importers
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
@@ -51,10 +51,9 @@ def config_dir() -> Path:
 
 
 def register_configs() -> None:
-    get_importer("arkitscenes")  # loads the built-in importers
     cs = ConfigStore.instance()
     cs.store(name="labelmaker_schema", node=LabelmakerConfig)
-    for importer in IMPORTERS.values():
+    for importer in all_importers().values():
         cs.store(group="data", name=f"{importer.name}_schema", node=importer.config)
 
 

@@ -8,26 +8,25 @@ import numpy as np
 
 from .config import LabelmakerConfig
 from .geometry import camera_centres, rotation_angle_deg
-from .mesh import read_mesh
+from .io.ground_truth import GroundTruth
+from .mesh import MeshArrays
 from .pipeline.run import run_scene
 from .synthetic import make_scene
 from .workspace import Workspace
 
 
-def surface_distances(points: np.ndarray, mesh_path: Path) -> np.ndarray:
+def surface_distances(points: np.ndarray, gt: MeshArrays) -> np.ndarray:
     """Unsigned distance of each point to a triangle mesh."""
     import open3d as o3d
 
-    gt = read_mesh(mesh_path)
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(gt.vertices.astype(np.float32), gt.triangles.astype(np.uint32))
     return scene.compute_distance(points.astype(np.float32)).numpy()
 
 
-def pose_errors(ws: Workspace, poses_npz: Path) -> tuple[float, float]:
+def pose_errors(ws: Workspace, gt: GroundTruth) -> tuple[float, float]:
     """Max centre error (m) and rotation error (deg) of imported poses against the truth."""
-    truth = np.load(poses_npz)
-    by_time = {round(float(t), 3): T for t, T in zip(truth["timestamps"], truth["T_cw"])}
+    by_time = {round(float(t), 3): T for t, T in zip(*gt.poses())}
     pos, rot = [], []
     for batch in ws.iter_frame_shards():
         true_T = np.stack([by_time[round(float(t), 3)] for t in batch.timestamps])
@@ -45,8 +44,9 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
     fused = done["fuse"].record["summary"]
 
     mesh = ws.read_mesh()
-    dist = surface_distances(mesh.vertices, scene.gt_dir / "mesh.ply")
-    max_pos, max_rot = pose_errors(ws, scene.gt_dir / "poses.npz")
+    gt = GroundTruth(scene.gt_dir, scene.video_id)
+    dist = surface_distances(mesh.vertices, gt.mesh())
+    max_pos, max_rot = pose_errors(ws, gt)
     lines = {
         "frames": f"{imported['n_frames']} imported of {imported['n_frames_indexed']} "
         f"(dropped: {', '.join(f'{k}={v}' for k, v in imported['dropped'].items())})",

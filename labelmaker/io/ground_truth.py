@@ -70,6 +70,11 @@ class GroundTruth:
     def mesh(self) -> MeshArrays:
         return read_mesh(self.folder / MESH)
 
+    def poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact frame timestamps (N,) and world-to-camera poses (N,4,4)."""
+        with np.load(self.folder / POSES) as data:
+            return data["timestamps"], data["T_cw"]
+
     def vertex_labels(self) -> np.ndarray:
         """Per-vertex unified ids of the GT mesh."""
         return self.unified_ids[np.load(self.folder / VERTEX_LABELS)]

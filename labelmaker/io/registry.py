@@ -26,6 +26,12 @@ def register_importer(importer: Importer) -> Importer:
     return importer
 
 
+def all_importers() -> dict[str, Importer]:
+    """Every registered importer, the built-in ones included."""
+    _load_builtin()
+    return IMPORTERS
+
+
 def get_importer(name: str) -> Importer:
     _load_builtin()
     try:

@@ -15,7 +15,7 @@ from ..errors import BadInputError
 from ..evaluate import Scores, confusion_matrix, plot_confusion, plot_per_class_iou, scores, write_scores_json
 from ..io.ground_truth import GroundTruth, find_ground_truth
 from ..labels import class_prior, mapping_to_unified, unified_space
-from ..lifting import LiftConfig, lift
+from ..lifting import lift
 from ..mesh import read_mesh_or_points
 from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
@@ -136,9 +136,8 @@ def _scores_2d(ws: Workspace, gt: GroundTruth, models: Dict[str, ModelConfig], s
 def _baselines_3d(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig, mesh, gt3d: np.ndarray,
                   n: int, progress: bool) -> dict[str, Scores]:
     """Each model lifted alone, and all models' raw votes counted per vertex (plain majority)."""
-    core = LiftConfig(**{f.name: getattr(lift_cfg, f.name) for f in dataclasses.fields(LiftConfig)})
     # plain: every visible vertex takes one vote per frame and model, nothing weighted
-    core = dataclasses.replace(core, weight_by_confidence=False, weight_by_angle=False, boundary_px=0)
+    core = dataclasses.replace(lift_cfg.core(), weight_by_confidence=False, weight_by_angle=False, boundary_px=0)
     triangles = mesh.triangles if len(mesh.triangles) else None
 
     def model_labels(names):

@@ -35,6 +35,10 @@ class SegmentConfig:
 class LiftStageConfig(LiftConfig):
     mesh: Optional[str] = None  # lift onto this mesh or point cloud (vertex order kept) instead of the fused mesh
 
+    def core(self) -> LiftConfig:
+        """The lifting options alone, for `lifting.lift`."""
+        return LiftConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LiftConfig)})
+
 
 @dataclass
 class ExportConfig:
@@ -193,11 +197,10 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
 
     def body() -> dict:
         mesh, path = target_mesh(ws, cfg.mesh)
-        core = LiftConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(LiftConfig)})
         n_frames = int(ws.read_scene_meta()["n_frames"])
         triangles = mesh.triangles if len(mesh.triangles) else None
         with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
-            result = lift(lift_frames(ws), mesh.vertices, triangles, len(unified_space().ids), core,
+            result = lift(lift_frames(ws), mesh.vertices, triangles, len(unified_space().ids), cfg.core(),
                           normals=mesh.normals, progress=bar.update)
         _save_npy(ws.output_path("labels"), result.labels.astype(np.int32))
         _save_npy(ws.output_path("confidence"), result.confidence.astype(np.float32))
