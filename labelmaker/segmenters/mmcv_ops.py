@@ -10,6 +10,8 @@ real mmcv (built in the Docker image).
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import sys
 import types
 
@@ -61,6 +63,7 @@ def ensure_mmcv_ops(allow_stand_in: bool, device: str) -> str:
         raise SetupError("mmcv", f"the CPU stand-in for mmcv's compiled ops is refused on a machine with CUDA (device {device})",
                          "install full mmcv==2.1.0 built for this torch (the Docker image does)")
     stand_in = _NoCompiledOps("mmcv._ext")
+    stand_in.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)  # no loader: "mmcv-full" checks stay False
     setattr(stand_in, STAND_IN_FLAG, True)
     sys.modules["mmcv._ext"] = stand_in
     return "stand-in"
