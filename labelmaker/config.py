@@ -19,6 +19,7 @@ from .io.registry import all_importers
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
+from .segmenters.checkpoints import CheckpointsConfig
 from .synthetic import SynthConfig
 
 
@@ -36,6 +37,7 @@ class LabelmakerConfig:
     data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
     fusion: FusionConfig = field(default_factory=FusionConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     lift: LiftStageConfig = field(default_factory=LiftStageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

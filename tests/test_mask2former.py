@@ -80,6 +80,17 @@ def test_a_checkpoint_of_another_network_is_refused(saved_model, tmp_path):
         build_segmenter("m2f", model_config(tmp_path, checkpoint="plain.pth"))
 
 
+def test_a_missing_checkpoint_fails_the_stage_with_the_fetch_command(synth_scene_factory, tmp_path):
+    scene = synth_scene_factory(seed=3, n_frames=6, sky_direction="Left")
+    ws = Workspace(tmp_path / "ws")
+    import_scene(scene.video_dir, ws, ArkitScenesConfig(shard_size=4), progress=False)
+    cfg = ModelConfig(kind="mask2former", device="cpu", checkpoint_dir=str(tmp_path / "ckpt"),
+                      mask2former=Mask2FormerConfig(allow_cpu_ops_stand_in=True))  # the Swin-L default
+    with pytest.raises(CheckpointError, match="download_checkpoints.py mask2former_swin-l_ade20k --dir"):
+        segment_scene(ws, "mask2former", cfg, progress=False)
+    assert ws.read_state("segment-mask2former")["status"] == "failed"
+
+
 @pytest.mark.slow
 def test_mask2former_in_the_pipeline(saved_model, synth_scene_factory, tmp_path):
     _, folder = saved_model

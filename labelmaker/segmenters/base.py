@@ -37,7 +37,7 @@ class Mask2FormerConfig:
     """Mask2Former through mmsegmentation (kind `mask2former`)."""
 
     config: str = "mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py"  # in mmseg's package configs, or a path
-    checkpoint: Optional[str] = None  # a manifest model name, a file name in the checkpoint folder, or a path; null = no weights (random; tests only)
+    checkpoint: Optional[str] = "mask2former_swin-l_ade20k"  # a manifest model name (checkpoints.csv), a file name in the checkpoint folder, or a path; null = random weights (tests, benchmarks)
     input_size: int = 640  # the shorter image side is resized to this before the network
     cfg_options: Dict[str, Any] = field(default_factory=dict)  # mmengine dotted-key overrides of the config (tests shrink the model)
     allow_cpu_ops_stand_in: bool = False  # CPU only: run with mmcv-lite and a stand-in for mmcv's compiled ops

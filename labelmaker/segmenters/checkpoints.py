@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,11 @@ class CheckpointError(SetupError):
     def __init__(self, path: Path | str, problem: str, fix: str):
         self.path = str(path)
         super().__init__(f"checkpoint '{path}'", problem, fix)
+
+
+@dataclass
+class CheckpointsConfig:
+    dir: str = "checkpoints"  # the folder holding all models' checkpoint files (config.yaml: $LABELMAKER_CHECKPOINT_DIR if set)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,9 @@ def load_checkpoint(spec: str, folder: Optional[str]) -> tuple[dict, Path]:
 
     path, entry = locate(spec, folder)
     verified = verify(path, entry)
+    if not verified and not zipfile.is_zipfile(path):
+        raise CheckpointError(path, "cannot be read as a torch checkpoint (not the zip format torch.save writes)",
+                              f"fetch it again: {fetch_command(entry, path.parent)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True), path
     except pickle.UnpicklingError as err:

@@ -88,11 +88,13 @@ class Mask2FormerSegmenter:
         self.label_space = cfg.label_space
         self.cfg = cfg.mask2former
         self.device = resolve_device(cfg.device)
+        # weights first: a missing or damaged checkpoint fails before the (slow) build
+        state, path = load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir) if model is None and self.cfg.checkpoint else (None, None)
         self.model = model if model is not None else build_model(self.cfg, device=self.device)
-        if model is None and self.cfg.checkpoint:
-            state, path = load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir)
+        if state is not None:
             load_weights(self.model, state, str(path))
             self.model.to(self.device)
+            del state
         self.n_classes = int(self.model.decode_head.num_classes)
         swin = "swin" in Path(self.cfg.config).name
         self.resources = Resources(gpu=True, memory_gb=8.0 if swin else 4.0)
