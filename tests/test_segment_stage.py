@@ -96,6 +96,8 @@ def test_floor_ends_on_the_physically_lower_side(sky, synth_scene_factory, tmp_p
     upper = _band(labels, FLOOR_SIDE[opposite])
     assert (lower == FLOOR).mean() > 0.95, sky
     assert (upper == FLOOR).mean() < 0.05, sky
+    again = ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=1, weight=2.0)
+    assert segment_scene(ws, "upright", again, progress=False).skipped  # neither changes the labels
     if sky in ("Left", "Right"):  # portrait frames: the model saw them turned, taller than wide
         h, w = labels.shape[1:]
         assert all(shape[1:3] == (w, h) for shape in BUILT[-1].calls if shape[0])
@@ -165,3 +167,22 @@ def test_flip_tta_on_a_per_frame_model_is_refused(synth_scene_factory, tmp_path)
     ws = _imported(synth_scene_factory, tmp_path, seed=2)
     with pytest.raises(ValueError, match="flip_tta applies to image models only"):
         segment_scene(ws, "sim", ModelConfig(kind="simulated", label_space="ade20k", flip_tta=True), progress=False)
+
+
+@pytest.mark.slow
+def test_a_killed_segment_stage_resumes_with_the_missing_shards_only(synth_scene_factory, tmp_path):
+    ws = _imported(synth_scene_factory, tmp_path, seed=2)  # 12 frames in shards of 5, 5, 2
+    clear_segmenter_cache()
+    cfg = ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=2)
+    segment_scene(ws, "m", cfg, progress=False)
+    first = ws.prediction_shards("m").read(1)["labels"]
+    # as if killed while writing shard 1: its file is gone and the record says running
+    ws.prediction_shards("m").path(1).unlink()
+    record = ws.read_state("segment-m")
+    ws.write_state("segment-m", {**record, "status": "running"})
+    model = cached_segmenter("m", cfg)
+    model.calls.clear()
+    summary = segment_scene(ws, "m", cfg, progress=False).record["summary"]
+    assert summary["shards_reused"] == 2 and summary["shards"] == 3
+    assert sum(shape[0] for shape in model.calls) == 5  # shard 1's frames only
+    assert np.array_equal(ws.prediction_shards("m").read(1)["labels"], first)

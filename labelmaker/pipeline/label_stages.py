@@ -61,7 +61,8 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
     stage = segment_stage(model)
     imported = require_done(ws, stage, "import")
-    config = dataclasses.asdict(cfg)
+    # what does not change the labels (vote weight, batch size) does not make them stale
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("weight", "batch_size")}
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
