@@ -184,5 +184,6 @@ def test_a_killed_segment_stage_resumes_with_the_missing_shards_only(synth_scene
     model.calls.clear()
     summary = segment_scene(ws, "m", cfg, progress=False).record["summary"]
     assert summary["shards_reused"] == 2 and summary["shards"] == 3
+    assert summary["device"] in ("cpu", "cuda") and summary["batch_size"] == 2 and summary["resources"]["gpu"] is False
     assert sum(shape[0] for shape in model.calls) == 5  # shard 1's frames only
     assert np.array_equal(ws.prediction_shards("m").read(1)["labels"], first)

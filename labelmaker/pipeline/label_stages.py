@@ -21,7 +21,7 @@ from ..labels import class_prior, classes_json, label_space, mapping_to_unified,
 from ..lifting import LiftConfig, LiftFrame, lift
 from ..mesh import MeshArrays, read_mesh_or_points
 from ..segmenters import ModelConfig, SceneContext
-from ..segmenters.base import ImageSegmenter, cached_segmenter, resolve_device
+from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import Workspace, atomic_path, write_json_atomic
 from .records import StageOutcome, run_stage, stable_hash
@@ -94,6 +94,7 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
                 bar.update(len(batch))
         shards.remove_from(n_shards)
         return {"model": model, "label_space": space.name, "shards": n_shards, "shards_reused": reused,
+                **(_runner_summary(segmenter, runner) if runner is not None else {}),
                 "output_hash": stable_hash(fingerprints)}
 
     return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
@@ -107,6 +108,12 @@ def _image_runner(segmenter, cfg: ModelConfig, model: str) -> ImageRunner | None
         return None
     device = getattr(segmenter, "device", None) or resolve_device(cfg.device)
     return ImageRunner(segmenter, RunOptions(batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=str(device), fp16=cfg.fp16))
+
+
+def _runner_summary(segmenter, runner: ImageRunner) -> dict:
+    """How an image model ran: device, the batch size that fit, flip TTA, declared resources."""
+    return {"device": runner.options.device, "batch_size": runner.batch_size, "flip_tta": runner.options.flip_tta,
+            "input_size": getattr(segmenter, "input_size", None), "resources": dataclasses.asdict(model_resources(segmenter))}
 
 
 def _check_min_size(segmenter, shape: tuple, scene: str, shard: Path, model: str) -> None:

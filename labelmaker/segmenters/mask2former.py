@@ -96,8 +96,9 @@ class Mask2FormerSegmenter:
             self.model.to(self.device)
             del state
         self.n_classes = int(self.model.decode_head.num_classes)
+        self.input_size = self.cfg.input_size
         swin = "swin" in Path(self.cfg.config).name
-        self.resources = Resources(gpu=True, memory_gb=8.0 if swin else 4.0)
+        self.resources = Resources(gpu=True, memory_gb=8.0 if swin else 4.0)  # rough, not measured here (no GPU)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         import torch
