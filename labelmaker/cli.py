@@ -180,10 +180,10 @@ def cmd_demo(args) -> None:
 
 
 def cmd_doctor(args) -> None:
-    from .doctor import doctor
+    from .doctor import doctor, other_checkpoints
 
     cfg, _ = _load(args.overrides)
-    doctor(cfg.segment.models)
+    doctor(cfg.segment.models, other_checkpoints(cfg))
 
 
 def _load(overrides: list[str], models: dict | None = None):

@@ -46,7 +46,20 @@ def model_checkpoints(cfg: ModelConfig) -> list[str]:
     return [spec] if spec else []
 
 
-def run_checks(models: dict[str, ModelConfig]) -> list[Check]:
+def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
+    """Checkpoints of models outside segment.models (e.g. mask models under `masks.models`):
+    any config section with a `checkpoint` (and optionally `checkpoint_dir`) field."""
+    found = {}
+    for name, entry in (getattr(getattr(cfg, "masks", None), "models", None) or {}).items():
+        for section in [entry, *(getattr(entry, f.name) for f in dataclasses.fields(entry))] if dataclasses.is_dataclass(entry) else []:
+            if dataclasses.is_dataclass(section) and getattr(section, "checkpoint", None):
+                folder = getattr(section, "checkpoint_dir", None) or getattr(entry, "checkpoint_dir", None)
+                found[name] = (section.checkpoint, folder)
+                break
+    return found
+
+
+def run_checks(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -70,6 +83,8 @@ def run_checks(models: dict[str, ModelConfig]) -> list[Check]:
     for name, cfg in models.items():
         for spec in model_checkpoints(cfg):
             checks.append(_checkpoint_check(name, spec, cfg.checkpoint_dir))
+    for name, (spec, folder) in (extra or {}).items():
+        checks.append(_checkpoint_check(name, spec, folder))
     return checks
 
 
@@ -109,9 +124,10 @@ class DoctorFailed(LabelmakerError):
     exit_code = 5
 
 
-def doctor(models: dict[str, ModelConfig]) -> list[Check]:
-    """Print the table; raise DoctorFailed when a required check fails."""
-    checks = run_checks(models)
+def doctor(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
+    """Print the table; raise DoctorFailed when a required check fails. `extra`: more
+    checkpoints to check, name -> (checkpoint, folder)."""
+    checks = run_checks(models, extra)
     print(f"labelmaker doctor: {len(models)} configured model(s): {', '.join(models) or 'none'}")
     print(format_table(checks))
     failed = [c.name for c in checks if c.required and not c.ok]

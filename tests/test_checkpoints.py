@@ -135,6 +135,9 @@ def test_doctor_fails_on_a_missing_checkpoint_and_passes_when_it_is_there(tmp_pa
     table = capsys.readouterr().out
     assert "FAIL checkpoint m2f" in table and "download_checkpoints.py mask2former_r50_ade20k" in table
     torch.save({"state_dict": {}}, tmp_path / "mine.pth")
+    with pytest.raises(DoctorFailed, match="checkpoint sam"):  # other models' checkpoints (e.g. SAM mask models)
+        doctor({"m2f": _m2f(tmp_path, "mine.pth")}, {"sam": ("sam_vit_b", str(tmp_path))})
+    assert "sam_vit_b_01ec64.pth is missing" in capsys.readouterr().out
     checks = doctor({"m2f": _m2f(tmp_path, "mine.pth")})
     assert {c.name for c in checks} >= {"torch", "CUDA", "mmsegmentation", "mmcv ops", "checkpoint m2f"}
     assert "all required checks passed" in capsys.readouterr().out
@@ -151,3 +154,30 @@ def test_doctor_command_exits_non_zero_when_something_required_is_missing(tmp_pa
     assert main(["doctor", "models=mask2former", f"checkpoints.dir={tmp_path}"]) == 5
     assert "missing from" in capsys.readouterr().out
     assert main(["doctor"]) == 0  # no models configured: nothing required beyond the basics
+
+
+def test_doctor_finds_checkpoints_of_models_outside_segment_models():
+    from dataclasses import dataclass, field
+
+    from labelmaker.doctor import other_checkpoints
+
+    @dataclass
+    class Sam:
+        checkpoint: str = "sam_vit_h_4b8939.pth"
+        checkpoint_dir: str = "/ckpt"
+
+    @dataclass
+    class MaskModel:
+        kind: str = "sam"
+        sam: Sam = field(default_factory=Sam)
+
+    @dataclass
+    class Masks:
+        models: dict = field(default_factory=lambda: {"sam": MaskModel(), "simulated": object()})
+
+    @dataclass
+    class Root:
+        masks: Masks = field(default_factory=Masks)
+
+    assert other_checkpoints(Root()) == {"sam": ("sam_vit_h_4b8939.pth", "/ckpt")}
+    assert other_checkpoints(object()) == {}
