@@ -1,0 +1,81 @@
+"""The local SLURM cluster answers, runs submitit jobs on both partitions, and a requeued array
+task is seen in accounting and runs again (what the batch orchestration relies on)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import cloudpickle
+import submitit
+
+from slurm_cluster import sacct_states, wait_until
+
+pytestmark = pytest.mark.slow
+
+# The jobs run these functions from this file, which is not importable on the node: ship them
+# by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _square(x: int) -> tuple[int, str]:
+    return x * x, os.environ.get("SLURM_JOB_PARTITION", "")
+
+
+def _gpu_env() -> tuple[str, str]:
+    return os.environ.get("SLURM_JOB_PARTITION", ""), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def _attempt(i: int, folder: str) -> tuple[int, int]:
+    """Record that this attempt started, wait for the test's go, return the restart count."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    Path(folder, f"started_{i}_{restarts}").touch()
+    deadline = time.time() + 60
+    while not Path(folder, "go").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    return i, restarts
+
+
+def _executor(folder: Path, **params) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=1, slurm_signal_delay_s=20, **params)
+    return ex
+
+
+def test_cluster_answers(local_slurm):
+    info = subprocess.run(["sinfo", "-h", "-o", "%P %a %T"], capture_output=True, text=True, check=True).stdout
+    partitions = {line.split()[0].rstrip("*"): line.split()[2] for line in info.splitlines()}
+    assert set(partitions) == {"cpu", "gpu"}, info
+    assert all(state in {"idle", "mixed", "allocated"} for state in partitions.values()), info
+    conf = Path(local_slurm).read_text()
+    assert int(conf.split("MaxArraySize=")[1].split()[0]) >= 1001
+    subprocess.run(["sacct", "-n", "-X", "-S", "now-1hours"], capture_output=True, check=True)
+
+
+def test_submitit_jobs_on_both_partitions(local_slurm, tmp_path):
+    cpu_job = _executor(tmp_path / "cpu", slurm_partition="cpu").submit(_square, 7)
+    gpu_job = _executor(tmp_path / "gpu", slurm_partition="gpu", gpus_per_node=1).submit(_gpu_env)
+    assert cpu_job.result() == (49, "cpu")
+    partition, devices = gpu_job.result()
+    assert partition == "gpu" and devices != "", (partition, devices)
+    assert ("%s" % cpu_job.job_id, "COMPLETED") in sacct_states(cpu_job.job_id)
+
+
+def test_requeued_array_task_runs_again_and_is_accounted(local_slurm, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    ex = _executor(tmp_path / "jobs", slurm_partition="cpu")
+    jobs = ex.map_array(_attempt, [0, 1, 2], [str(marks)] * 3)
+    target = jobs[1]
+    wait_until(lambda: (marks / "started_1_0").exists() or target.done(), 90, "array task 1 to start")
+    assert not target.done(), target.stderr()
+    subprocess.run(["scontrol", "requeue", target.job_id], check=True, capture_output=True)
+    wait_until(lambda: (marks / "started_1_1").exists(), 90, "the requeued task to start again")
+    (marks / "go").touch()
+    results = [job.result() for job in jobs]
+    assert results == [(0, 0), (1, 1), (2, 0)]
+    states = [state for jid, state in sacct_states(target.job_id) if jid == target.job_id]
+    assert "REQUEUED" in states and states[-1] == "COMPLETED", states
