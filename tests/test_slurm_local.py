@@ -61,7 +61,8 @@ def test_submitit_jobs_on_both_partitions(local_slurm, tmp_path):
     assert cpu_job.result() == (49, "cpu")
     partition, devices = gpu_job.result()
     assert partition == "gpu" and devices != "", (partition, devices)
-    assert ("%s" % cpu_job.job_id, "COMPLETED") in sacct_states(cpu_job.job_id)
+    # accounting catches up a moment after the result file is written
+    wait_until(lambda: (cpu_job.job_id, "COMPLETED") in sacct_states(cpu_job.job_id), 60, "sacct COMPLETED")
 
 
 def test_requeued_array_task_runs_again_and_is_accounted(local_slurm, tmp_path):
@@ -77,5 +78,24 @@ def test_requeued_array_task_runs_again_and_is_accounted(local_slurm, tmp_path):
     (marks / "go").touch()
     results = [job.result() for job in jobs]
     assert results == [(0, 0), (1, 1), (2, 0)]
-    states = [state for jid, state in sacct_states(target.job_id) if jid == target.job_id]
-    assert "REQUEUED" in states and states[-1] == "COMPLETED", states
+
+    def runs():
+        states = [state for jid, state in sacct_states(target.job_id) if jid == target.job_id]
+        return states if states and states[-1] == "COMPLETED" else None
+
+    states = wait_until(runs, 60, "sacct to show the requeued task COMPLETED")
+    assert "REQUEUED" in states, states
+
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "slurm" / "templates"
+
+
+def test_single_scene_job_template_is_accepted_by_sbatch(local_slurm, tmp_path):
+    script = TEMPLATES / "run-one-scene.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    # --test-only validates every #SBATCH line without running; memory and CPUs are lowered to
+    # what the local node has (command-line options override the script's).
+    proc = subprocess.run(["sbatch", "--test-only", "--mem=1G", "--cpus-per-task=1", str(script),
+                           str(tmp_path / "capture"), str(tmp_path / "ws")], capture_output=True, text=True)
+    assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+    assert "in partition gpu" in proc.stderr
