@@ -4,6 +4,7 @@
     labelmaker fuse <workspace> [key=value ...]
     labelmaker run <capture dir> <workspace> [--pred SPACE=FOLDER ...] [key=value ...]
     labelmaker synth <out dir> [synth.seed=3 synth.sky_direction=Left ...]
+    labelmaker download <video id> <out dir> [download.split=Training ...]
     labelmaker demo [out dir] [key=value ...]
 
 Errors a user can fix (bad input, a missing earlier stage) print one clear line and exit
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pred", action="append", default=[], metavar="SPACE=FOLDER",
                      help="a folder of precomputed per-frame label PNGs in label space SPACE (repeatable)")
     run.add_argument("overrides", nargs="*")
+
+    dl = sub.add_parser("download", help="fetch one ARKitScenes video's raw assets (resumable)")
+    dl.add_argument("video_id")
+    dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
+    dl.add_argument("overrides", nargs="*")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
@@ -175,13 +181,34 @@ def cmd_demo(args) -> None:
     _print_summary(result["title"], result["lines"])
 
 
+def cmd_download(args) -> None:
+    from .io.download import download_video
+
+    cfg, _ = _load(args.overrides)
+    summary = download_video(args.video_id, Path(args.out_dir), cfg.download, progress=cfg.progress)
+    counts = {}
+    for f in summary.files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    lines = {"files": ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+             "transferred": f"{summary.bytes / 1e6:.1f} MB, {summary.retries} retries",
+             "video folder": summary.video_dir}
+    missing = [f.name for f in summary.files if f.status == "missing"]
+    if missing:
+        lines["not on server"] = ", ".join(missing)
+    if summary.metadata_csv:
+        lines["metadata"] = summary.metadata_csv
+    lines["next"] = f"labelmaker import arkitscenes {summary.video_dir} <workspace>"
+    _print_summary(f"download done: video {summary.video_id} in {summary.seconds:.1f}s", lines)
+
+
 def _load(overrides: list[str], models: dict | None = None):
     from .config import load_config
 
     return load_config(overrides, models)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo}
+COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo,
+            "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:
