@@ -258,8 +258,8 @@ def fetch_file(url: str, final: Path, cfg: DownloadConfig, sha256: str | None = 
                 continue
             part.replace(final)
             return result
-    raise DownloadError(f"{url}: failed after {cfg.retries + 1} attempts ({last_problem}); "
-                        f"run the download again to resume from {part.name}")
+    again = f"run it again to resume from {part}" if part.exists() else "run it again later"
+    raise DownloadError(f"{url}: failed after {cfg.retries + 1} attempts ({last_problem}); {again}")
 
 
 # ----------------------------------------------------------------------------- zips
