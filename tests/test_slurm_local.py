@@ -99,3 +99,50 @@ def test_single_scene_job_template_is_accepted_by_sbatch(local_slurm, tmp_path):
                            str(tmp_path / "capture"), str(tmp_path / "ws")], capture_output=True, text=True)
     assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
     assert "in partition gpu" in proc.stderr
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def test_a_fresh_cluster_starts_and_stop_leaves_nothing_running(local_slurm, tmp_path):
+    """A second instance from an empty folder (other ports), as on a clean CI machine: it
+    initialises its database, runs a job that sacct sees, and stop.sh --purge removes it all."""
+    state = Path(f"/tmp/labelmaker-slurm-test-{os.getpid()}")  # MariaDB's user must reach it
+    env = {**os.environ, "LABELMAKER_SLURM_DIR": str(state), "LABELMAKER_SLURM_PORT": "7817",
+           "LABELMAKER_SLURM_DB_PORT": "13307"}
+    env.pop("SLURM_CONF", None)
+    local = Path(__file__).resolve().parents[1] / "slurm" / "local"
+    try:
+        out = subprocess.run(["bash", str(local / "start.sh"), "--quiet"], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        env["SLURM_CONF"] = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+        assert env["SLURM_CONF"].startswith(str(state))
+        job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"], env=env,
+                             capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+
+        def completed():
+            rows = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job], env=env,
+                                  capture_output=True, text=True).stdout.split()
+            return rows == ["COMPLETED"]
+
+        wait_until(completed, 60, "the fresh cluster's job in sacct")
+        again = subprocess.run(["bash", str(local / "start.sh"), "--quiet"], env=env, capture_output=True, text=True)
+        assert again.returncode == 0 and "already running" in again.stderr
+    finally:
+        stop = subprocess.run(["bash", str(local / "stop.sh"), "--purge"], env=env, capture_output=True, text=True)
+    assert stop.returncode == 0, stop.stderr
+    assert not state.exists()
+    assert _processes_mentioning(str(state)) == []
+    # the shared cluster (and the munged it uses) is untouched
+    subprocess.run(["sinfo", "-h"], check=True, capture_output=True)
