@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*")
 
     dl = sub.add_parser("download", help="fetch one ARKitScenes video's raw assets (resumable)")
-    dl.add_argument("video_id")
+    dl.add_argument("video_id", help="a video id, or a file listing them (the dataset's *_splits.csv, or one id per line)")
     dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
     dl.add_argument("overrides", nargs="*")
 
@@ -182,9 +182,20 @@ def cmd_demo(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from .io.download import download_video
+    from .io.download import download_video, download_videos, read_video_list
 
     cfg, _ = _load(args.overrides)
+    if Path(args.video_id).is_file():
+        videos = read_video_list(args.video_id, cfg.download.split)
+        done, failed = download_videos(videos, Path(args.out_dir), cfg.download, progress=cfg.progress)
+        lines = {"videos": f"{len(done)} done, {len(failed)} failed of {len(videos)}",
+                 "transferred": f"{sum(s.bytes for s in done) / 1e6:.1f} MB, {sum(s.retries for s in done)} retries",
+                 "raw folder": Path(args.out_dir) / "raw"}
+        lines.update({f"failed {vid}": msg for vid, msg in failed.items()})
+        _print_summary(f"download {'done' if not failed else 'incomplete'}: {args.video_id}", lines)
+        if failed:
+            raise LabelmakerError(f"{len(failed)} of {len(videos)} videos failed; run the same command again to resume them")
+        return
     summary = download_video(args.video_id, Path(args.out_dir), cfg.download, progress=cfg.progress)
     counts = {}
     for f in summary.files:

@@ -219,3 +219,25 @@ def test_unreachable_server_fails_with_a_clear_error(tmp_path):
     cfg = DownloadConfig(base_url="http://127.0.0.1:9", retries=1, backoff_s=0.01, timeout_s=0.5)
     with pytest.raises(DownloadError, match="failed after 2 attempts"):
         download_video("123", tmp_path, cfg, progress=False)
+
+
+def test_a_list_of_videos_goes_on_past_a_failure_and_a_rerun_finishes(synth_scene_factory, tmp_path, capsys):
+    base = tmp_path / "server"
+    ids = ["41069021", "41069022"]
+    for i, vid in enumerate(ids):
+        scene = synth_scene_factory(seed=5 + i, n_frames=12, video_id=vid)
+        pack_release(scene.video_dir, scene.root / "metadata.csv", base, "Training" if i else SPLIT)
+    listing = tmp_path / "splits.csv"
+    listing.write_text(f"video_id,fold\n{ids[0]},{SPLIT}\n{ids[1]},Training\n")
+    assert dl.read_video_list(listing, SPLIT) == [(ids[0], SPLIT), (ids[1], "Training")]
+    with FaultyServer(base) as server:
+        args = ["download", str(listing), str(tmp_path / "data"), f"download.base_url={server.url}",
+                "download.retries=1", "download.backoff_s=0.01", "progress=false"]
+        server.inject(f"raw/Training/{ids[1]}/lowres_depth.zip", "500", "500")
+        assert main(args) == 1
+        out = capsys.readouterr().out
+        assert "1 done, 1 failed of 2" in out and f"failed {ids[1]}" in out
+        assert (tmp_path / "data" / "raw" / SPLIT / ids[0] / "lowres_wide").is_dir()
+        assert main(args) == 0
+    assert "2 done, 0 failed of 2" in capsys.readouterr().out
+    assert (tmp_path / "data" / "raw" / "Training" / ids[1] / "lowres_depth").is_dir()

@@ -24,6 +24,7 @@ Why each rule:
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import http.client
 import logging
@@ -351,3 +352,40 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
             result.name = f"{asset}/ (from {name})"
         results.append(result)
     return DownloadSummary(str(video_id), video_dir, metadata, results, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- many videos
+
+
+def _video_id(text: str) -> str:
+    """Video ids are integers; some CSVs store them as floats ("41069021.0")."""
+    text = text.strip()
+    return str(int(float(text))) if re.fullmatch(r"\d+(\.0*)?", text) else text
+
+
+def read_video_list(path: str | Path, default_split: str) -> list[tuple[str, str]]:
+    """(video_id, split) pairs from a CSV with a `video_id` column and optionally `fold`
+    (the dataset's *_splits.csv files), or from a plain list with one video id per line."""
+    path = Path(path)
+    text = path.read_text()
+    first = text.splitlines()[0] if text.strip() else ""
+    if "video_id" in first.split(","):
+        rows = list(csv.DictReader(text.splitlines()))
+        return [(_video_id(r["video_id"]), r.get("fold") or default_split) for r in rows]
+    return [(line.strip(), default_split) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def download_videos(videos: list[tuple[str, str]], out_root: str | Path, cfg: DownloadConfig, progress: bool = True,
+                    sleep: Callable[[float], None] = time.sleep) -> tuple[list[DownloadSummary], dict[str, str]]:
+    """Download each (video_id, split); one video's failure does not stop the others.
+    Returns the summaries of the finished videos and {video_id: error message} of the others."""
+    from dataclasses import replace
+
+    done, failed = [], {}
+    for video_id, split in tqdm(videos, desc="videos", unit="video", disable=not progress or len(videos) < 2):
+        try:
+            done.append(download_video(video_id, out_root, replace(cfg, split=split), progress, sleep))
+        except LabelmakerError as err:
+            failed[video_id] = f"{type(err).__name__}: {err}"
+            log.warning("video %s failed: %s", video_id, err)
+    return done, failed
