@@ -4,6 +4,7 @@
     labelmaker fuse <workspace> [key=value ...]
     labelmaker run <capture dir> <workspace> [--pred SPACE=FOLDER ...] [key=value ...]
     labelmaker synth <out dir> [synth.seed=3 synth.sky_direction=Left ...]
+    labelmaker download <video id> <out dir> [download.split=Training ...]
     labelmaker demo [out dir] [key=value ...]
     labelmaker doctor [models=mask2former checkpoints.dir=... ...]
 
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check CUDA, packages, mmcv ops and checkpoints of the configured models")
     doctor.add_argument("overrides", nargs="*", help="config overrides, e.g. models=mask2former checkpoints.dir=/ckpt")
+    dl = sub.add_parser("download", help="fetch one ARKitScenes video's raw assets (resumable)")
+    dl.add_argument("video_id", help="a video id, or a file listing them (the dataset's *_splits.csv, or one id per line)")
+    dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
+    dl.add_argument("overrides", nargs="*")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
@@ -184,6 +189,35 @@ def cmd_doctor(args) -> None:
 
     cfg, _ = _load(args.overrides)
     doctor(cfg.segment.models, other_checkpoints(cfg))
+def cmd_download(args) -> None:
+    from .io.download import download_video, download_videos, read_video_list
+
+    cfg, _ = _load(args.overrides)
+    if Path(args.video_id).is_file():
+        videos = read_video_list(args.video_id, cfg.download.split)
+        done, failed = download_videos(videos, Path(args.out_dir), cfg.download, progress=cfg.progress)
+        lines = {"videos": f"{len(done)} done, {len(failed)} failed of {len(videos)}",
+                 "transferred": f"{sum(s.bytes for s in done) / 1e6:.1f} MB, {sum(s.retries for s in done)} retries",
+                 "raw folder": Path(args.out_dir) / "raw"}
+        lines.update({f"failed {vid}": msg for vid, msg in failed.items()})
+        _print_summary(f"download {'done' if not failed else 'incomplete'}: {args.video_id}", lines)
+        if failed:
+            raise LabelmakerError(f"{len(failed)} of {len(videos)} videos failed; run the same command again to resume them")
+        return
+    summary = download_video(args.video_id, Path(args.out_dir), cfg.download, progress=cfg.progress)
+    counts = {}
+    for f in summary.files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    lines = {"files": ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+             "transferred": f"{summary.bytes / 1e6:.1f} MB, {summary.retries} retries",
+             "video folder": summary.video_dir}
+    missing = [f.name for f in summary.files if f.status == "missing"]
+    if missing:
+        lines["not on server"] = ", ".join(missing)
+    if summary.metadata_csv:
+        lines["metadata"] = summary.metadata_csv
+    lines["next"] = f"labelmaker import arkitscenes {summary.video_dir} <workspace>"
+    _print_summary(f"download done: video {summary.video_id} in {summary.seconds:.1f}s", lines)
 
 
 def _load(overrides: list[str], models: dict | None = None):
@@ -192,7 +226,8 @@ def _load(overrides: list[str], models: dict | None = None):
     return load_config(overrides, models)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo, "doctor": cmd_doctor}
+COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo,
+            "doctor": cmd_doctor, "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:

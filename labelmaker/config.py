@@ -15,6 +15,7 @@ from omegaconf import MISSING, OmegaConf, open_dict
 
 from .consensus import ConsensusConfig
 from .fusion import FusionConfig
+from .io.download import DownloadConfig
 from .io.registry import all_importers
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
@@ -44,6 +45,7 @@ class LabelmakerConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
 
 
 def config_dir() -> Path:

@@ -93,6 +93,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
 
 
+def is_temporary(path: Path) -> bool:
+    """A temporary that `atomic_path` writes and renames: never to be read or copied."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp-" in name
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
