@@ -1,0 +1,129 @@
+"""Per-scene state from the workspaces' stage records: what is done, stale, running, failed, pending.
+
+Read-only and fast (thousands of scenes in about a second): one small JSON read per stage record,
+config hashes computed once per batch, input hashes from the dependencies' records.
+
+Status of one stage of one scene:
+  done               done-record matching the current config and the dependencies' outputs
+  stale              done-record, but config or inputs changed since: it will rerun
+  running            running-record of a live process (or of another host: trusted as running)
+  failed             failed-record (error_class: bad_input, out_of_memory, timeout, preempted,
+                     cancelled, crashed, dependency_failed), or a running-record whose process
+                     on this host is gone (crashed: killed without a word)
+  dependency_failed  nothing recorded, and a stage it needs failed
+  pending            nothing recorded yet (or waiting for its dependencies)
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from ..workspace import Workspace
+from .graph import StageSpec, expected_input_hash, stage_config
+from .records import stable_hash
+
+ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
+_HOST = socket.gethostname()
+
+
+@dataclass
+class StageState:
+    stage: str
+    status: str  # done | stale | running | failed | dependency_failed | pending
+    attempt: int = 0
+    error_class: Optional[str] = None
+    error: Optional[str] = None
+    seconds: Optional[float] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+
+
+@dataclass
+class SceneState:
+    scene: str
+    workspace: str
+    stages: dict[str, StageState] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """failed > running > done (all stages) > pending."""
+        found = {s.status for s in self.stages.values()}
+        if found & {"failed", "dependency_failed"}:
+            return "failed"
+        if "running" in found:
+            return "running"
+        if found == {"done"}:
+            return "done"
+        return "pending"
+
+    def failures(self) -> list[StageState]:
+        return [s for s in self.stages.values() if s.status == "failed"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StateReader:
+    """Reads scene states under one config; config hashes are computed once."""
+
+    def __init__(self, cfg, graph: list[StageSpec]):
+        self.cfg = cfg
+        self.graph = graph
+        self.config_hashes = {spec.name: stable_hash(stage_config(spec, cfg)) for spec in graph}
+
+    def scene(self, scene: str, workspace: str) -> SceneState:
+        ws = Workspace(workspace)
+        records = {spec.name: ws.read_state(spec.name) for spec in self.graph}
+        return self.from_records(scene, workspace, records)
+
+    def from_records(self, scene: str, workspace: str, records: dict[str, Optional[dict]]) -> SceneState:
+        out = SceneState(scene, str(workspace))
+        for spec in self.graph:
+            out.stages[spec.name] = self._stage(spec, records, out.stages)
+        return out
+
+    def _stage(self, spec: StageSpec, records: dict, before: dict[str, StageState]) -> StageState:
+        rec = records.get(spec.name)
+        deps = [before[d] for d in spec.deps]
+        if rec is None:
+            if any(d.status in ("failed", "dependency_failed") for d in deps):
+                return StageState(spec.name, "dependency_failed", error_class="dependency_failed",
+                                  error=f"needs {', '.join(d.stage for d in deps if d.status != 'done')}")
+            return StageState(spec.name, "pending")
+        state = StageState(spec.name, rec.get("status", "pending"), int(rec.get("attempt", 0)), rec.get("error_class"),
+                           rec.get("error"), rec.get("seconds"), rec.get("started"), rec.get("ended"))
+        if state.status == "running":
+            pid, host = rec.get("pid"), rec.get("host")
+            if host == _HOST and isinstance(pid, int) and not pid_alive(pid):
+                state.status, state.error_class = "failed", "crashed"
+                state.error = f"process {pid} on {host} ended without finishing the stage (killed?)"
+        elif state.status == "done":
+            if rec.get("config_hash") != self.config_hashes[spec.name] or any(d.status != "done" for d in deps):
+                state.status = "stale"
+            else:
+                expected = expected_input_hash(spec, self.cfg, {d: records.get(d) for d in spec.deps} | {"import": records.get("import")})
+                if expected is not None and rec.get("input_hash") != expected:
+                    state.status = "stale"
+        return state
+
+
+def counts(states: Iterable[SceneState]) -> dict:
+    """Scene counts by status, stage counts by status, failures by error class."""
+    scenes, per_stage, classes = Counter(), {}, Counter()
+    for st in states:
+        scenes[st.status] += 1
+        for name, s in st.stages.items():
+            per_stage.setdefault(name, Counter())[s.status] += 1
+            if s.status == "failed":
+                classes[s.error_class or "crashed"] += 1
+    return {"scenes": dict(scenes), "stages": {k: dict(v) for k, v in per_stage.items()}, "error_classes": dict(classes)}
