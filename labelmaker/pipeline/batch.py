@@ -229,6 +229,9 @@ class Controller:
         report.finished = self.collect()
         states = self.read_states()
         planned, report.waiting = self.plan(states, time.time())
+        limit = self.cfg.cluster.max_in_flight
+        if limit > 0:
+            planned = planned[: max(0, limit - len(self.journal.in_flight()))]
         report.submitted = self.submit(planned)
         if report.submitted and self.executor.name == "inprocess":
             report.finished += self.collect()

@@ -16,6 +16,7 @@ class ClusterConfig:
     gpu_partition: Optional[str] = None  # SLURM partition of stages that ask for GPUs
     cpu_partition: Optional[str] = None  # SLURM partition of the others
     array_parallelism: int = 64  # array tasks running at once per array
+    max_in_flight: int = 0  # tasks submitted and not yet ended, at most (0 = no limit; the local executor needs one)
     max_requeues: int = 3  # timeouts/preemptions a job may requeue through (submitit max_num_timeout)
     signal_delay_s: int = 60  # USR2 this long before the time limit, so the job can requeue itself
     local_gpus: int = 0  # GPUs the local executor may hand out

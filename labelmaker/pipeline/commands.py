@@ -97,7 +97,7 @@ def format_status(states: list[SceneState], show_all: bool = False, max_rows: in
     shown = [st for st in states if show_all or st.status != "done"]
     if shown:
         lines.append("")
-        sw = max(len(st.scene) for st in shown[:max_rows])
+        sw = max([5] + [len(st.scene) for st in shown[:max_rows]])
         lines.append(f"{'scene':<{sw}}  {'status':<8}  stages done  next / failed stage")
         for st in shown[:max_rows]:
             done = sum(s.status == "done" for s in st.stages.values())

@@ -76,7 +76,8 @@ def scene_graph(cfg) -> list[StageSpec]:
     models = sorted(cfg.segment.models)
     stages = [StageSpec("import", "import", ())]
     stages += [StageSpec(segment_stage(m), "segment", ("import",), model=m) for m in models]
-    stages.append(StageSpec("consensus", "consensus", tuple(segment_stage(m) for m in models)))
+    # consensus reads the frames too: it needs import even when no model is configured
+    stages.append(StageSpec("consensus", "consensus", tuple(segment_stage(m) for m in models) or ("import",)))
     lift_deps = ("consensus",)
     if cfg.lift.mesh is None:
         stages.append(StageSpec("fuse", "fuse", ("import",)))

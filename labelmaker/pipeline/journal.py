@@ -67,13 +67,18 @@ class Journal:
     def _replay(self) -> None:
         if not self.path.exists():
             return
+        torn = False
         with open(self.path, "rb") as fh:
             for line in fh:
+                torn = not line.endswith(b"\n")
                 try:
                     event = json.loads(line)
                 except ValueError:
                     continue  # a torn line from a killed writer
                 self._apply(event)
+        if torn:  # end it, so that the next event starts on a line of its own
+            with open(self.path, "ab") as fh:
+                fh.write(b"\n")
 
     def _apply(self, e: dict) -> None:
         kind = e.get("event")
