@@ -208,6 +208,27 @@ class Workspace:
         except ValueError:
             return None
 
+    def read_states(self, stages: list[str]) -> dict[str, dict | None]:
+        """Records of many stages at once, fast (status reads thousands of scenes): plain string
+        paths, one open per record, no existence checks."""
+        folder = os.path.join(str(self.root), STATE_DIR)
+        out: dict[str, dict | None] = {}
+        for stage in stages:
+            try:
+                with open(os.path.join(folder, stage + ".json"), "rb") as fh:
+                    out[stage] = json.loads(fh.read())
+            except (FileNotFoundError, ValueError):
+                out[stage] = None
+        return out
+
+    def state_stamp(self) -> int | None:
+        """Changes whenever any stage record is (re)written: records are renamed into state/,
+        which updates the folder's mtime. None when there is no state yet."""
+        try:
+            return os.stat(os.path.join(str(self.root), STATE_DIR)).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def write_state(self, stage: str, record: dict) -> None:
         write_json_atomic(self._state_path(stage), record)
 
@@ -303,6 +324,10 @@ class BatchFolder:
     @property
     def config_dir(self) -> Path:
         return self.root / "configs"
+
+    @property
+    def status_cache_path(self) -> Path:
+        return self.root / "status-cache.pickle"
 
     def exists(self) -> bool:
         return (self.root / "batch.json").exists()

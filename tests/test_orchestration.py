@@ -2,6 +2,7 @@
 a fake executor writes the stage records a real job would leave."""
 import json
 import os
+from time import time_ns
 import subprocess
 import sys
 
@@ -35,6 +36,12 @@ def test_graph_order_dependencies_and_resources():
     # lifting onto a given mesh: no fusion
     graph2 = scene_graph(_cfg("models=simulated", "lift.mesh=/some/mesh.ply"))
     assert "fuse" not in [s.name for s in graph2] and next(s for s in graph2 if s.name == "lift").deps == ("consensus",)
+    skipped = [s.name for s in scene_graph(_cfg("models=simulated", "batch.skip=[evaluate,report]"))]
+    assert skipped[-1] == "export" and "evaluate" not in skipped
+    from labelmaker.errors import LabelmakerError
+
+    with pytest.raises(LabelmakerError, match="lift"):
+        scene_graph(_cfg("batch.skip=[lift]"))
     # resources grow with the frame count, memory with out-of-memory retries
     seg = cfg.batch.resources["segment"]
     short, long = scale(seg, 100), scale(seg, 5000)
@@ -221,3 +228,31 @@ def test_discover_scenes_folder_and_list(tmp_path):
     with pytest.raises(BadInputError, match="zzz"):
         discover_scenes(tmp_path / "bad.txt", tmp_path / "out")
     assert json.loads(json.dumps([s.__dict__ for s in found]))  # the batch file stores them as JSON
+
+
+def test_status_cache_sees_every_change(tmp_path):
+    """Cached records are reused only while the state folder is unchanged; a newer record wins."""
+    from labelmaker.pipeline.state import RecordCache
+
+    cfg = _cfg()
+    graph = scene_graph(cfg)
+    reader = StateReader(cfg, graph)
+    ws = Workspace(tmp_path / "a")
+    ws.create()
+    _done(ws, graph[0], cfg)
+    old = time_ns() - 10_000_000_000
+    os.utime(ws.root / "state", ns=(old, old))  # as if written 10 s ago: cacheable
+    path = tmp_path / "cache.pickle"
+    cache = RecordCache(path)
+    assert reader.scene("a", ws.root, cache).stages["import"].status == "done"
+    cache.save()
+    assert path.exists()
+    cache = RecordCache(path)
+    assert reader.scene("a", ws.root, cache).stages["import"].status == "done"  # from the cache
+    ws.write_state("import", {"status": "failed", "attempt": 2, "error_class": "timeout", "error": "late"})
+    state = reader.scene("a", ws.root, RecordCache(path))
+    assert state.stages["import"].status == "failed" and state.stages["import"].error_class == "timeout"
+    # a record written just now is never cached (coarse file times could hide the next write)
+    fresh = RecordCache(path)
+    fresh.entry(str(ws.root), reader.names)
+    assert str(ws.root) not in fresh.entries or fresh.entries[str(ws.root)]["stamp"] < fresh.now_ns - fresh.RACY_NS

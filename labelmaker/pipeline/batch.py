@@ -206,7 +206,9 @@ class Controller:
         edges = list(self.cfg.batch.length_buckets)
         for p in planned:
             groups.setdefault((p.spec.name, bucket_of(p.n_frames, edges), p.mem_factor), []).append(p)
-        for (stage, _, mem_factor), items in sorted(groups.items(), key=lambda kv: self._order(kv[0][0])):
+        size = max(1, self.cfg.cluster.max_array_size)
+        arrays = [(key, items[i:i + size]) for key, items in groups.items() for i in range(0, len(items), size)]
+        for (stage, _, mem_factor), items in sorted(arrays, key=lambda kv: self._order(kv[0][0])):
             spec = self.specs[stage]
             res = scale(self.cfg.batch.resources[spec.kind], max(p.n_frames for p in items), mem_factor)
             token = f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -16,6 +16,7 @@ class ClusterConfig:
     gpu_partition: Optional[str] = None  # SLURM partition of stages that ask for GPUs
     cpu_partition: Optional[str] = None  # SLURM partition of the others
     array_parallelism: int = 64  # array tasks running at once per array
+    max_array_size: int = 1000  # tasks per job array at most (SLURM's MaxArraySize - 1)
     max_in_flight: int = 0  # tasks submitted and not yet ended, at most (0 = no limit; the local executor needs one)
     max_requeues: int = 3  # timeouts/preemptions a job may requeue through (submitit max_num_timeout)
     signal_delay_s: int = 60  # USR2 this long before the time limit, so the job can requeue itself
@@ -33,4 +34,5 @@ class BatchConfig:
     oom_mem_factor: float = 1.5  # memory multiplier per out-of-memory failure
     poll_s: float = 15.0  # seconds between controller rounds
     length_buckets: List[int] = field(default_factory=lambda: [300, 1000, 3000])  # frame counts splitting scenes into arrays
+    skip: List[str] = field(default_factory=list)  # stage kinds left out of batches, e.g. [evaluate, report]
     resources: Dict[str, ResourceConfig] = field(default_factory=default_resources)

@@ -1,6 +1,7 @@
 """`labelmaker batch`, `status` and `retry`: the shell around the controller and the state reader."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from ..workspace import BatchFolder, atomic_path
 from .batch import Controller, SceneInput, discover_scenes
 from .graph import scene_graph
 from .journal import Journal
-from .state import SceneState, StateReader, counts
+from .state import RecordCache, SceneState, StateReader, counts
 
 STATUS_ORDER = ("done", "stale", "queued", "running", "pending", "failed", "dependency_failed")
 
@@ -59,12 +60,14 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
 
 def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[SceneState]:
     reader = StateReader(cfg, scene_graph(cfg))
-    states = [reader.scene(s.scene, s.workspace) for s in scenes]
+    cache = RecordCache(folder.status_cache_path)
+    states = [reader.scene(s.scene, s.workspace, cache) for s in scenes]
+    cache.save()
     flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}
     for st in states:
         for name, stage in st.stages.items():
             if (st.scene, name) in flying and stage.status not in ("running", "done"):
-                stage.status = "queued"
+                st.stages[name] = dataclasses.replace(stage, status="queued")
     return states
 
 

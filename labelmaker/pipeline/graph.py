@@ -86,7 +86,15 @@ def scene_graph(cfg) -> list[StageSpec]:
     stages.append(StageSpec("export", "export", ("lift",)))
     stages.append(StageSpec("evaluate", "evaluate", ("lift",)))
     stages.append(StageSpec("report", "report", ("lift",)))
-    return stages
+    skip = set(getattr(getattr(cfg, "batch", None), "skip", None) or ())
+    kept = [s for s in stages if s.kind not in skip]
+    names = {s.name for s in kept}
+    orphans = [f"{s.name} (needs {d})" for s in kept for d in s.deps if d not in names]
+    if orphans:
+        from ..errors import LabelmakerError
+
+        raise LabelmakerError(f"batch.skip={sorted(skip)} leaves stages without their inputs: {', '.join(orphans)}; skip those too")
+    return kept
 
 
 def stage_config(spec: StageSpec, cfg) -> dict:
@@ -104,7 +112,13 @@ def stage_config(spec: StageSpec, cfg) -> dict:
     }[spec.kind]()
 
 
-def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict]) -> Optional[str]:
+def input_constants(cfg) -> dict:
+    """The parts of the input hashes that are the same for every scene (computed once per batch)."""
+    return {"models": {n: dataclasses.asdict(m) for n, m in cfg.segment.models.items()},
+            "lift": dataclasses.asdict(cfg.lift)}
+
+
+def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None) -> Optional[str]:
     """The input hash the stage would compute now from its dependencies' done-records, or None
     when it cannot be known without reading the raw input (import)."""
     out = {name: (rec or {}).get("output_hash") for name, rec in records.items()}
@@ -115,6 +129,7 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict]) -> Optio
     if spec.kind == "consensus":
         models = cfg.segment.models
         return stable_hash({n: [out.get(f"segment-{n}"), m.label_space, m.weight] for n, m in models.items()})
+    consts = consts or input_constants(cfg)
     if spec.kind == "lift":
         mesh_id = [out.get("consensus")]
         if cfg.lift.mesh is None:
@@ -127,8 +142,7 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict]) -> Optio
     if spec.kind in ("export", "report"):
         return out.get("lift")
     if spec.kind == "evaluate":
-        models = {n: dataclasses.asdict(m) for n, m in cfg.segment.models.items()}
-        return stable_hash([out.get("lift"), models, dataclasses.asdict(cfg.lift)])
+        return stable_hash([out.get("lift"), consts["models"], consts["lift"]])
     raise KeyError(spec.kind)
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from ..workspace import Workspace
-from .graph import StageSpec, expected_input_hash, stage_config
+from .graph import StageSpec, expected_input_hash, input_constants, stage_config
 from .records import stable_hash
 
 ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
@@ -85,11 +86,25 @@ class StateReader:
         self.cfg = cfg
         self.graph = graph
         self.config_hashes = {spec.name: stable_hash(stage_config(spec, cfg)) for spec in graph}
+        self.consts = input_constants(cfg)
+        self.names = [spec.name for spec in graph]
+        self.key = stable_hash([self.names, self.config_hashes, self.consts])
 
-    def scene(self, scene: str, workspace: str) -> SceneState:
-        ws = Workspace(workspace)
-        records = {spec.name: ws.read_state(spec.name) for spec in self.graph}
-        return self.from_records(scene, workspace, records)
+    def scene(self, scene: str, workspace: str, cache: "RecordCache | None" = None) -> SceneState:
+        """A scene's state; with a cache, records and (unless something runs) the derived state
+        are reused while the scene's state folder is unchanged. Stage states are shared: replace,
+        never mutate them."""
+        if cache is None:
+            return self.from_records(scene, workspace, Workspace(workspace).read_states(self.names))
+        entry = cache.entry(workspace, self.names)
+        derived = entry["derived"].get(self.key)
+        if derived is not None:
+            return SceneState(scene, str(workspace), dict(derived))
+        state = self.from_records(scene, workspace, entry["records"])
+        if entry["cacheable"] and all(s.status != "running" for s in state.stages.values()):
+            entry["derived"][self.key] = state.stages
+            cache.dirty = True
+        return state
 
     def from_records(self, scene: str, workspace: str, records: dict[str, Optional[dict]]) -> SceneState:
         out = SceneState(scene, str(workspace))
@@ -116,7 +131,8 @@ class StateReader:
             if rec.get("config_hash") != self.config_hashes[spec.name] or any(d.status != "done" for d in deps):
                 state.status = "stale"
             else:
-                expected = expected_input_hash(spec, self.cfg, {d: records.get(d) for d in spec.deps} | {"import": records.get("import")})
+                expected = expected_input_hash(spec, self.cfg, {d: records.get(d) for d in spec.deps} | {"import": records.get("import")},
+                                               self.consts)
                 if expected is not None and rec.get("input_hash") != expected:
                     state.status = "stale"
         return state
@@ -132,3 +148,65 @@ def counts(states: Iterable[SceneState]) -> dict:
             if s.status == "failed":
                 classes[s.error_class or "crashed"] += 1
     return {"scenes": dict(scenes), "stages": {k: dict(v) for k, v in per_stage.items()}, "error_classes": dict(classes)}
+
+
+_COMPACT = ("status", "attempt", "error_class", "error", "seconds", "started", "ended", "pid", "host",
+            "config_hash", "input_hash", "output_hash")
+
+
+def compact(record: dict | None) -> dict | None:
+    """The fields of a stage record that state needs (not its config, versions, summary)."""
+    if record is None:
+        return None
+    return {k: record.get(k) for k in _COMPACT}
+
+
+class RecordCache:
+    """Compact records per workspace, reused while the workspace's state folder is unchanged.
+
+    A folder changed within the last 2 s is never cached (file times are coarse: a record
+    written in the same tick as the cache was taken must not hide), so a hit is always exact.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path | None):
+        import pickle
+        import time
+
+        self.path = path
+        self.now_ns = time.time_ns()
+        self.entries: dict = {}
+        self.dirty = False
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    self.entries = pickle.load(fh)
+            except Exception:  # unreadable cache: rebuild
+                self.entries = {}
+
+    def entry(self, workspace: str, names: list[str]) -> dict:
+        """{records, derived, cacheable} of one workspace, from the cache while unchanged."""
+        ws = Workspace(workspace)
+        stamp = ws.state_stamp()
+        hit = self.entries.get(workspace)
+        if hit is not None and stamp is not None and hit["stamp"] == stamp and hit["names"] == tuple(names):
+            return hit
+        records = {name: compact(rec) for name, rec in ws.read_states(names).items()}
+        entry = {"stamp": stamp, "names": tuple(names), "records": records, "derived": {},
+                 "cacheable": stamp is not None and stamp < self.now_ns - self.RACY_NS}
+        if entry["cacheable"]:
+            self.entries[workspace] = entry
+            self.dirty = True
+        return entry
+
+    def save(self) -> None:
+        import pickle
+
+        from ..workspace import atomic_path
+
+        if self.path is None or not self.dirty:
+            return
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "wb") as fh:
+                pickle.dump(self.entries, fh, protocol=pickle.HIGHEST_PROTOCOL)
