@@ -256,3 +256,39 @@ def test_status_cache_sees_every_change(tmp_path):
     fresh = RecordCache(path)
     fresh.entry(str(ws.root), reader.names)
     assert str(ws.root) not in fresh.entries or fresh.entries[str(ws.root)]["stamp"] < fresh.now_ns - fresh.RACY_NS
+
+
+def test_submission_without_journaled_jobs_is_recovered_or_dropped(tmp_path, monkeypatch):
+    """A controller that died between submitting and journaling the job ids: a restart finds the
+    jobs in their submitit folder (then they are in flight), or knows none started."""
+    import pickle
+
+    from submitit.core.utils import DelayedSubmission
+
+    from labelmaker.pipeline.executors import Task, recover_from_folder
+
+    folder = tmp_path / "jobs" / "tok"
+    folder.mkdir(parents=True)
+    with open(folder / "77_1_submitted.pkl", "wb") as fh:
+        pickle.dump(DelayedSubmission(print, Task("s1", None, "/ws/s1")), fh)
+    (folder / "78_submitted.pkl").write_bytes(b"half written")
+    assert recover_from_folder(folder) == {"s1": "77_1"}
+
+    monkeypatch.setattr("labelmaker.pipeline.state.expected_input_hash", lambda *a: None)
+    cfg = _cfg()
+    ctl, ex = _controller(tmp_path, cfg, {}, n=2)
+    ctl.journal.submit("tok", "import", ["s0", "s1"])  # ...and the controller dies here
+
+    class Recovering(ScriptedExecutor):
+        def recover(self, token):
+            return recover_from_folder(tmp_path / "jobs" / token)
+
+        def poll(self, job_ids):
+            return {j: "running" for j in job_ids}
+
+    again = Controller(cfg, list(ctl.scenes.values()), ctl.folder, executor=Recovering(cfg, {}))
+    flying = again.journal.in_flight()
+    assert set(flying) == {("s1", "import")} and flying[("s1", "import")].job == "77_1"
+    assert again.journal.history("s0", "import").count() == 0  # never submitted: no attempt used
+    rep = again.round()
+    assert rep.submitted == 1 and again.executor.calls == [("s0", "import", again.executor.calls[0][2])]

@@ -25,7 +25,7 @@ from .executors import Executor, Task, make_executor
 from .batch_config import BatchConfig, ClusterConfig  # noqa: F401  (re-exported)
 from .graph import StageSpec, scale, scene_graph
 from .journal import Journal
-from .state import SceneState, StateReader
+from .state import RecordCache, SceneState, StateReader
 
 log = logging.getLogger("labelmaker.batch")
 
@@ -115,6 +115,7 @@ class Controller:
         self.graph = scene_graph(cfg)
         self.specs = {s.name: s for s in self.graph}
         self.reader = StateReader(cfg, self.graph)
+        self.cache = RecordCache(None)
         self.journal = Journal(folder.journal_path)
         self.executor = executor or make_executor(cfg.cluster, folder.jobs_dir)
         self._recover_unconfirmed()
@@ -224,7 +225,9 @@ class Controller:
         return [s.name for s in self.graph].index(stage)
 
     def read_states(self) -> dict[str, SceneState]:
-        return {name: self.reader.scene(name, s.workspace) for name, s in self.scenes.items()}
+        """Every scene's state; unchanged scenes come from an in-memory cache between rounds."""
+        self.cache.now_ns = time.time_ns()
+        return {name: self.reader.scene(name, s.workspace, self.cache) for name, s in self.scenes.items()}
 
     def round(self) -> RoundReport:
         report = RoundReport()
