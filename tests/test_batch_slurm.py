@@ -5,7 +5,7 @@ reported as bad input with its file, and `labelmaker retry` after the fix finish
 
 Faults are injected from outside the product: a sitecustomize.py on PYTHONPATH (inherited by the
 jobs) makes one chosen stage of a chosen scene sleep once, which opens a window to cancel or kill
-it, or makes it outlive its 1-minute limit (USR2 -> submitit checkpoint -> requeue)."""
+it, or makes it outlive its 2-minute limit (USR2 -> submitit checkpoint -> requeue)."""
 import json
 import os
 import shutil
@@ -96,7 +96,7 @@ def test_slurm_batch_with_cancel_timeout_kill_and_bad_input(slurm_conf, tmp_path
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    faults = {"s03": {"stage": "consensus", "sleep": 600, "marker": str(marks / "timeout")},  # outlives its 1-min limit
+    faults = {"s03": {"stage": "consensus", "sleep": 600, "marker": str(marks / "timeout")},  # outlives its 2-min limit
               "s05": {"stage": "segment-sim_ade20k", "sleep": 120, "marker": str(marks / "cancel")},
               "s07": {"stage": "lift", "sleep": 120, "marker": str(marks / "kill")}}
     site = tmp_path / "site"
@@ -107,8 +107,8 @@ def test_slurm_batch_with_cancel_timeout_kill_and_bad_input(slurm_conf, tmp_path
     out = tmp_path / "out"
     args = ["batch", str(raw), str(out), "cluster=slurm", "progress=false", "models=simulated", "~segment.models.sim_nyu40",
             "~segment.models.sim_scannet200", "data.shard_size=8", "fusion.voxel_size_m=0.05",
-            "batch.skip=[evaluate,report]", "batch.poll_s=1", "batch.backoff_s=1", "cluster.signal_delay_s=45",
-            *_small_resources(), "batch.resources.consensus.minutes=1"]
+            "batch.skip=[evaluate,report]", "batch.poll_s=1", "batch.backoff_s=1", "cluster.signal_delay_s=50",  # USR2 after ~70 s: Python must be up by then
+            *_small_resources(), "batch.resources.consensus.minutes=2"]
     controller = subprocess.Popen([sys.executable, "-m", "labelmaker", *args], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cancelled = killed = False

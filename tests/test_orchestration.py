@@ -12,7 +12,7 @@ from labelmaker.config import load_config
 from labelmaker.pipeline.batch import Controller, SceneInput, bucket_of, discover_scenes
 from labelmaker.pipeline.graph import scale, scene_graph, stage_config
 from labelmaker.pipeline.journal import Journal
-from labelmaker.pipeline.records import stable_hash
+from labelmaker.pipeline.records import _now, stable_hash
 from labelmaker.pipeline.slurm import job_state, sbatch_parameters
 from labelmaker.pipeline.state import StateReader
 from labelmaker.workspace import BatchFolder, Workspace
@@ -142,7 +142,8 @@ class ScriptedExecutor:
             if outcome == "done":
                 _done(ws, spec, cfg, input_hash=None)
             else:
-                ws.write_state(spec.name, {"status": "failed", "attempt": 1, "error_class": outcome, "error": f"{outcome}!"})
+                ws.write_state(spec.name, {"status": "failed", "attempt": 1, "error_class": outcome, "error": f"{outcome}!",
+                                           "ended": _now()})
             ids.append(str(self.n))
         return ids
 

@@ -83,6 +83,16 @@ def frame_count(scene: SceneInput, import_record: Optional[dict]) -> int:
     return best
 
 
+def _iso_seconds(stamp: str | None) -> float:
+    """Epoch seconds of a record's ISO time stamp (0 when missing or unreadable)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+    except ValueError:
+        return 0.0
+
+
 def bucket_of(n_frames: int, edges: list[int]) -> int:
     for i, edge in enumerate(sorted(edges)):
         if n_frames <= edge:
@@ -144,16 +154,18 @@ class Controller:
             if job_state in ("pending", "running"):
                 continue
             ended += 1
-            self._record_outcome(scene, stage, attempt.job, job_state)
+            self._record_outcome(scene, stage, attempt.job, job_state, attempt.submitted)
         return ended
 
-    def _record_outcome(self, scene: str, stage: str, job: str | None, job_state: str) -> None:
+    def _record_outcome(self, scene: str, stage: str, job: str | None, job_state: str, submitted: float) -> None:
         ws = Workspace(self.scenes[scene].workspace if scene in self.scenes else scene)
         record = ws.read_state(stage) or {}
         status = record.get("status")
         if status == "done":
             self.journal.outcome(scene, stage, job, "done")
             return
+        if status == "failed" and _iso_seconds(record.get("ended")) < submitted - 1:
+            status = None  # a failure of an earlier attempt: this job died before the stage began
         if status == "failed" and job_state == "finished":
             self.journal.outcome(scene, stage, job, "failed", record.get("error_class", "crashed"), record.get("error"))
             return
