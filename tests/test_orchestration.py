@@ -116,9 +116,12 @@ def test_journal_replay_torn_line_and_reset(tmp_path):
     assert j2.unconfirmed_tokens() == ["t2"]
     j2.outcome("b", "import", "12", "failed", "timeout", "too slow")
     assert Journal(path).history("b", "import").count("timeout") == 1
+    j2.submit("t3", "import", ["a"])  # done once, now stale: a success resets the failure count
+    j2.outcome("a", "import", None, "failed", "crashed")
+    assert Journal(path).history("a", "import").failures() == 1 and Journal(path).history("a", "import").count() == 2
     j2.reset(["b"])
     assert Journal(path).history("b", "import").count() == 0
-    assert Journal(path).history("a", "import").count() == 1
+    assert Journal(path).history("a", "import").count() == 2
 
 
 class ScriptedExecutor:

@@ -195,18 +195,19 @@ class Controller:
                     continue
                 hist = self.journal.history(name, spec.name)
                 mem_factor = 1.0
-                if s.status == "failed" and hist.count() > 0:  # no attempt of ours yet (or after `retry`): try it
+                failures = hist.failures()
+                if s.status == "failed" and failures > 0:  # no failed attempt of ours yet (or after `retry`): try it
                     last = hist.last
                     error_class = s.error_class or "crashed"
-                    if error_class not in bc.retry_on or hist.count() >= bc.max_attempts:
+                    if error_class not in bc.retry_on or failures >= bc.max_attempts:
                         continue  # for good, until `labelmaker retry`
                     if last is not None and last.ended is not None:
-                        wait = min(bc.backoff_max_s, bc.backoff_s * 2 ** (hist.count() - 1))
+                        wait = min(bc.backoff_max_s, bc.backoff_s * 2 ** (failures - 1))
                         if now < last.ended + wait:
                             waiting += 1
                             continue
                     mem_factor = bc.oom_mem_factor ** hist.count("out_of_memory")
-                elif hist.count() >= bc.max_attempts:
+                elif failures >= bc.max_attempts:
                     continue
                 if n_frames is None:
                     n_frames = frame_count(scene, Workspace(scene.workspace).read_state("import"))

@@ -48,6 +48,15 @@ class TaskHistory:
         last = self.last
         return last if last is not None and last.status is None else None
 
+    def failures(self) -> int:
+        """Failed attempts since the last success (what the retry budget and backoff count)."""
+        n = 0
+        for a in reversed(self.attempts):
+            if a.status == "done":
+                break
+            n += a.status == "failed"
+        return n
+
     def count(self, error_class: str | None = None) -> int:
         if error_class is None:
             return len(self.attempts)
