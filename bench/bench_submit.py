@@ -1,12 +1,12 @@
 """Planning and submitting a large batch, and the overhead of one SLURM array task.
 
 1. plan + submit: N scenes whose import is done (generated stage records, no data, frame counts
-   100..5000) -> one controller round plans the next stages (segment, fuse) and submits them as
-   job arrays grouped by length. `--executor dry` records the arrays without a scheduler;
+   100..5000) -> one controller round plans the next stage (consensus; no models, lifting onto
+   given meshes, so one task per scene) and submits it as job arrays grouped by length. `--executor dry` records the arrays without a scheduler;
    `--executor slurm` submits them to the running SLURM cluster held (`--hold`, nothing runs),
    then cancels them.
 2. `--overhead K` (SLURM): an array of K tasks that do nothing, and an array of K StageTasks whose
-   stage is already done (the labelmaker floor: interpreter, imports, reading one record);
+   stage (fuse) is already done (the labelmaker floor: interpreter, imports, reading records);
    prints wall time from submission to the last task's end and the mean task elapsed time.
 
     python bench/bench_submit.py --scenes 5000 --executor dry
@@ -30,7 +30,7 @@ from labelmaker.pipeline.graph import scene_graph, stage_config
 from labelmaker.pipeline.records import stable_hash
 from labelmaker.workspace import BatchFolder, Workspace
 
-OVERRIDES = ["models=simulated", "~segment.models.sim_nyu40", "~segment.models.sim_scannet200", "progress=false"]
+OVERRIDES = ["models=none", "lift.mesh=/given/mesh.ply", "progress=false"]  # one stage ready per scene: consensus
 
 
 class DryExecutor:
@@ -52,18 +52,22 @@ class DryExecutor:
         return {}
 
 
-def generate(root: Path, n: int, cfg) -> list[SceneInput]:
-    spec = scene_graph(cfg)[0]
-    config = stage_config(spec, cfg)
+def generate(root: Path, n: int, cfg, fused: bool = False) -> list[SceneInput]:
+    """Done-records of import (and of fuse with `fused`) for n scenes; generation only: plain writes."""
+    specs = {s.name: s for s in scene_graph(cfg)}
     rng = np.random.default_rng(0)
     scenes = []
     for i in range(n):
         name = f"scene{i:05d}"
         ws = Workspace(root / name)
         ws.create()
-        rec = {"stage": "import", "status": "done", "attempt": 1, "config_hash": stable_hash(config), "input_hash": "raw",
-               "output_hash": f"{name}-import", "summary": {"n_frames": int(rng.integers(100, 5000))}}
-        (ws.root / "state" / "import.json").write_text(json.dumps(rec))  # generation only
+        rec = {"stage": "import", "status": "done", "attempt": 1, "config_hash": stable_hash(stage_config(specs["import"], cfg)),
+               "input_hash": "raw", "output_hash": f"{name}-import", "summary": {"n_frames": int(rng.integers(100, 5000))}}
+        (ws.root / "state" / "import.json").write_text(json.dumps(rec))
+        if fused:
+            fuse = {"stage": "fuse", "status": "done", "attempt": 1, "config_hash": stable_hash(stage_config(specs["fuse"], cfg)),
+                    "input_hash": f"{name}-import", "output_hash": f"{name}-fuse", "summary": {}}
+            (ws.root / "state" / "fuse.json").write_text(json.dumps(fuse))
         scenes.append(SceneInput(name, f"/data/raw/{name}", str(ws.root)))
     return scenes
 
@@ -77,15 +81,15 @@ def bench_plan_submit(args, cfg) -> None:
     executor = DryExecutor() if args.executor == "dry" else None
     t0 = time.perf_counter()
     ctl = Controller(cfg, scenes, folder, executor=executor)
-    rep = ctl.round()
-    seconds = time.perf_counter() - t0
-    jobs = [a.job for a in ctl.journal.in_flight().values()]
+    try:
+        rep = ctl.round()
+        seconds = time.perf_counter() - t0
+    finally:  # held jobs never run; cancel them even when a submission failed half-way
+        jobs = [a.job for a in ctl.journal.in_flight().values() if a.job]
+        if args.executor == "slurm" and jobs:
+            subprocess.run(["scancel", *sorted({j.split("_")[0] for j in jobs})], check=False)
     arrays = len({j.split("_")[0] for j in jobs})
     print(f"plan + submit ({args.executor}): {rep.submitted} tasks of {args.scenes} scenes in {arrays} arrays: {seconds:.2f}s")
-    if args.executor == "slurm":
-        t0 = time.perf_counter()
-        subprocess.run(["scancel", *sorted({j.split("_")[0] for j in jobs})], check=False)
-        print(f"  (cancelled them again in {time.perf_counter() - t0:.1f}s)")
 
 
 def _noop() -> int:
@@ -102,8 +106,9 @@ def bench_overhead(args, cfg) -> None:
     # scenes whose import is done: the StageTask reads the record and skips
     root = Path(args.root) / "_overhead_scenes"
     shutil.rmtree(root, ignore_errors=True)
-    scenes = generate(root, args.overhead, cfg)
-    spec = scene_graph(cfg)[0]
+    cfg, _ = load_config(["models=none", "progress=false", "cluster=slurm"])
+    scenes = generate(root, args.overhead, cfg, fused=True)
+    spec = next(s for s in scene_graph(cfg) if s.name == "fuse")
     for title, fn, items in (("no-op python function", _noop, None), ("StageTask, stage up to date", StageTask(cfg, spec), scenes)):
         ex = submitit.SlurmExecutor(folder=folder / title.split()[0])
         ex.update_parameters(partition=cfg.cluster.cpu_partition, time=5, cpus_per_task=1, mem="1000M", signal_delay_s=30,
