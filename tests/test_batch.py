@@ -144,3 +144,16 @@ def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_pat
     assert submitted[("s1", "import")] == 2 and all(n == 1 for key, n in submitted.items() if key != ("s1", "import"))
     labels = [np.load(Workspace(out / s).output_path("labels")) for s in ("s0", "s1")]
     assert all(len(x) > 0 and (x > 0).mean() > 0.5 for x in labels)
+
+
+@pytest.mark.slow
+def test_run_pdb_stops_in_the_debugger_with_the_traceback(synth_scene_factory, tmp_path):
+    """`labelmaker run --pdb`: an unexpected error prints its full traceback, then pdb takes over."""
+    scene = synth_scene_factory(seed=2, n_frames=16)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "labelmaker", "run", str(scene.video_dir), str(blocker / "ws"), "--pdb",
+                           "progress=false"], input="p 'in pdb'\nq\n", capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in out and "NotADirectoryError" in out
+    assert "(Pdb)" in out and "'in pdb'" in out and proc.returncode == 1
