@@ -21,6 +21,7 @@ class ClusterConfig:
     max_requeues: int = 3  # timeouts/preemptions a job may requeue through (submitit max_num_timeout)
     signal_delay_s: int = 60  # USR2 this long before the time limit, so the job can requeue itself
     local_gpus: int = 0  # GPUs the local executor may hand out
+    python: Optional[str] = None  # the jobs' Python command (null: this one), e.g. "apptainer exec --nv img.sif python"
     setup: List[str] = field(default_factory=list)  # shell lines run before each SLURM job (modules, env)
     additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {account: abc}
 
