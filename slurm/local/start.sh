@@ -9,7 +9,7 @@
 #
 # Environment: LABELMAKER_SLURM_CPUS (default: max(4, nproc); more than the machine has is
 # allowed, the node is declared with config_overrides), LABELMAKER_SLURM_MEM_MB (default 90% of
-# RAM).
+# RAM), LABELMAKER_SLURM_PORT (6817; +1, +2 used too), LABELMAKER_SLURM_DB_PORT (13306).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -18,10 +18,12 @@ CONF="$STATE/etc/slurm.conf"
 QUIET=0
 [[ "${1:-}" == "--quiet" ]] && QUIET=1
 
-CTLD_PORT=6817
-SLURMD_PORT=6818
-DBD_PORT=6819
-DB_PORT=13306
+# Ports: slurmctld, slurmd = +1, slurmdbd = +2; MariaDB. Another instance (own state folder) needs
+# other ones.
+CTLD_PORT="${LABELMAKER_SLURM_PORT:-6817}"
+SLURMD_PORT=$((CTLD_PORT + 1))
+DBD_PORT=$((CTLD_PORT + 2))
+DB_PORT="${LABELMAKER_SLURM_DB_PORT:-13306}"
 DB_SOCK="$STATE/mysql/mysqld.sock"
 
 log() { if [[ $QUIET == 1 ]]; then echo "# $*" >&2; else echo "$*" >&2; fi; }
@@ -127,10 +129,13 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged --force
     wait_for 20 munge sh -c 'munge -n | unmunge'
+    cp /run/munge/munged.pid "$STATE/run/munged.pid"  # stop.sh stops munged only if we started it
 fi
 
 # --- MariaDB (private instance: own data dir, socket and port in $STATE) -------------------
 if ! mariadb-admin --socket="$DB_SOCK" ping >/dev/null 2>&1; then
+    runuser -u mysql -- test -x "$STATE" \
+        || die "MariaDB runs as user mysql, which cannot enter $STATE: choose a LABELMAKER_SLURM_DIR whose parent folders are world-executable"
     if [[ ! -d "$STATE/mysql/mysql" ]]; then
         log "initialising MariaDB in $STATE/mysql"
         mkdir -p "$STATE/mysql"

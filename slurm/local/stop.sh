@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the local SLURM cluster that start.sh started: cancel its jobs, then stop slurmd,
-# slurmctld, slurmdbd, MariaDB and munged, each by the pid it recorded. Leaves nothing running.
+# slurmctld, slurmdbd, MariaDB and munged (if start.sh started it), each by its recorded pid.
+# Leaves nothing of the cluster running.
 # The state folder stays (logs, accounting database) unless --purge is given.
 set -uo pipefail
 
@@ -44,7 +45,7 @@ stop_pid slurmd "$STATE/run/slurmd.pid"
 stop_pid slurmctld "$STATE/run/slurmctld.pid"
 stop_pid slurmdbd "$STATE/run/slurmdbd.pid"
 stop_pid MariaDB "$STATE/mysql/mariadbd.pid"
-stop_pid munged /run/munge/munged.pid
+stop_pid munged "$STATE/run/munged.pid"  # only when start.sh started it (not a system service)
 
 # Job steps whose slurmd is gone: slurmstepd processes of this cluster (found by its spool dir).
 for pid in $(pgrep -x slurmstepd 2>/dev/null); do
