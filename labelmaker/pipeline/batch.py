@@ -22,7 +22,6 @@ from tqdm import tqdm
 from ..errors import BadInputError
 from ..workspace import BatchFolder, Workspace
 from .executors import Executor, Task, make_executor
-from .batch_config import BatchConfig, ClusterConfig  # noqa: F401  (re-exported)
 from .graph import StageSpec, scale, scene_graph
 from .journal import Journal
 from .state import RecordCache, SceneState, StateReader
@@ -128,6 +127,7 @@ class Controller:
         self.cache = RecordCache(None)
         self.journal = Journal(folder.journal_path)
         self.executor = executor or make_executor(cfg.cluster, folder.jobs_dir)
+        self.started = time.time()
         self._recover_unconfirmed()
 
     # -- restart ---------------------------------------------------------------------------
@@ -194,6 +194,11 @@ class Controller:
                 if any(st.stages[d].status != "done" for d in spec.deps):
                     continue
                 hist = self.journal.history(name, spec.name)
+                last = hist.last
+                if s.status == "stale" and last is not None and last.status == "done" and last.submitted >= self.started:
+                    # we ran it with this config and it is stale again: resubmitting would loop forever
+                    raise RuntimeError(f"scene {name}: stage {spec.name} finished but its record does not match the config "
+                                       "and inputs the planner expects; the hashes in pipeline/hashes.py and the stage disagree")
                 mem_factor = 1.0
                 failures = hist.failures()
                 if s.status == "failed" and failures > 0:  # no failed attempt of ours yet (or after `retry`): try it

@@ -21,7 +21,8 @@ from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
 from ..workspace import Workspace
 from .label_stages import LiftStageConfig, lift_frames
-from .records import StageOutcome, run_stage, stable_hash
+from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs
+from .records import StageOutcome, run_stage
 from .stages import require_done
 
 
@@ -82,7 +83,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
                    force: bool = False, progress: bool = True) -> StageOutcome:
     """Stage `evaluate`: 3D vertex and 2D pixel mIoU against ground truth, JSON and plots."""
     lifted = require_done(ws, "evaluate", "lift")
-    input_hash = stable_hash([lifted["output_hash"], {n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)])
+    input_hash = evaluate_input_hash(lifted["output_hash"], evaluate_inputs(models, lift_cfg))
 
     def body() -> dict:
         gt = ground_truth_of(ws, cfg.ground_truth)
@@ -179,4 +180,4 @@ def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = Fals
         write_png(ws.output_path("preview"), side_by_side([*images, legend], [*titles, "classes"]))
         return {"preview": str(ws.output_path("preview"))}
 
-    return run_stage(ws, "report", {"views": ["oblique", "top"]}, lifted["output_hash"], body, force=force)
+    return run_stage(ws, "report", REPORT_CONFIG, lifted["output_hash"], body, force=force)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..workspace import Workspace
-from .records import StageOutcome, run_stage, stable_hash
+from .hashes import REPORT_CONFIG, consensus_input_hash, evaluate_input_hash, evaluate_inputs, lift_input_hash, segment_config
+from .records import StageOutcome, run_stage
 
-REPORT_CONFIG = {"views": ["oblique", "top"]}  # what report_scene hashes as its config
 
 
 @dataclass
@@ -102,7 +102,7 @@ def stage_config(spec: StageSpec, cfg) -> dict:
     asdict = dataclasses.asdict
     return {
         "import": lambda: asdict(cfg.data),
-        "segment": lambda: asdict(cfg.segment.models[spec.model]),
+        "segment": lambda: segment_config(cfg.segment.models[spec.model]),
         "consensus": lambda: asdict(cfg.consensus),
         "fuse": lambda: asdict(cfg.fusion),
         "lift": lambda: asdict(cfg.lift),
@@ -114,8 +114,7 @@ def stage_config(spec: StageSpec, cfg) -> dict:
 
 def input_constants(cfg) -> dict:
     """The parts of the input hashes that are the same for every scene (computed once per batch)."""
-    return {"models": {n: dataclasses.asdict(m) for n, m in cfg.segment.models.items()},
-            "lift": dataclasses.asdict(cfg.lift)}
+    return {"evaluate": evaluate_inputs(cfg.segment.models, cfg.lift)}
 
 
 def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None) -> Optional[str]:
@@ -127,22 +126,13 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
     if spec.kind in ("segment", "fuse"):
         return out.get("import")
     if spec.kind == "consensus":
-        models = cfg.segment.models
-        return stable_hash({n: [out.get(f"segment-{n}"), m.label_space, m.weight] for n, m in models.items()})
-    consts = consts or input_constants(cfg)
+        return consensus_input_hash({n: out.get(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models)
     if spec.kind == "lift":
-        mesh_id = [out.get("consensus")]
-        if cfg.lift.mesh is None:
-            mesh_id.append(out.get("fuse"))
-        else:
-            path = Path(cfg.lift.mesh)
-            stat = path.stat() if path.exists() else None
-            mesh_id.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
-        return stable_hash(mesh_id)
+        return lift_input_hash(out.get("consensus"), out.get("fuse"), cfg.lift.mesh)
     if spec.kind in ("export", "report"):
         return out.get("lift")
     if spec.kind == "evaluate":
-        return stable_hash([out.get("lift"), consts["models"], consts["lift"]])
+        return evaluate_input_hash(out.get("lift"), consts["evaluate"])
     raise KeyError(spec.kind)
 
 

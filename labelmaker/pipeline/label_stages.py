@@ -25,6 +25,7 @@ from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import Workspace, atomic_path, write_json_atomic
+from .hashes import consensus_input_hash, lift_input_hash, segment_config
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import require_done
 
@@ -62,8 +63,7 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
     stage = segment_stage(model)
     imported = require_done(ws, stage, "import")
-    # what does not change the labels (vote weight, batch size) does not make them stale
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("weight", "batch_size")}
+    config = segment_config(cfg)
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
@@ -151,7 +151,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
     if not models:
         raise BadInputError(ws.scene, None, "no segmentation models are configured", "add models under segment.models (see configs/models/)")
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
-    input_hash = stable_hash({name: [records[name]["output_hash"], m.label_space, m.weight] for name, m in models.items()})
+    input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models)
     config = dataclasses.asdict(cfg)
 
     def body() -> dict:
@@ -274,12 +274,8 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
     """Stage `lift`: consensus labels of all frames voted onto the vertices of the mesh."""
     consensus = require_done(ws, "lift", "consensus")
     config = dataclasses.asdict(cfg)
-    mesh_id = [consensus["output_hash"]]
-    if cfg.mesh is None:
-        mesh_id.append(require_done(ws, "lift", "fuse")["output_hash"])
-    else:
-        stat = Path(cfg.mesh).stat() if Path(cfg.mesh).exists() else None
-        mesh_id.append([str(Path(cfg.mesh).resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
+    input_hash = lift_input_hash(consensus["output_hash"], fused, cfg.mesh)
 
     def body() -> dict:
         mesh, path = target_mesh(ws, cfg.mesh)
@@ -297,7 +293,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
                 "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
                 "classes_present": int(len(np.unique(result.labels[labelled])))}
 
-    return run_stage(ws, "lift", config, stable_hash(mesh_id), body, force=force)
+    return run_stage(ws, "lift", config, input_hash, body, force=force)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

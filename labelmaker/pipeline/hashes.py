@@ -1,0 +1,47 @@
+"""What each stage hashes into its record: the config it depends on and its inputs.
+
+The stages and the batch planner (graph.py, state.py: "is this stage stale?") both compute these,
+so they live here once; two copies drift and the planner then reruns a finished stage forever.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Mapping, Optional
+
+from .records import stable_hash
+
+REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
+
+
+def segment_config(model_cfg) -> dict:
+    """A model's config as far as its predictions depend on it (the vote weight and the batch
+    size do not make them stale)."""
+    return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("weight", "batch_size")}
+
+
+def consensus_input_hash(segment_outputs: Mapping[str, Optional[str]], models: Mapping) -> str:
+    """segment_outputs: model name -> output hash of its segment stage."""
+    return stable_hash({name: [segment_outputs.get(name), m.label_space, m.weight] for name, m in models.items()})
+
+
+def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str]) -> str:
+    """The fused mesh's output hash, or a given mesh file's path, size and time."""
+    mesh_id = [consensus_output]
+    if mesh is None:
+        mesh_id.append(fuse_output)
+    else:
+        path = Path(mesh)
+        stat = path.stat() if path.exists() else None
+        mesh_id.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    return stable_hash(mesh_id)
+
+
+def evaluate_inputs(models: Mapping, lift_cfg) -> list:
+    """The part of evaluate's inputs that is the same for every scene (a batch computes it once)."""
+    return [{n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)]
+
+
+def evaluate_input_hash(lift_output: Optional[str], inputs: list) -> str:
+    """inputs: `evaluate_inputs(models, lift_cfg)`."""
+    return stable_hash([lift_output, *inputs])
