@@ -205,16 +205,22 @@ def _plain_scorer(predictions, mappings, weights, n_classes: int, cfg: Consensus
 
     def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         votes = torch.zeros((stop - start, int(classes.numel())), dtype=torch.float32, device=device)
-        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
-        for ids, mat, ne, wi in zip(tuple_ids, dense, nonempty, w):
-            if wi == 0.0:
-                continue
-            sel = ids[start:stop]
-            votes.add_(mat[sel], alpha=wi)
-            total.add_(ne[sel], alpha=wi)
-        return votes, total
+        return _add_rows(votes, start, stop, tuple_ids, dense, nonempty, w)
 
     return _Scorer(shape, inverse, n_unique, tuple_ids, classes, scores, device)
+
+
+def _add_rows(out: torch.Tensor, start: int, stop: int, tuple_ids, tables, nonempty, weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """out += sum over predictions of weight x its table's row for each tuple's source id (tuples
+    start..stop); returns (out, the cast weight per tuple: predictions whose id maps somewhere)."""
+    total = torch.zeros(stop - start, dtype=torch.float32, device=out.device)
+    for ids, table, ne, wi in zip(tuple_ids, tables, nonempty, weights):
+        if wi == 0.0:
+            continue
+        sel = ids[start:stop]
+        out.add_(table[sel], alpha=wi)
+        total.add_(ne[sel], alpha=wi)
+    return out, total
 
 
 def _prepare(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
@@ -404,14 +410,7 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
     log_prior = torch.as_tensor(np.asarray(calibration.log_prior, dtype=np.float32), device=device)
 
     def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        log_post = log_prior.expand(stop - start, -1).clone()
-        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
-        for ids, table, ne, wi in zip(tuple_ids, tables, nonempty, w):
-            if wi == 0.0:
-                continue
-            sel = ids[start:stop]
-            log_post.add_(table[sel], alpha=wi)
-            total.add_(ne[sel], alpha=wi)
+        log_post, total = _add_rows(log_prior.expand(stop - start, -1).clone(), start, stop, tuple_ids, tables, nonempty, w)
         return torch.softmax(log_post, dim=1) * total.unsqueeze(1), total
 
     return _Scorer(shape, inverse, n_unique, tuple_ids, classes, scores, device)
