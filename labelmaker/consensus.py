@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
+
+from .lazy import LazyModule
+
+torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
            "resolve_device", "dense_mapping"]

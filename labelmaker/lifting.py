@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
 
 from .consensus import resolve_device
+from .lazy import LazyModule
+
+torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["LiftConfig", "LiftFrame", "LiftResult", "VoteAccumulator", "lift"]
 

@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 from PIL import Image
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
+
+from .lazy import LazyModule
+
+o3d = LazyModule("open3d")  # loaded on first use (see lazy.py)
 
 # name, visualisation colour (classes.json, GT mesh), base albedo for rendering
 _CLASSES = (

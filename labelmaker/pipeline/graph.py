@@ -132,7 +132,7 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
     if spec.kind in ("export", "report"):
         return out.get("lift")
     if spec.kind == "evaluate":
-        return evaluate_input_hash(out.get("lift"), consts["evaluate"])
+        return evaluate_input_hash(out.get("lift"), (consts or input_constants(cfg))["evaluate"])
     raise KeyError(spec.kind)
 
 
