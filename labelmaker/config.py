@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf, open_dict
 from .consensus import ConsensusConfig
 from .fusion import FusionConfig
 from .io.registry import all_importers
+from .masks import MasksConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
@@ -36,6 +37,7 @@ class LabelmakerConfig:
     data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
     fusion: FusionConfig = field(default_factory=FusionConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)  # class-agnostic mask models (SAM), chosen by the `masks` group
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     lift: LiftStageConfig = field(default_factory=LiftStageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -16,11 +16,13 @@ the distinct prefixes before the next prediction is folded in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .refine import SamRefineConfig
 
 __all__ = ["ConsensusConfig", "vote", "resolve_device", "dense_mapping"]
 
@@ -41,6 +43,7 @@ class ConsensusConfig:
     min_votes: float = 0.0  # total weight cast at a pixel below this -> unknown
     ranks: int = 3  # classes kept per pixel, best first (lifting votes with all of them, by their shares)
     device: str = "auto"  # auto | cpu | cuda
+    sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,6 +22,7 @@ from ..lifting import LiftConfig, LiftFrame, lift
 from ..mesh import MeshArrays, read_mesh_or_points
 from ..segmenters import ModelConfig, SceneContext, build_segmenter
 from ..workspace import Workspace, atomic_path, write_json_atomic
+from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import require_done
 
@@ -110,6 +111,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         raise BadInputError(ws.scene, None, "no segmentation models are configured", "add models under segment.models (see configs/models/)")
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
     input_hash = stable_hash({name: [records[name]["output_hash"], m.label_space, m.weight] for name, m in models.items()})
+    if cfg.sam_refine.enabled:
+        input_hash = stable_hash([input_hash, refinement_input(ws, cfg.sam_refine)])
     config = dataclasses.asdict(cfg)
 
     def body() -> dict:
@@ -119,10 +122,12 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         n_classes = len(unified_space().ids)
         out = ws.consensus_shards
         out.remove_stale_temporaries()
-        n_shards, fingerprints, reused, unknown, pixels = ws.frame_shard_count(), [], 0, 0, 0
+        n_shards, fingerprints, reused, unknown, pixels, refined = ws.frame_shard_count(), [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):
                 fp = stable_hash([config, weights, [ws.prediction_shards(n).fingerprint(i) for n in names]])
+                if cfg.sam_refine.enabled:
+                    fp = stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)])
                 fingerprints.append(fp)
                 if out.fingerprint(i) == fp:
                     reused += 1
@@ -130,6 +135,9 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     preds = [ws.prediction_shards(n).read(i, ("labels",))["labels"] for n in names]
                     ranked, shares = (x.cpu().numpy() for x in vote(preds, mappings, weights, n_classes, cfg,
                                                                      prior=class_prior(), ranks=max(2, cfg.ranks)))
+                    if cfg.sam_refine.enabled:
+                        ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
+                        refined += n_changed
                     labels = ranked[0]
                     out.write(i, {"labels": labels.astype(np.uint16), "confidence": shares[0].astype(np.float16),
                                   "more_labels": np.moveaxis(ranked[1:cfg.ranks], 0, 1).astype(np.uint16),
@@ -139,7 +147,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 bar.update(1)
         out.remove_from(n_shards)
         return {"models": names, "weights": weights, "shards": n_shards, "shards_reused": reused,
-                "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints)}
+                "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints),
+                **({"refined_share": round(refined / pixels, 4) if pixels else None} if cfg.sam_refine.enabled else {})}
 
     return run_stage(ws, "consensus", config, input_hash, body, force=force)
 
