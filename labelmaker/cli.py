@@ -5,6 +5,7 @@
     labelmaker run <capture dir> <workspace> [--pred SPACE=FOLDER ...] [key=value ...]
     labelmaker synth <out dir> [synth.seed=3 synth.sky_direction=Left ...]
     labelmaker demo [out dir] [key=value ...]
+    labelmaker doctor [models=mask2former checkpoints.dir=... ...]
 
 Errors a user can fix (bad input, a missing earlier stage) print one clear line and exit
 non-zero; anything else prints its traceback.
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pred", action="append", default=[], metavar="SPACE=FOLDER",
                      help="a folder of precomputed per-frame label PNGs in label space SPACE (repeatable)")
     run.add_argument("overrides", nargs="*")
+
+    doctor = sub.add_parser("doctor", help="check CUDA, packages, mmcv ops and checkpoints of the configured models")
+    doctor.add_argument("overrides", nargs="*", help="config overrides, e.g. models=mask2former checkpoints.dir=/ckpt")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
@@ -175,13 +179,20 @@ def cmd_demo(args) -> None:
     _print_summary(result["title"], result["lines"])
 
 
+def cmd_doctor(args) -> None:
+    from .doctor import doctor, other_checkpoints
+
+    cfg, _ = _load(args.overrides)
+    doctor(cfg.segment.models, other_checkpoints(cfg))
+
+
 def _load(overrides: list[str], models: dict | None = None):
     from .config import load_config
 
     return load_config(overrides, models)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo}
+COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

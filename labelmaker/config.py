@@ -20,6 +20,7 @@ from .masks import MasksConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
+from .segmenters.checkpoints import CheckpointsConfig
 from .synthetic import SynthConfig
 
 
@@ -38,6 +39,7 @@ class LabelmakerConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)  # class-agnostic mask models (SAM), chosen by the `masks` group
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     lift: LiftStageConfig = field(default_factory=LiftStageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -40,3 +40,28 @@ class StageDependencyError(LabelmakerError):
         self.scene = scene
         self.stage = stage
         super().__init__(f"scene '{scene}': stage '{stage}' needs '{missing}', which is not done. Fix: {fix}")
+
+
+class OutOfMemoryError(LabelmakerError):
+    """A model does not fit the device even one frame at a time; a bigger device or a smaller
+    input can help, retrying on the same one cannot."""
+
+    error_class = "out_of_memory"
+    exit_code = 4
+
+    def __init__(self, scene: str, model: str, problem: str, fix: str):
+        self.scene = scene
+        self.model = model
+        super().__init__(f"scene '{scene}': model '{model}': {problem}. Fix: {fix}")
+
+
+class SetupError(LabelmakerError):
+    """The machine is not set up for a configured model (weights, compiled ops, packages):
+    fixing the installation helps, retrying does not."""
+
+    error_class = "setup"
+    exit_code = 5
+
+    def __init__(self, what: str, problem: str, fix: str):
+        self.what = what
+        super().__init__(f"{what}: {problem}. Fix: {fix}")

@@ -268,6 +268,11 @@ class ShardSet:
         with h5py.File(self.path(index), "r") as f:
             return {key: f[key][()] for key in (keys or tuple(f.keys()))}
 
+    def keys(self, index: int) -> tuple[str, ...]:
+        """The names of the arrays in one shard."""
+        with h5py.File(self.path(index), "r") as f:
+            return tuple(f.keys())
+
     def attrs(self, index: int) -> dict:
         with h5py.File(self.path(index), "r") as f:
             return dict(f.attrs)

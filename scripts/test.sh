@@ -2,5 +2,5 @@
 # Install (once) and run the whole test suite, slow tests included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh cpu,test
+bash scripts/setup_env.sh cpu,test,mmseg-cpu
 exec .venv/bin/python -m pytest "$@"

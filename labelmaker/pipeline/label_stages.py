@@ -20,7 +20,9 @@ from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
 from ..lifting import LiftConfig, LiftFrame, lift
 from ..mesh import MeshArrays, read_mesh_or_points
-from ..segmenters import ModelConfig, SceneContext, build_segmenter
+from ..segmenters import ModelConfig, SceneContext
+from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
+from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import Workspace, atomic_path, write_json_atomic
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
@@ -60,13 +62,15 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
     stage = segment_stage(model)
     imported = require_done(ws, stage, "import")
-    config = dataclasses.asdict(cfg)
+    # what does not change the labels (vote weight, batch size) does not make them stale
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("weight", "batch_size")}
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
         space = label_space(cfg.label_space)
-        segmenter = build_segmenter(model, cfg)
+        segmenter = cached_segmenter(model, cfg)
         ctx = scene_context(ws)
+        runner = _image_runner(segmenter, cfg, model)
         shards = ws.prediction_shards(model)
         shards.remove_stale_temporaries()
         n_shards, fingerprints, reused = ws.frame_shard_count(), [], 0
@@ -79,15 +83,52 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
                     bar.update(int(imported["summary"]["shard_size"]))
                     continue
                 batch = ws.read_frame_shard(i)
-                labels = np.asarray(segmenter.predict(batch, ctx))
-                _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
-                shards.write(i, {"labels": labels.astype(np.uint16)}, fp, attrs={"label_space": space.name, "model": model})
+                if runner is None:
+                    votes = {"labels": np.asarray(segmenter.predict(batch, ctx))}
+                else:
+                    _check_min_size(segmenter, batch.color.shape, ctx.scene, ws.frame_shards.path(i), model)
+                    pred = runner.run(batch.color, batch.upright, ctx.scene)
+                    votes = {"labels": pred.labels, **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {})}
+                for labels in votes.values():
+                    _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
+                shards.write(i, {k: v.astype(np.uint16) for k, v in votes.items()}, fp, attrs={"label_space": space.name, "model": model})
                 bar.update(len(batch))
         shards.remove_from(n_shards)
         return {"model": model, "label_space": space.name, "shards": n_shards, "shards_reused": reused,
+                **(_runner_summary(segmenter, runner) if runner is not None else {}),
                 "output_hash": stable_hash(fingerprints)}
 
     return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
+
+
+def _image_runner(segmenter, cfg: ModelConfig, model: str) -> ImageRunner | None:
+    """The runner of a real (image) model; None for per-frame segmenters (precomputed, simulated)."""
+    if not isinstance(segmenter, ImageSegmenter):
+        if cfg.flip_tta:
+            raise ValueError(f"model {model!r}: flip_tta applies to image models only, not to kind {cfg.kind!r}")
+        return None
+    device = getattr(segmenter, "device", None) or resolve_device(cfg.device)
+    return ImageRunner(segmenter, RunOptions(batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=str(device), fp16=cfg.fp16))
+
+
+def _runner_summary(segmenter, runner: ImageRunner) -> dict:
+    """How an image model ran: device, the batch size that fit, flip TTA, declared resources."""
+    return {"device": runner.options.device, "batch_size": runner.batch_size, "flip_tta": runner.options.flip_tta,
+            "input_size": getattr(segmenter, "input_size", None), "resources": dataclasses.asdict(model_resources(segmenter))}
+
+
+def _check_min_size(segmenter, shape: tuple, scene: str, shard: Path, model: str) -> None:
+    h, w = shape[1:3]
+    if min(h, w) < segmenter.min_size:
+        raise BadInputError(scene, shard, f"frames are {w}x{h} px, smaller than model '{model}' accepts (shorter side >= {segmenter.min_size} px)",
+                            "import a larger colour stream (ARKitScenes: data.color=vga_wide or wide) or use a model for small images")
+
+
+def model_votes(ws: Workspace, model: str, index: int) -> list[np.ndarray]:
+    """A model's predictions of one shard: its labels, plus its mirrored-frame labels (flip TTA)
+    when it stored them -- each votes in the consensus with the model's weight."""
+    shards = ws.prediction_shards(model)
+    return [shards.read(index, (key,))[key] for key in ("labels", "labels_flip") if key in shards.keys(index)]
 
 
 def _check_prediction(labels: np.ndarray, expected: tuple, space, scene: str, model: str, names: list[str]) -> None:
@@ -132,8 +173,9 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 if out.fingerprint(i) == fp:
                     reused += 1
                 else:
-                    preds = [ws.prediction_shards(n).read(i, ("labels",))["labels"] for n in names]
-                    ranked, shares = (x.cpu().numpy() for x in vote(preds, mappings, weights, n_classes, cfg,
+                    votes = [(p, mapping, w) for n, mapping, w in zip(names, mappings, weights) for p in model_votes(ws, n, i)]
+                    preds, vote_maps, vote_weights = (list(x) for x in zip(*votes))
+                    ranked, shares = (x.cpu().numpy() for x in vote(preds, vote_maps, vote_weights, n_classes, cfg,
                                                                      prior=class_prior(), ranks=max(2, cfg.ranks)))
                     if cfg.sam_refine.enabled:
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)

@@ -1,14 +1,17 @@
 """The segmenter protocol, its config and the registry of kinds.
 
 A segmenter maps a batch of frames to label maps (N,H,W) in its own label space, at the
-colour raster of the frames. Real models (issue "Real 2D segmenters") get frames rotated
-upright by the segment stage; `precomputed` and `simulated` read or derive labels per frame name.
+colour raster of the frames. Two kinds:
+- `Segmenter` (`precomputed`, `simulated`): `predict(batch, ctx)`, needs frame names.
+- `ImageSegmenter` (real networks): `predict_images(images)` on upright RGB frames only; the
+  segment stage does the rest for all of them alike (upright rotation and back, batching, flip
+  TTA, device, fp16 autocast, out-of-memory retry), see segmenters/runner.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,6 +33,17 @@ class SimulatedNoise:
 
 
 @dataclass
+class Mask2FormerConfig:
+    """Mask2Former through mmsegmentation (kind `mask2former`)."""
+
+    config: str = "mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py"  # in mmseg's package configs, or a path
+    checkpoint: Optional[str] = "mask2former_swin-l_ade20k"  # a manifest model name (checkpoints.csv), a file name in the checkpoint folder, or a path; null = random weights (tests, benchmarks)
+    input_size: int = 640  # the shorter image side is resized to this before the network
+    cfg_options: Dict[str, Any] = field(default_factory=dict)  # mmengine dotted-key overrides of the config (tests shrink the model)
+    allow_cpu_ops_stand_in: bool = False  # CPU only: run with mmcv-lite and a stand-in for mmcv's compiled ops
+
+
+@dataclass
 class ModelConfig:
     kind: str = "simulated"  # registry key: precomputed | simulated
     label_space: str = "ade20k"  # the label space its predictions are in
@@ -37,6 +51,13 @@ class ModelConfig:
     path: Optional[str] = None  # precomputed: the folder of per-frame label PNGs
     seed: int = 0  # simulated: noise seed
     noise: SimulatedNoise = field(default_factory=SimulatedNoise)  # simulated only
+    # Image segmenters (real networks) only:
+    batch_size: int = 4  # frames per forward pass (halved on CUDA out-of-memory, down to 1)
+    flip_tta: bool = False  # also predict the mirrored frame; stored and voted as one more prediction of this model
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:1 ...
+    fp16: bool = True  # float16 autocast on CUDA (no effect on CPU)
+    checkpoint_dir: Optional[str] = None  # folder of checkpoints (presets: ${checkpoints.dir}); null: $LABELMAKER_CHECKPOINT_DIR
+    mask2former: Mask2FormerConfig = field(default_factory=Mask2FormerConfig)
 
 
 @dataclass
@@ -55,6 +76,40 @@ class Segmenter(Protocol):
         """(N,H,W) integer label maps in `label_space` at the batch's colour raster."""
 
 
+@dataclass
+class Resources:
+    """What a model needs to run well (doctor and schedulers read it)."""
+
+    gpu: bool = False  # runs on CPU too, but is meant for a GPU
+    memory_gb: float = 1.0  # peak memory at batch size 1 and its input size (GPU memory on CUDA)
+
+
+@runtime_checkable
+class ImageSegmenter(Protocol):
+    """A real 2D network: upright RGB frames in, label maps in its label space out."""
+
+    name: str
+    label_space: str  # e.g. "ade20k", "unified"
+    min_size: int  # smallest accepted image side in pixels (smaller -> BadInputError)
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """(N,H,W,3) uint8 RGB frames, already rotated upright -> (N,H,W) integer labels in label_space."""
+
+
+def model_resources(segmenter) -> Resources:
+    """A segmenter's declared resources (CPU-only, small when it declares none)."""
+    return getattr(segmenter, "resources", None) or Resources()
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> "cuda" when torch sees a GPU, else "cpu"; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 _REGISTRY: dict[str, Callable[[str, ModelConfig], Segmenter]] = {}
 
 
@@ -69,10 +124,37 @@ def register_segmenter(kind: str):
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    from . import precomputed, simulated  # noqa: F401  (register themselves)
+    from . import mask2former, precomputed, simulated  # noqa: F401  (register themselves)
 
     try:
         factory = _REGISTRY[cfg.kind]
     except KeyError:
         raise ValueError(f"model {name!r}: unknown segmenter kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
     return factory(name, cfg)
+
+
+_CACHE: dict[str, Any] = {}
+_RUN_ONLY = ("weight", "batch_size", "flip_tta")
+
+
+def cached_segmenter(name: str, cfg: ModelConfig):
+    """Build a model once per process and reuse it for every scene the process labels.
+
+    Only image segmenters are kept (they hold network weights); the cache key is the model's
+    config except what only the stage uses (vote weight, batch size, flip TTA), so a changed
+    config builds a new model.
+    """
+    import dataclasses
+    import json
+
+    key = json.dumps([name, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY}], sort_keys=True, default=str)
+    if key in _CACHE:
+        return _CACHE[key]
+    segmenter = build_segmenter(name, cfg)
+    if isinstance(segmenter, ImageSegmenter):
+        _CACHE[key] = segmenter
+    return segmenter
+
+
+def clear_segmenter_cache() -> None:
+    _CACHE.clear()

@@ -1,0 +1,140 @@
+"""`labelmaker doctor`: can this machine run the configured models? CUDA, package versions,
+mmcv's compiled ops and each configured model's checkpoint, as a short table.
+
+A check is `required` when a configured model needs it; any required check that fails makes the
+command exit non-zero, so a batch job can run `labelmaker doctor` before it starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import LabelmakerError
+from .segmenters.base import ModelConfig
+from .segmenters.checkpoints import CheckpointError, fetch_command, locate, verify
+
+MMSEG_PACKAGES = ("mmsegmentation", "mmdet", "mmengine", "mmcv", "mmcv-lite")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else ("FAIL" if self.required else "-")
+
+
+def version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_checkpoints(cfg: ModelConfig) -> list[str]:
+    """A model's checkpoint specs: the `checkpoint` of its kind's own config section (the field
+    named like the kind, e.g. `mask2former` for kind mask2former), when it names one."""
+    section = getattr(cfg, cfg.kind, None)
+    spec = getattr(section, "checkpoint", None) if dataclasses.is_dataclass(section) else None
+    return [spec] if spec else []
+
+
+def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
+    """Checkpoints of models outside segment.models (e.g. mask models under `masks.models`):
+    any config section with a `checkpoint` (and optionally `checkpoint_dir`) field."""
+    found = {}
+    for name, entry in (getattr(getattr(cfg, "masks", None), "models", None) or {}).items():
+        for section in [entry, *(getattr(entry, f.name) for f in dataclasses.fields(entry))] if dataclasses.is_dataclass(entry) else []:
+            if dataclasses.is_dataclass(section) and getattr(section, "checkpoint", None):
+                folder = getattr(section, "checkpoint_dir", None) or getattr(entry, "checkpoint_dir", None)
+                found[name] = (section.checkpoint, folder)
+                break
+    return found
+
+
+def run_checks(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else "none"
+    wants_gpu = [n for n, m in models.items() if m.device.startswith("cuda")]
+    checks = [
+        Check("python", True, platform.python_version()),
+        Check("torch", True, f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})"),
+        Check("CUDA", cuda, f"GPUs: {gpus}" if cuda else "no GPU visible: models run on the CPU (slow)",
+              required=bool(wants_gpu)),
+        Check("open3d", version("open3d") is not None or version("open3d-cpu") is not None,
+              version("open3d") or version("open3d-cpu") or "not installed", required=True),
+    ]
+    m2f = {n: m for n, m in models.items() if m.kind == "mask2former"}
+    for package in MMSEG_PACKAGES:
+        v = version(package)
+        if v or package not in ("mmcv", "mmcv-lite"):
+            checks.append(Check(package, v is not None, v or "not installed (pip install -e '.[mmseg]')", required=bool(m2f)))
+    if m2f or version("mmcv") or version("mmcv-lite"):
+        checks.append(_mmcv_ops_check(m2f, cuda))
+    for name, cfg in models.items():
+        for spec in model_checkpoints(cfg):
+            checks.append(_checkpoint_check(name, spec, cfg.checkpoint_dir))
+    for name, (spec, folder) in (extra or {}).items():
+        checks.append(_checkpoint_check(name, spec, folder))
+    return checks
+
+
+def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
+    from .segmenters.mmcv_ops import mmcv_ops_status
+
+    status = mmcv_ops_status()
+    if status == "compiled":
+        return Check("mmcv ops", True, "compiled (mmcv._ext)", required=bool(m2f))
+    stand_in_ok = not cuda and bool(m2f) and all(m.mask2former.allow_cpu_ops_stand_in for m in m2f.values())
+    detail = {"stand-in": "CPU stand-in loaded", "missing": "not compiled (mmcv-lite)", "no mmcv": "mmcv not installed"}[status]
+    if stand_in_ok:
+        return Check("mmcv ops", True, f"{detail}: CPU stand-in allowed (pure-PyTorch deformable attention)", required=True)
+    fix = ("install full mmcv==2.1.0 built for this torch (docker/)" if cuda else
+           "install full mmcv==2.1.0, or on this CPU-only machine allow the stand-in (mask2former.allow_cpu_ops_stand_in=true)")
+    return Check("mmcv ops", False, f"{detail}: {fix}", required=bool(m2f))
+
+
+def _checkpoint_check(model: str, spec: str, folder: Optional[str]) -> Check:
+    name = f"checkpoint {model}"
+    try:
+        path, entry = locate(spec, folder)
+        verified = verify(path, entry)
+    except CheckpointError as err:
+        return Check(name, False, str(err), required=True)
+    size = path.stat().st_size / 2**20
+    return Check(name, True, f"{path} ({size:.0f} MiB, {'sha256 matches' if verified else 'no published sha256'})", required=True)
+
+
+def format_table(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"  {c.status:<4} {c.name:<{width}}  {c.detail}" for c in checks)
+
+
+class DoctorFailed(LabelmakerError):
+    error_class = "setup"
+    exit_code = 5
+
+
+def doctor(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
+    """Print the table; raise DoctorFailed when a required check fails. `extra`: more
+    checkpoints to check, name -> (checkpoint, folder)."""
+    checks = run_checks(models, extra)
+    print(f"labelmaker doctor: {len(models)} configured model(s): {', '.join(models) or 'none'}")
+    print(format_table(checks))
+    failed = [c.name for c in checks if c.required and not c.ok]
+    if failed:
+        raise DoctorFailed(f"{len(failed)} required check(s) failed: {', '.join(failed)} (see the table above for the fix)")
+    print("all required checks passed")
+    return checks
+
+
+__all__ = ["Check", "doctor", "fetch_command", "format_table", "model_checkpoints", "run_checks"]

@@ -1,0 +1,183 @@
+"""Checkpoints: the manifest, clear errors for missing and damaged files, safe loading, the
+resumable verified download, and `labelmaker doctor`."""
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+from labelmaker.cli import main
+from labelmaker.segmenters import checkpoints
+from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig
+from labelmaker.segmenters.checkpoints import CheckpointEntry, CheckpointError, load_checkpoint, locate, manifest, verify
+from labelmaker.segmenters.download import download
+
+PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
+DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_the_manifest_names_file_source_and_licence_of_each_model():
+    known = manifest()
+    assert {"mask2former_swin-l_ade20k", "mask2former_r50_ade20k", "sam_vit_h"} <= set(known)
+    for e in known.values():
+        assert e.file and e.url.startswith("https://") and e.url.endswith(e.file) and e.licence
+        # OpenMMLab publishes the sha256's first 8 hex digits in the file name
+        if "openmmlab" in e.url:
+            assert e.file.rsplit("-", 1)[1].startswith(e.sha256) and len(e.sha256) == 8
+
+
+def test_a_missing_checkpoint_names_the_file_and_the_command_to_fetch_it(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError) as err:
+        locate("mask2former_r50_ade20k", str(tmp_path))
+    message = str(err.value)
+    entry = manifest()["mask2former_r50_ade20k"]
+    assert entry.file in message and str(tmp_path) in message
+    assert f"python scripts/download_checkpoints.py mask2former_r50_ade20k --dir {tmp_path}" in message
+    monkeypatch.delenv(checkpoints.ENV_DIR, raising=False)
+    with pytest.raises(CheckpointError, match="no checkpoint folder is configured.*Fix: set checkpoints.dir"):
+        locate("mask2former_r50_ade20k", None)
+    monkeypatch.setenv(checkpoints.ENV_DIR, str(tmp_path))
+    with pytest.raises(CheckpointError, match=f"missing from {tmp_path}"):
+        locate("mask2former_r50_ade20k", None)
+
+
+@pytest.fixture
+def fake_manifest(monkeypatch):
+    def use(**entries):
+        monkeypatch.setattr(checkpoints, "manifest", lambda: entries)
+    return use
+
+
+@pytest.mark.parametrize("published", [DIGEST, DIGEST[:8]])
+def test_a_checksum_mismatch_is_an_error(published, tmp_path, fake_manifest):
+    entry = CheckpointEntry("toy", "toy.pth", "https://example.org/toy.pth", published, "MIT")
+    fake_manifest(toy=entry)
+    (tmp_path / "toy.pth").write_bytes(PAYLOAD)
+    path, found = locate("toy", str(tmp_path))
+    assert found == entry and verify(path, entry) is True
+    (tmp_path / "toy.pth").write_bytes(PAYLOAD[:-1] + b"x")
+    with pytest.raises(CheckpointError, match=r"does not match the published .*Fix: delete it and fetch it again: python scripts/download_checkpoints.py toy"):
+        verify(path, entry)
+
+
+def test_loading_takes_tensors_and_refuses_other_objects_without_a_checksum(tmp_path, fake_manifest):
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "plain.pth")
+    state, _ = load_checkpoint("plain.pth", str(tmp_path))
+    assert torch.equal(state["state_dict"]["w"], torch.ones(2))
+
+    class Odd:  # a pickled object that weights-only loading refuses
+        pass
+
+    import builtins
+    builtins._labelmaker_test_odd = Odd
+    Odd.__module__, Odd.__qualname__ = "builtins", "_labelmaker_test_odd"
+    torch.save({"state_dict": {}, "meta": Odd()}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="holds more than tensors and has no published checksum"):
+        load_checkpoint("odd.pth", str(tmp_path))
+    digest = hashlib.sha256((tmp_path / "odd.pth").read_bytes()).hexdigest()
+    fake_manifest(odd=CheckpointEntry("odd", "odd.pth", "https://example.org/odd.pth", digest, "MIT"))
+    state, _ = load_checkpoint("odd", str(tmp_path))  # trusted by its published checksum
+    assert isinstance(state["meta"], Odd)
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read as a torch checkpoint"):
+        load_checkpoint("broken.pth", str(tmp_path))
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD, honouring `Range: bytes=N-` (as the model zoos' servers do)."""
+
+    def do_GET(self):
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        body = PAYLOAD[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_download_resumes_and_verifies(server, tmp_path):
+    entry = CheckpointEntry("toy", "toy.pth", f"{server}/toy.pth", DIGEST[:8], "MIT")
+    (tmp_path / "toy.pth.part").write_bytes(PAYLOAD[:1000])  # an interrupted earlier run
+    seen = []
+    assert download(entry, tmp_path, lambda n, total: seen.append((n, total))) == "resumed"
+    assert (tmp_path / "toy.pth").read_bytes() == PAYLOAD and not (tmp_path / "toy.pth.part").exists()
+    assert seen[0] == (1000, len(PAYLOAD)) and sum(n for n, _ in seen) == len(PAYLOAD)
+    assert download(entry, tmp_path) == "present"
+    bad = CheckpointEntry("bad", "bad.pth", f"{server}/bad.pth", "00000000", "MIT")
+    with pytest.raises(CheckpointError, match="does not match"):
+        download(bad, tmp_path)
+    assert not (tmp_path / "bad.pth").exists() and not (tmp_path / "bad.pth.part").exists()
+
+
+def _m2f(folder, checkpoint, stand_in=True):
+    return ModelConfig(kind="mask2former", checkpoint_dir=str(folder), device="cpu",
+                       mask2former=Mask2FormerConfig(checkpoint=checkpoint, allow_cpu_ops_stand_in=stand_in))
+
+
+def test_doctor_fails_on_a_missing_checkpoint_and_passes_when_it_is_there(tmp_path, capsys):
+    pytest.importorskip("mmseg")
+    from labelmaker.doctor import DoctorFailed, doctor
+
+    with pytest.raises(DoctorFailed, match="checkpoint m2f"):
+        doctor({"m2f": _m2f(tmp_path, "mask2former_r50_ade20k")})
+    table = capsys.readouterr().out
+    assert "FAIL checkpoint m2f" in table and "download_checkpoints.py mask2former_r50_ade20k" in table
+    torch.save({"state_dict": {}}, tmp_path / "mine.pth")
+    with pytest.raises(DoctorFailed, match="checkpoint sam"):  # other models' checkpoints (e.g. SAM mask models)
+        doctor({"m2f": _m2f(tmp_path, "mine.pth")}, {"sam": ("sam_vit_b", str(tmp_path))})
+    assert "sam_vit_b_01ec64.pth is missing" in capsys.readouterr().out
+    checks = doctor({"m2f": _m2f(tmp_path, "mine.pth")})
+    assert {c.name for c in checks} >= {"torch", "CUDA", "mmsegmentation", "mmcv ops", "checkpoint m2f"}
+    assert "all required checks passed" in capsys.readouterr().out
+    if not torch.cuda.is_available():  # without the stand-in allowed, mmcv-lite has no ops for it
+        from labelmaker.segmenters.mmcv_ops import mmcv_ops_status
+
+        if mmcv_ops_status() != "compiled":
+            with pytest.raises(DoctorFailed, match="mmcv ops"):
+                doctor({"m2f": _m2f(tmp_path, "mine.pth", stand_in=False)})
+
+
+def test_doctor_command_exits_non_zero_when_something_required_is_missing(tmp_path, capsys):
+    pytest.importorskip("mmseg")
+    assert main(["doctor", "models=mask2former", f"checkpoints.dir={tmp_path}"]) == 5
+    assert "missing from" in capsys.readouterr().out
+    assert main(["doctor"]) == 0  # no models configured: nothing required beyond the basics
+
+
+def test_doctor_finds_checkpoints_of_models_outside_segment_models():
+    from dataclasses import dataclass, field
+
+    from labelmaker.doctor import other_checkpoints
+
+    @dataclass
+    class Sam:
+        checkpoint: str = "sam_vit_h_4b8939.pth"
+        checkpoint_dir: str = "/ckpt"
+
+    @dataclass
+    class MaskModel:
+        kind: str = "sam"
+        sam: Sam = field(default_factory=Sam)
+
+    @dataclass
+    class Masks:
+        models: dict = field(default_factory=lambda: {"sam": MaskModel(), "simulated": object()})
+
+    @dataclass
+    class Root:
+        masks: Masks = field(default_factory=Masks)
+
+    assert other_checkpoints(Root()) == {"sam": ("sam_vit_h_4b8939.pth", "/ckpt")}
+    assert other_checkpoints(object()) == {}
