@@ -24,11 +24,12 @@ __all__ = ["SamRefineConfig", "refine_with_masks"]
 class SamRefineConfig:
     enabled: bool = False  # refine the consensus with the masks of mask model `masks`
     masks: str = "sam"  # name of the mask model (masks.models.<name>) whose mask shards are read
-    min_share: float = 0.8  # the mask's dominant class must hold this share of its (weighted) votes
-    min_known: float = 0.3  # ... and this share of the mask's pixels must have a known consensus label
+    min_share: float = 0.5  # the mask's dominant class must hold this share of its (weighted) votes
+    min_known: float = 0.5  # ... and this share of the mask's pixels must have a known consensus label
     min_area_px: int = 0  # masks smaller than this are left alone
     weight_by_confidence: bool = True  # a pixel votes with its consensus confidence (else 1)
     fill_unknown: bool = True  # unknown pixels inside a refined mask take its class too
+    require_vote: bool = True  # a pixel takes the mask's class only if some model voted for it there (one of its ranked classes)
     keep_confident: float = 0.99  # pixels whose consensus confidence is at least this keep their label (> 1: none do)
 
 
@@ -48,7 +49,7 @@ def _as_tensor(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np_dtype)).to(device)  # a copy: torch wants writable memory
 
 
-def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device: str = "auto") -> Refined:
+def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device: str = "auto", runners_up=None) -> Refined:
     """Refine consensus `labels` ((N,H,W) or (H,W) ints, 0 = unknown) with `mask_ids` (same shape,
     0 = no mask; ids are per frame). `confidence` (same shape, floats in [0,1]) weighs each pixel's
     vote when cfg.weight_by_confidence.
@@ -57,8 +58,10 @@ def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device
     vote). The mask imposes its dominant class d when votes[d] / sum(votes) >= cfg.min_share, the
     share of known pixels >= cfg.min_known and its area >= cfg.min_area_px. Its pixels then take d
     (unknown ones only if cfg.fill_unknown), except pixels whose own confidence is at least
-    cfg.keep_confident: where the models agree, a mask that swallowed a neighbouring object (SAM
-    under-segments) must not overrule them. A pixel whose label changes gets the mean confidence
+    cfg.keep_confident, and with cfg.require_vote pixels where no model voted for d: `runners_up`
+    ((R,)+shape, the consensus's further ranked classes, 0 = none) says which classes got votes.
+    Both keep a mask that swallowed a neighbouring object (SAM under-segments) or spills over an
+    edge from overruling what the models saw there. A pixel whose label changes gets the mean confidence
     of the mask's pixels that voted for d. Pixels outside refined masks keep label and confidence.
     """
     from .consensus import resolve_device  # consensus.py imports this module for its config
@@ -67,6 +70,9 @@ def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device
     lab = _as_tensor(labels, dev, torch.int64)
     conf = _as_tensor(confidence, dev, torch.float32)
     ids = _as_tensor(mask_ids, dev, torch.int64)
+    if cfg.require_vote and runners_up is None:
+        raise ValueError("require_vote needs the runners-up (the consensus's ranked classes)")
+    others = _as_tensor(runners_up, dev, torch.int64).reshape(-1, lab.numel()) if cfg.require_vote else None
     if not (lab.shape == conf.shape == ids.shape):
         raise ValueError(f"labels {tuple(lab.shape)}, confidence {tuple(conf.shape)} and mask ids {tuple(ids.shape)} must have one shape")
     if lab.numel() and (int(lab.min()) < 0 or int(ids.min()) < 0):
@@ -108,6 +114,8 @@ def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device
 
     take = ok[seg] & (known | cfg.fill_unknown) & (pc < cfg.keep_confident)
     new = dominant[seg]
+    if others is not None:  # the mask's class must be one the models voted for at the pixel
+        take &= (new == pl) | (others[:, inside] == new).any(0)
     change = take & (new != pl)
     idx = inside[change]
     out_lab[idx] = new[change]

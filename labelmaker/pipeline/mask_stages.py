@@ -84,7 +84,7 @@ def refine_shard(ws: Workspace, cfg: SamRefineConfig, index: int, ranked: np.nda
     if ids.shape != ranked.shape[1:]:
         raise BadInputError(ws.scene, None, f"masks of '{cfg.masks}' are {ids.shape[1:]} per frame, the consensus {ranked.shape[2:]}",
                             f"rerun the mask stage (force=true) for mask model '{cfg.masks}'")
-    out = refine_with_masks(ranked[0], shares[0], ids, cfg, device=device)
+    out = refine_with_masks(ranked[0], shares[0], ids, cfg, device=device, runners_up=ranked[1:])
     changed = out.changed.cpu().numpy()
     ranked, shares = ranked.copy(), shares.copy()
     ranked[0], shares[0] = out.labels.cpu().numpy(), out.confidence.cpu().numpy()
