@@ -7,16 +7,10 @@ import pytest
 import torch
 
 from labelmaker.errors import BadInputError
-from labelmaker.masks import MaskModelConfig, SamArch, SamConfig
+from tiny_models import TINY_SAM, tiny_sam_cfg
 
-TINY = SamArch(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1], image_size=256,
-               window_size=4, prompt_embed_dim=32, decoder_mlp_dim=64, decoder_num_heads=2, iou_head_hidden_dim=32)
-
-
-def _tiny_cfg(folder, **kw) -> MaskModelConfig:
-    sam = SamConfig(model_type="custom", arch=TINY, checkpoint="tiny_sam.pth", checkpoint_dir=str(folder), points_per_side=4,
-                    points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, device="cpu", fp16=False)
-    return MaskModelConfig(kind="sam", min_area_px=4, sam=dataclasses.replace(sam, **kw))
+TINY = TINY_SAM
+_tiny_cfg = tiny_sam_cfg
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def test_checkpoint_loads_with_every_key_and_gives_the_same_output(tiny_sam):
     from labelmaker.masks.sam import load_sam
 
     original, folder = tiny_sam
-    loaded = load_sam(_tiny_cfg(folder).sam, "scene")
+    loaded = load_sam(_tiny_cfg(folder).sam)
     assert loaded is not original
     ref, got = original.state_dict(), loaded.state_dict()
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -85,16 +79,19 @@ def test_mask_stage_runs_sam_on_a_synthetic_scene(tiny_sam, synth_scene_factory,
 
 def test_bad_checkpoints_and_small_images_are_clear_errors(tiny_sam, tmp_path):
     from labelmaker.masks.sam import SamMasks, load_sam
+    from labelmaker.segmenters.checkpoints import CheckpointError
 
     _, folder = tiny_sam
-    with pytest.raises(BadInputError, match="checkpoint is missing.*download_checkpoints"):
-        load_sam(_tiny_cfg(tmp_path).sam, "scene")
+    with pytest.raises(CheckpointError, match="tiny_sam.pth is missing"):
+        load_sam(_tiny_cfg(tmp_path).sam)
+    with pytest.raises(CheckpointError, match="sam_vit_b_01ec64.pth is missing.*download_checkpoints.py sam_vit_b"):
+        load_sam(_tiny_cfg(tmp_path, checkpoint="sam_vit_b").sam)
     (tmp_path / "tiny_sam.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(BadInputError, match="cannot be read"):
-        load_sam(_tiny_cfg(tmp_path).sam, "scene")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_sam(_tiny_cfg(tmp_path).sam)
     wrong = dataclasses.replace(TINY, encoder_depth=3, encoder_global_attn_indexes=[2])
-    with pytest.raises(BadInputError, match="does not fit model_type=custom: 14 missing keys.*0 unexpected keys.*2 of another shape"):
-        load_sam(_tiny_cfg(folder, arch=wrong).sam, "scene")
+    with pytest.raises(CheckpointError, match="does not fit the configured SAM: 14 missing keys.*0 unexpected keys.*2 of another shape"):
+        load_sam(_tiny_cfg(folder, arch=wrong).sam)
     with pytest.raises(BadInputError, match="smaller than SAM's minimum"):
         SamMasks("sam", _tiny_cfg(folder)).generate_images(np.zeros((1, 20, 40, 3), np.uint8), "scene", "f0")
 

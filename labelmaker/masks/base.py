@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol
+from typing import TYPE_CHECKING, Dict, List, Optional, Protocol
 
 import numpy as np
 
 from ..frames import FrameBatch
-from ..segmenters.base import SceneContext
+
+if TYPE_CHECKING:  # (segmenters.base imports this module for the open-vocabulary model's proposals)
+    from ..segmenters.base import SceneContext
 
 
 @dataclass
@@ -51,8 +53,8 @@ class SamConfig:
 
     model_type: str = "vit_h"  # vit_h | vit_l | vit_b (the published checkpoints), or custom (then `arch`)
     arch: Optional[SamArch] = None  # custom architecture (tests: a tiny random SAM)
-    checkpoint: str = "sam_vit_h_4b8939.pth"  # file name in checkpoint_dir: SAM's plain state dict
-    checkpoint_dir: str = "checkpoints"
+    checkpoint: Optional[str] = "sam_vit_h"  # manifest name (checkpoints.csv), file name in checkpoint_dir, or path: SAM's plain state dict
+    checkpoint_dir: Optional[str] = None  # presets: ${checkpoints.dir}; null: $LABELMAKER_CHECKPOINT_DIR
     points_per_side: int = 32
     points_per_batch: int = 64  # prompts per decoder call; halved on CUDA out-of-memory
     pred_iou_thresh: float = 0.88
@@ -90,7 +92,7 @@ class MasksConfig:
 class MaskModel(Protocol):
     name: str
 
-    def masks(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
+    def masks(self, batch: FrameBatch, ctx: "SceneContext") -> np.ndarray:
         """(N,H,W) uint16 mask-id maps at the batch's colour raster (0 = no mask)."""
 
 

@@ -61,42 +61,32 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
     return model.eval()
 
 
-def checkpoint_path(cfg: SamConfig) -> Path:
-    return Path(cfg.checkpoint_dir) / cfg.checkpoint
+def load_weights(model: torch.nn.Module, state, source: str, what: str = "SAM") -> None:
+    """Load a plain state dict strictly: a missing, unexpected or reshaped key is an error."""
+    from ..segmenters.checkpoints import CheckpointError
 
-
-def load_state_dict(path: Path, scene: str) -> dict:
-    """SAM's checkpoint format: a plain state dict saved with torch.save. (One small function, to
-    be switched to the shared checkpoint loader with its manifest and checksums.)"""
-    if not path.exists():
-        raise BadInputError(scene, path, "the SAM checkpoint is missing",
-                            f"download it (python scripts/download_checkpoints.py sam) into {path.parent}, "
-                            "or point masks.models.<name>.sam.checkpoint_dir at the folder that has it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise BadInputError(scene, path, f"the SAM checkpoint cannot be read ({type(err).__name__}: {err})",
-                            "download it again; it must be SAM's plain state dict (.pth)") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError(scene, path, "the SAM checkpoint is not a plain state dict of tensors", "use SAM's published .pth files")
-    return state
-
-
-def load_sam(cfg: SamConfig, scene: str) -> torch.nn.Module:
-    """SAM of cfg's architecture with the checkpoint's weights; every key must match."""
-    model = build_sam(cfg.architecture())
-    path = checkpoint_path(cfg)
-    state = load_state_dict(path, scene)
+        raise CheckpointError(source, f"is not a plain state dict of tensors ({what}'s checkpoint format)", f"use {what}'s published checkpoint files")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
-        raise BadInputError(
-            scene, path, f"the SAM checkpoint does not fit model_type={cfg.model_type}: {len(missing)} missing keys {missing[:3]}, "
+        raise CheckpointError(
+            source, f"does not fit the configured {what}: {len(missing)} missing keys {missing[:3]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} of another shape {mismatched[:3]}",
-            "set sam.model_type to the checkpoint's architecture (vit_h, vit_l, vit_b) or use the matching checkpoint")
+            "configure the checkpoint's architecture (sam.model_type: vit_h, vit_l, vit_b) or use the matching checkpoint")
     model.load_state_dict(state, strict=True)
+
+
+def load_sam(cfg: SamConfig) -> torch.nn.Module:
+    """SAM of cfg's architecture with the checkpoint's weights (random weights when checkpoint is null)."""
+    from ..segmenters.checkpoints import load_checkpoint
+
+    state, path = load_checkpoint(cfg.checkpoint, cfg.checkpoint_dir) if cfg.checkpoint else (None, None)
+    model = build_sam(cfg.architecture())
+    if state is not None:
+        load_weights(model, state, str(path))
     return model.eval()
 
 
@@ -118,7 +108,7 @@ class SamMasks:
     def model(self, scene: str) -> torch.nn.Module:
         key = _model_key(self.sam_cfg) + str(self.device)
         if key not in _MODELS:
-            _MODELS[key] = load_sam(self.sam_cfg, scene).to(self.device)
+            _MODELS[key] = load_sam(self.sam_cfg).to(self.device)
         return _MODELS[key]
 
     def masks(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
