@@ -31,10 +31,10 @@ from labelmaker.workspace import Workspace
 def refine_ms_per_frame(ws: Workspace, cfg) -> float:
     frames, seconds = 0, 0.0
     for i in range(ws.frame_shard_count()):
-        c = ws.consensus_shards.read(i, ("labels", "confidence"))
+        c = ws.consensus_shards.read(i, ("labels", "confidence", "more_labels"))
         ids = ws.mask_shards(cfg.masks).read(i, ("ids",))["ids"]
         t0 = time.perf_counter()
-        refine_with_masks(c["labels"], c["confidence"], ids, cfg, device="auto")
+        refine_with_masks(c["labels"], c["confidence"], ids, cfg, device="auto", runners_up=np.moveaxis(c["more_labels"], 1, 0))
         seconds += time.perf_counter() - t0
         frames += len(ids)
     return 1000 * seconds / max(frames, 1)

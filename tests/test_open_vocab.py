@@ -130,3 +130,20 @@ def test_open_vocab_in_the_pipeline_on_a_synthetic_scene(checkpoints, synth_scen
     done = consensus_scene(ws, models, cfg.consensus, progress=False).record
     assert done["status"] == "done"
     assert ws.consensus_shards.read(0)["labels"].shape == labels.shape
+
+
+def test_presets_compose_into_typed_configs(tmp_path):
+    from labelmaker.config import load_config
+    from labelmaker.doctor import model_checkpoints
+    from labelmaker.masks import MaskModelConfig
+    from labelmaker.segmenters.checkpoints import manifest
+
+    cfg = load_config(["models=open_vocab", "masks=sam", f"checkpoints.dir={tmp_path}", "consensus.sam_refine.enabled=true",
+                       "segment.models.open_vocab.open_vocab.unknown_threshold=0.5"])[0]
+    ov = cfg.segment.models["open_vocab"]
+    assert isinstance(ov.open_vocab, OpenVocabConfig) and isinstance(ov.open_vocab.proposals, MaskModelConfig)
+    assert ov.open_vocab.unknown_threshold == 0.5 and len(ov.open_vocab.templates) == 8
+    assert ov.open_vocab.proposals.sam.checkpoint_dir == str(tmp_path) == cfg.masks.models["sam"].sam.checkpoint_dir
+    for spec in (ov.open_vocab.checkpoint, ov.open_vocab.proposals.sam.checkpoint, cfg.masks.models["sam"].sam.checkpoint):
+        assert spec in manifest()
+    assert model_checkpoints(ov) == ["clip_vit_l_14_laion2b"]
