@@ -260,7 +260,9 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         labelled = result.labels > 0
         return {"mesh": str(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
                 "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
-                "classes_present": int(len(np.unique(result.labels[labelled])))}
+                "classes_present": int(len(np.unique(result.labels[labelled]))),
+                # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
+                "output_hash": stable_hash([mesh_id, config])}
 
     return run_stage(ws, "lift", config, stable_hash(mesh_id), body, force=force)
 
