@@ -199,3 +199,23 @@ def test_refinement_without_its_mask_stage_is_a_dependency_error(synth_scene_fac
         segment_scene(ws, name, model, progress=False)
     with pytest.raises(StageDependencyError, match="masks-sam"):
         consensus_scene(ws, cfg.segment.models, cfg.consensus, progress=False)
+
+
+@pytest.mark.slow
+def test_turning_refinement_on_redoes_consensus_lift_and_evaluation(synth_scene_factory, tmp_path):
+    """labelmaker run with masks=simulated: switching consensus.sam_refine on re-runs the consensus
+    and everything after it (evaluate included: the lift's output hash follows its input)."""
+    from labelmaker.config import load_config
+    from labelmaker.pipeline.run import run_scene
+    from labelmaker.workspace import Workspace
+
+    scene = synth_scene_factory(seed=7, n_frames=24)
+    ws = Workspace(tmp_path / "ws")
+    base = ["progress=false", "models=simulated", "masks=simulated"]
+    plain = run_scene(load_config(base)[0], scene.video_dir, ws)
+    refined = run_scene(load_config([*base, "consensus.sam_refine.enabled=true"])[0], scene.video_dir, ws)
+    assert refined["masks-sam"].skipped and refined["segment-sim_ade20k"].skipped and refined["fuse"].skipped
+    assert not any(refined[s].skipped for s in ("consensus", "lift", "export", "evaluate"))
+    before = plain["evaluate"].record["summary"]["miou_2d"]["consensus"]
+    after = refined["evaluate"].record["summary"]["miou_2d"]["consensus"]
+    assert after > before, (before, after)
