@@ -46,6 +46,15 @@ def import_torchvision():
     return torchvision
 
 
+def import_torchvision_if_installed() -> None:
+    """For packages that import torchvision only when it is installed (mmseg through timm):
+    import it first the way import_torchvision does, so that they find it importable."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        import_torchvision()
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression: indices of kept boxes (x1,y1,x2,y2), best score first."""
     if boxes.numel() == 0:
