@@ -24,7 +24,8 @@ import torch
 
 from .refine import SamRefineConfig
 
-__all__ = ["ConsensusConfig", "vote", "resolve_device", "dense_mapping"]
+__all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "cooccurrence", "calibrate", "resolve_device",
+           "dense_mapping"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
 TIE_TOLERANCE = 1e-5
@@ -42,6 +43,9 @@ class ConsensusConfig:
     min_margin: float = 0.0  # (winner - runner-up) / total below this -> unknown
     min_votes: float = 0.0  # total weight cast at a pixel below this -> unknown
     ranks: int = 3  # classes kept per pixel, best first (lifting votes with all of them, by their shares)
+    calibrate: bool = True  # learn per scene how each model's classes relate to a first consensus, then vote by
+    # likelihood (see `calibrate`); false: the plain weighted vote
+    calibration_strength: float = 100.0  # pseudo-pixels per unified class that keep the label mapping's own meaning
     device: str = "auto"  # auto | cpu | cuda
     sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
@@ -160,6 +164,42 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
         if prior is None or len(prior) != n_classes:
             raise ValueError(f"split='prior' needs a prior of length n_classes={n_classes}")
         prior = torch.as_tensor(np.asarray(prior, dtype=np.float32))
+    device = resolve_device(cfg.device)
+    flat, shape, maps, sizes, w = _prepare(predictions, mappings, weights, n_classes, device)
+    n_classes = int(n_classes)
+    if flat[0].numel() == 0:
+        return _empty(shape, device, ranks)
+    inverse, n_unique, tuple_ids = _distinct_tuples(flat, sizes, device)
+
+    # Vote only over the unified classes some present source class stands for (ascending ids, so
+    # the tie rule "lowest id first" is kept), usually a few dozen of the n_classes.
+    dense = [dense_mapping(off, tgt, n_classes, cfg.split, prior) for off, tgt in maps]
+    active = torch.zeros(n_classes, dtype=torch.bool, device=device)
+    for ids, mat in zip(tuple_ids, dense):
+        active |= (mat[torch.unique(ids)] > 0).any(0)
+    classes = torch.nonzero(active).squeeze(1)
+    dense = [mat[:, classes] for mat in dense]
+    nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
+    if classes.numel() == 0:  # nothing maps to any class: all unknown
+        return _empty(shape, device, ranks)
+
+    def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        votes = torch.zeros((stop - start, int(classes.numel())), dtype=torch.float32, device=device)
+        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
+        for ids, mat, ne, wi in zip(tuple_ids, dense, nonempty, w):
+            if wi == 0.0:
+                continue
+            sel = ids[start:stop]
+            votes.add_(mat[sel], alpha=wi)
+            total.add_(ne[sel], alpha=wi)
+        return votes, total
+
+    return _decide(scores, n_unique, inverse, classes, shape, cfg, ranks)
+
+
+def _prepare(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
+             device: torch.device):
+    """Checked inputs of a vote: (flat id tensors, shape, CSR mappings, source space sizes, weights)."""
     n_pred = len(predictions)
     if n_pred == 0:
         raise ValueError("vote needs at least one prediction")
@@ -172,8 +212,6 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
     n_classes = int(n_classes)
     if n_classes < 2:
         raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
-    device = resolve_device(cfg.device)
-
     preds = [_as_long(p, device) for p in predictions]
     shape = preds[0].shape
     for i, p in enumerate(preds):
@@ -182,10 +220,9 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
     maps = [_mapping_arrays(m, i, n_classes, device) for i, m in enumerate(mappings)]
     sizes = [int(off.numel()) - 1 for off, _ in maps]
     flat = [p.reshape(-1) for p in preds]
-    n = flat[0].numel()
-    if n == 0:
-        return _empty(shape, device, ranks)
     for i, (p, size) in enumerate(zip(flat, sizes)):
+        if p.numel() == 0:
+            continue
         lo, hi = torch.aminmax(p)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= size:
@@ -193,6 +230,13 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
             raise ValueError(f"prediction {i}: source label id {bad} is outside its label mapping "
                              f"(which covers ids 0..{size - 1})")
 
+    return flat, shape, maps, sizes, w
+
+
+def _distinct_tuples(flat: list[torch.Tensor], sizes: list[int], device: torch.device):
+    """The distinct tuples of source ids over the pixels: (inverse (n,) tuple index per pixel,
+    count U, per prediction the (U,) ids of each tuple)."""
+    n = flat[0].numel()
     # Fold the per-prediction ids into one key per pixel, repacking before it could overflow.
     key, radix = flat[0], sizes[0]
     for p, size in zip(flat[1:], sizes[1:]):
@@ -204,36 +248,25 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
     # One representative pixel per distinct tuple (all pixels of a tuple hold the same ids).
     rep = torch.empty(n_unique, dtype=torch.int64, device=device)
     rep.scatter_(0, inverse, torch.arange(n, device=device))
-    tuple_ids = [p[rep] for p in flat]
+    return inverse, n_unique, [p[rep] for p in flat]
 
-    # Vote only over the unified classes some present source class stands for (ascending ids, so
-    # the tie rule "lowest id first" is kept), usually a few dozen of the n_classes.
-    dense = [dense_mapping(off, tgt, n_classes, cfg.split, prior) for off, tgt in maps]
-    active = torch.zeros(n_classes, dtype=torch.bool, device=device)
-    for ids, mat in zip(tuple_ids, dense):
-        active |= (mat[torch.unique(ids)] > 0).any(0)
-    classes = torch.nonzero(active).squeeze(1)
-    dense = [mat[:, classes] for mat in dense]
+
+def _decide(scores, n_unique: int, inverse: torch.Tensor, classes: torch.Tensor, shape, cfg: ConsensusConfig,
+            ranks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Winner (+ runners-up) per distinct tuple from `scores(start, stop)` -> (votes (n, A) >= 0 over
+    `classes`, total (n,) cast weight), with the tie and unknown rules of `vote`; gathered back to pixels."""
+    device = inverse.device
     n_active = int(classes.numel())
-    nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
-    if n_active == 0:  # nothing maps to any class: all unknown
-        return _empty(shape, device, ranks)
     padded = n_active < 2
-
     labels_u = torch.zeros((ranks, n_unique), dtype=torch.int64, device=device)
     conf_u = torch.zeros((ranks, n_unique), dtype=torch.float32, device=device)
     chunk = max(1, _VOTE_CHUNK // (n_active + 1))
     for start in range(0, n_unique, chunk):
         stop = min(n_unique, start + chunk)
-        votes = torch.zeros((stop - start, n_active + padded), dtype=torch.float32, device=device)
-        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
-        for ids, mat, ne, wi in zip(tuple_ids, dense, nonempty, w):
-            if wi == 0.0:
-                continue
-            sel = ids[start:stop]
-            votes[:, :n_active].add_(mat[sel], alpha=wi)
-            total.add_(ne[sel], alpha=wi)
-        top = torch.topk(votes, 2, dim=1).values  # a padded zero column when one class is active
+        votes, total = scores(start, stop)
+        if padded:  # topk needs two columns
+            votes = torch.cat([votes, torch.zeros_like(votes[:, :1])], 1)
+        top = torch.topk(votes, 2, dim=1).values
         best, second = top[:, 0], top[:, 1]
         tied = votes >= (best - TIE_TOLERANCE * total).unsqueeze(1)
         winner = torch.argmax(tied.to(torch.uint8), dim=1)  # first (lowest id) of the tied maxima
@@ -261,3 +294,105 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
 def _empty(shape, device, ranks: int) -> tuple[torch.Tensor, torch.Tensor]:
     full = tuple(shape) if ranks == 1 else (ranks, *shape)
     return torch.zeros(full, dtype=torch.int64, device=device), torch.zeros(full, dtype=torch.float32, device=device)
+
+
+# -- calibrated voting ----------------------------------------------------------------------------
+# A plain vote trusts every model's class to mean what its label mapping says. Real models err
+# systematically (one calls lamps "bed", another calls small things "wall"), and those errors are
+# scene-wide. So, in the spirit of Dawid & Skene (1979), we estimate per scene, for every
+# prediction, how often it says source class s where a first (plain) consensus says unified class
+# c, blend that with the mapping's own meaning, and vote again by likelihood: a pixel takes the
+# class c maximising sum_m w_m log P_m(s_m | c) over the classes the scene has.
+
+
+@dataclass
+class Calibration:
+    """What each prediction's source classes mean in this scene."""
+
+    classes: np.ndarray  # (A,) the unified ids the first consensus found, ascending
+    log_likelihood: list  # per prediction an (S_m, A) float32 array: log P(source id s | unified class)
+
+
+def cooccurrence(predictions: Sequence[Any], labels: Any, sizes: Sequence[int], n_classes: int,
+                 device: str = "auto") -> list[np.ndarray]:
+    """Per prediction an (S_m, n_classes) int64 count of pixels where it says source id s and
+    `labels` (a consensus of the same pixels, 0 = unknown, not counted) says c."""
+    dev = resolve_device(device)
+    target = _as_long(labels, dev).reshape(-1)
+    known = target > 0
+    out = []
+    for i, (p, size) in enumerate(zip(predictions, sizes)):
+        src = _as_long(p, dev).reshape(-1)
+        if src.numel() != target.numel():
+            raise ValueError(f"prediction {i} has {src.numel()} pixels, the labels {target.numel()}")
+        key = src[known] * int(n_classes) + target[known]
+        out.append(torch.bincount(key, minlength=int(size) * int(n_classes)).view(int(size), int(n_classes)).cpu().numpy())
+    return out
+
+
+def calibrate(counts: Sequence[np.ndarray], mappings: Sequence[Any], n_classes: int, cfg: ConsensusConfig,
+              prior: Sequence[float] | None = None) -> Calibration:
+    """Likelihood tables from co-occurrence counts (see `cooccurrence`), one M-step of Dawid-Skene.
+
+    P_m(s | c) = (count_m(s, c) + k * P0_m(s | c)) / (count_m(c) + k), k = cfg.calibration_strength,
+    where P0 is the label mapping's own meaning (s votes for c as in `vote`, normalised over s, plus
+    a little for every s), so classes with few pixels keep what the mapping says.
+    """
+    if len(counts) != len(mappings):
+        raise ValueError(f"got {len(counts)} count tables and {len(mappings)} mappings")
+    cpu = torch.device("cpu")
+    prior_t = None if prior is None else torch.as_tensor(np.asarray(prior, dtype=np.float32))
+    seen = sum(np.asarray(c, dtype=np.float64).sum(0) for c in counts)
+    seen[0] = 0
+    classes = np.flatnonzero(seen > 0)
+    k = float(cfg.calibration_strength)
+    if k < 0:
+        raise ValueError("calibration_strength must be >= 0")
+    tables = []
+    for i, (c, mapping) in enumerate(zip(counts, mappings)):
+        off, tgt = _mapping_arrays(mapping, i, n_classes, cpu)
+        if np.shape(c) != (off.numel() - 1, n_classes):
+            raise ValueError(f"count table {i} has shape {np.shape(c)}, its mapping needs {(off.numel() - 1, n_classes)}")
+        meaning = dense_mapping(off, tgt, n_classes, cfg.split, prior_t).numpy()[:, classes].astype(np.float64)
+        meaning += 1e-3 * max(float(meaning.max(initial=0.0)), 1.0)
+        meaning /= meaning.sum(0, keepdims=True)
+        counted = np.asarray(c, dtype=np.float64)[:, classes]
+        likelihood = (counted + k * meaning) / (counted.sum(0, keepdims=True) + k)
+        tables.append(np.log(np.maximum(likelihood, 1e-30)).astype(np.float32))
+    return Calibration(classes=classes.astype(np.int64), log_likelihood=tables)
+
+
+def vote_calibrated(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
+                    calibration: Calibration, cfg: ConsensusConfig | None = None,
+                    ranks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `vote`, but each pixel's class maximises sum_m w_m log P_m(s_m | c) over the
+    calibration's classes; the shares are the posterior probabilities (uniform class prior). A
+    pixel where no prediction's class maps to anything is unknown, as in `vote`; so are pixels
+    failing min_support / min_margin (on the posterior) or min_votes (on the cast weight)."""
+    cfg = cfg or ConsensusConfig()
+    device = resolve_device(cfg.device)
+    flat, shape, maps, sizes, w = _prepare(predictions, mappings, weights, n_classes, device)
+    if len(calibration.log_likelihood) != len(flat):
+        raise ValueError(f"the calibration covers {len(calibration.log_likelihood)} predictions, got {len(flat)}")
+    for i, (table, size) in enumerate(zip(calibration.log_likelihood, sizes)):
+        if np.shape(table) != (size, len(calibration.classes)):
+            raise ValueError(f"calibration table {i} has shape {np.shape(table)}, expected {(size, len(calibration.classes))}")
+    classes = torch.as_tensor(np.asarray(calibration.classes, dtype=np.int64), device=device)
+    if flat[0].numel() == 0 or classes.numel() == 0:
+        return _empty(shape, device, ranks)
+    inverse, n_unique, tuple_ids = _distinct_tuples(flat, sizes, device)
+    tables = [torch.as_tensor(np.asarray(t, dtype=np.float32), device=device) for t in calibration.log_likelihood]
+    nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
+
+    def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        log_post = torch.zeros((stop - start, int(classes.numel())), dtype=torch.float32, device=device)
+        total = torch.zeros(stop - start, dtype=torch.float32, device=device)
+        for ids, table, ne, wi in zip(tuple_ids, tables, nonempty, w):
+            if wi == 0.0:
+                continue
+            sel = ids[start:stop]
+            log_post.add_(table[sel], alpha=wi)
+            total.add_(ne[sel], alpha=wi)
+        return torch.softmax(log_post, dim=1) * total.unsqueeze(1), total
+
+    return _decide(scores, n_unique, inverse, classes, shape, cfg, ranks)

@@ -164,6 +164,11 @@ class Workspace:
     def consensus_shards(self) -> "ShardSet":
         return ShardSet(self.root / CONSENSUS_DIR)
 
+    @property
+    def consensus_calibration(self) -> "ShardSet":
+        """One shard (index 0): what each model's classes mean in this scene (consensus.calibrate)."""
+        return ShardSet(self.root / CONSENSUS_DIR / "calibration")
+
     def frame_shard_fingerprint(self, index: int) -> str | None:
         return self.frame_shards.fingerprint(index)
 

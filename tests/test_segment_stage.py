@@ -187,3 +187,12 @@ def test_a_killed_segment_stage_resumes_with_the_missing_shards_only(synth_scene
     assert summary["device"] in ("cpu", "cuda") and summary["batch_size"] == 2 and summary["resources"]["gpu"] is False
     assert sum(shape[0] for shape in model.calls) == 5  # shard 1's frames only
     assert np.array_equal(ws.prediction_shards("m").read(1)["labels"], first)
+
+
+@pytest.mark.filterwarnings("ignore:User provided device_type")
+def test_fp16_autocast_on_cuda_only():
+    model = BottomIsFloor("m", None)
+    on_cuda = ImageRunner(model, RunOptions(device="cuda", fp16=True))._autocast()
+    assert isinstance(on_cuda, torch.autocast) and on_cuda.fast_dtype == torch.float16 and on_cuda.device == "cuda"
+    assert not isinstance(ImageRunner(model, RunOptions(device="cuda", fp16=False))._autocast(), torch.autocast)
+    assert not isinstance(ImageRunner(model, RunOptions(device="cpu", fp16=True))._autocast(), torch.autocast)

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..consensus import ConsensusConfig, vote
+from ..consensus import Calibration, ConsensusConfig, calibrate, cooccurrence, vote, vote_calibrated
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
@@ -161,22 +161,36 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         mappings = [mapping_to_unified(models[n].label_space) for n in names]
         weights = [float(models[n].weight) for n in names]
         n_classes = len(unified_space().ids)
+
+        def votes_of(i: int) -> tuple[list, list, list]:
+            """Shard i's predictions (flip TTA ones too), their mappings and weights."""
+            votes = [(p, mapping, w) for n, mapping, w in zip(names, mappings, weights) for p in model_votes(ws, n, i)]
+            return tuple(list(x) for x in zip(*votes))
+
         out = ws.consensus_shards
         out.remove_stale_temporaries()
-        n_shards, fingerprints, reused, unknown, pixels, refined = ws.frame_shard_count(), [], 0, 0, 0, 0
+        n_shards = ws.frame_shard_count()
+        inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
+        calibration, calibration_fp = None, None
+        if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
+            calibration_fp = stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs])
+            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, calibration_fp, progress)
+        fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):
-                fp = stable_hash([config, weights, [ws.prediction_shards(n).fingerprint(i) for n in names]])
+                fp = stable_hash([config, weights, inputs[i], calibration_fp])
                 if cfg.sam_refine.enabled:
                     fp = stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)])
                 fingerprints.append(fp)
                 if out.fingerprint(i) == fp:
                     reused += 1
                 else:
-                    votes = [(p, mapping, w) for n, mapping, w in zip(names, mappings, weights) for p in model_votes(ws, n, i)]
-                    preds, vote_maps, vote_weights = (list(x) for x in zip(*votes))
-                    ranked, shares = (x.cpu().numpy() for x in vote(preds, vote_maps, vote_weights, n_classes, cfg,
-                                                                     prior=class_prior(), ranks=max(2, cfg.ranks)))
+                    preds, vote_maps, vote_weights = votes_of(i)
+                    if calibration is None:
+                        result = vote(preds, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(), ranks=max(2, cfg.ranks))
+                    else:
+                        result = vote_calibrated(preds, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks))
+                    ranked, shares = (x.cpu().numpy() for x in result)
                     if cfg.sam_refine.enabled:
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
                         refined += n_changed
@@ -188,11 +202,39 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     pixels += labels.size
                 bar.update(1)
         out.remove_from(n_shards)
-        return {"models": names, "weights": weights, "shards": n_shards, "shards_reused": reused,
-                "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints),
-                **({"refined_share": round(refined / pixels, 4) if pixels else None} if cfg.sam_refine.enabled else {})}
+        summary = {"models": names, "weights": weights, "shards": n_shards, "shards_reused": reused,
+                   "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints)}
+        if calibration is not None:
+            summary["calibrated_classes"] = int(len(calibration.classes))
+        if cfg.sam_refine.enabled:
+            summary["refined_share"] = round(refined / pixels, 4) if pixels else None
+        return summary
 
     return run_stage(ws, "consensus", config, input_hash, body, force=force)
+
+
+def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
+                       progress: bool) -> Calibration:
+    """A plain consensus of every shard, counted against each prediction (consensus.calibrate);
+    stored, so a resumed stage does not count again."""
+    store = ws.consensus_calibration
+    store.remove_stale_temporaries()
+    if store.fingerprint(0) == fingerprint:
+        arrays = store.read(0)
+        return Calibration(classes=arrays["classes"], log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(int(np.asarray(arrays["n_predictions"]).item()))])
+    counts, mappings = None, None
+    for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (calibration)", unit="shard", disable=not progress):
+        preds, mappings, weights = votes_of(i)
+        first, _ = vote(preds, mappings, weights, n_classes, dataclasses.replace(cfg, min_support=0.0, min_margin=0.0, min_votes=0.0),
+                        prior=class_prior())
+        sizes = [len(m.offsets) - 1 for m in mappings]
+        shard_counts = cooccurrence(preds, first, sizes, n_classes, cfg.device)
+        counts = shard_counts if counts is None else [a + b for a, b in zip(counts, shard_counts)]
+    calibration = calibrate(counts, mappings, n_classes, cfg, prior=class_prior())
+    arrays = {"classes": calibration.classes, "n_predictions": np.int64(len(calibration.log_likelihood))}
+    arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(calibration.log_likelihood)})
+    store.write(0, arrays, fingerprint)
+    return calibration
 
 
 def lift_frames(ws: Workspace, labels_of_shard=None) -> Iterator[LiftFrame]:
