@@ -4,8 +4,12 @@
     labelmaker fuse <workspace> [key=value ...]
     labelmaker run <capture dir> <workspace> [--pred SPACE=FOLDER ...] [key=value ...]
     labelmaker synth <out dir> [synth.seed=3 synth.sky_direction=Left ...]
+    labelmaker download <video id> <out dir> [download.split=Training ...]
     labelmaker demo [out dir] [key=value ...]
     labelmaker doctor [models=mask2former checkpoints.dir=... ...]
+    labelmaker batch <captures folder | list file> <out root> [cluster=local|slurm|inprocess] [key=value ...]
+    labelmaker status <out root> [--json] [--all]
+    labelmaker retry <out root> [--error-class CLASS] [key=value ...]
 
 Errors a user can fix (bad input, a missing earlier stage) print one clear line and exit
 non-zero; anything else prints its traceback.
@@ -49,10 +53,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("workspace", help="the scene workspace folder")
     run.add_argument("--pred", action="append", default=[], metavar="SPACE=FOLDER",
                      help="a folder of precomputed per-frame label PNGs in label space SPACE (repeatable)")
+    run.add_argument("--pdb", action="store_true", help="stop in the debugger (pdb) on an unexpected error")
     run.add_argument("overrides", nargs="*")
 
     doctor = sub.add_parser("doctor", help="check CUDA, packages, mmcv ops and checkpoints of the configured models")
     doctor.add_argument("overrides", nargs="*", help="config overrides, e.g. models=mask2former checkpoints.dir=/ckpt")
+    dl = sub.add_parser("download", help="fetch one ARKitScenes video's raw assets (resumable)")
+    dl.add_argument("video_id", help="a video id, or a file listing them (the dataset's *_splits.csv, or one id per line)")
+    dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
+    dl.add_argument("overrides", nargs="*")
+    batch = sub.add_parser("batch", help="many scenes through every stage as jobs (local processes or SLURM), resumable")
+    batch.add_argument("scenes", help="a folder of capture folders, or a list file with one capture folder per line")
+    batch.add_argument("out_root", help="workspaces go to <out_root>/<scene>; the batch's journal to <out_root>/_batch")
+    batch.add_argument("overrides", nargs="*")
+
+    status = sub.add_parser("status", help="per stage and per scene: done, running, failed (with why), pending")
+    status.add_argument("out_root")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--all", action="store_true", help="list every scene, not only unfinished ones")
+    status.add_argument("overrides", nargs="*")
+
+    retry = sub.add_parser("retry", help="run failed or unfinished scenes of a batch again")
+    retry.add_argument("out_root")
+    retry.add_argument("--error-class", default=None, help="only scenes that failed with this class (bad_input, timeout, ...)")
+    retry.add_argument("overrides", nargs="*")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
@@ -186,13 +210,90 @@ def cmd_doctor(args) -> None:
     doctor(cfg.segment.models, other_checkpoints(cfg))
 
 
+def cmd_download(args) -> None:
+    from .io.download import download_video, download_videos, read_video_list
+
+    cfg, _ = _load(args.overrides)
+    if Path(args.video_id).is_file():
+        videos = read_video_list(args.video_id, cfg.download.split)
+        done, failed = download_videos(videos, Path(args.out_dir), cfg.download, progress=cfg.progress)
+        lines = {"videos": f"{len(done)} done, {len(failed)} failed of {len(videos)}",
+                 "transferred": f"{sum(s.bytes for s in done) / 1e6:.1f} MB, {sum(s.retries for s in done)} retries",
+                 "raw folder": Path(args.out_dir) / "raw"}
+        lines.update({f"failed {vid}": msg for vid, msg in failed.items()})
+        _print_summary(f"download {'done' if not failed else 'incomplete'}: {args.video_id}", lines)
+        if failed:
+            raise LabelmakerError(f"{len(failed)} of {len(videos)} videos failed; run the same command again to resume them")
+        return
+    summary = download_video(args.video_id, Path(args.out_dir), cfg.download, progress=cfg.progress)
+    counts = {}
+    for f in summary.files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    lines = {"files": ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+             "transferred": f"{summary.bytes / 1e6:.1f} MB, {summary.retries} retries",
+             "video folder": summary.video_dir}
+    missing = [f.name for f in summary.files if f.status == "missing"]
+    if missing:
+        lines["not on server"] = ", ".join(missing)
+    if summary.metadata_csv:
+        lines["metadata"] = summary.metadata_csv
+    lines["next"] = f"labelmaker import arkitscenes {summary.video_dir} <workspace>"
+    _print_summary(f"download done: video {summary.video_id} in {summary.seconds:.1f}s", lines)
+
+
 def _load(overrides: list[str], models: dict | None = None):
     from .config import load_config
 
     return load_config(overrides, models)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo, "doctor": cmd_doctor}
+def cmd_batch(args) -> int:
+    from .pipeline import commands
+
+    controller, scenes, config_path = commands.start_batch(args.scenes, args.out_root, list(args.overrides), _load)
+    _configure_job_logging(controller.cfg)
+    states, seconds = commands.run_controller(controller, controller.cfg.progress)
+    _print_summary(*commands.final_lines(states, controller.folder, seconds, config_path))
+    return 0 if all(st.status == "done" for st in states) else 1
+
+
+def cmd_status(args) -> int:
+    from .pipeline import commands
+
+    cfg, scenes, folder, _ = commands.reopen_batch(args.out_root, list(args.overrides), _load, "status")
+    states = commands.read_status(cfg, scenes, folder)
+    if args.json:
+        print(commands.dump_json(commands.status_report(states)))
+    else:
+        print(commands.format_status(states, show_all=args.all))
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from .pipeline import commands
+    from .pipeline.batch import Controller
+    from .pipeline.state import ERROR_CLASSES
+
+    if args.error_class is not None and args.error_class not in ERROR_CLASSES:
+        raise LabelmakerError(f"--error-class {args.error_class}: expected one of {', '.join(ERROR_CLASSES)}")
+    cfg, scenes, folder, config_path = commands.reopen_batch(args.out_root, list(args.overrides), _load, "retry")
+    _configure_job_logging(cfg)
+    controller = Controller(cfg, scenes, folder)
+    chosen = controller.reset([s.scene for s in scenes], args.error_class)
+    print(f"retrying {len(chosen)} scene(s): {', '.join(chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
+    states, seconds = commands.run_controller(controller, cfg.progress)
+    _print_summary(*commands.final_lines(states, folder, seconds, config_path))
+    return 0 if all(st.status == "done" for st in states) else 1
+
+
+def _configure_job_logging(cfg) -> None:
+    """Plain log lines (no bars) when nobody watches: progress=false."""
+    if not cfg.progress:
+        logging.getLogger("labelmaker").setLevel(logging.INFO)
+
+
+COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo,
+            "doctor": cmd_doctor, "download": cmd_download, "batch": cmd_batch, "status": cmd_status, "retry": cmd_retry}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except LabelmakerError as err:
         print(f"error ({err.error_class}): {err}", file=sys.stderr)
         return err.exit_code
@@ -217,8 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, (HydraException, OmegaConfBaseException)):
             print(f"error (config): {err}", file=sys.stderr)
             return 2
+        if getattr(args, "pdb", False):  # `labelmaker run --pdb`: the full traceback, then the debugger
+            import pdb
+            import traceback
+
+            traceback.print_exc()
+            pdb.post_mortem(err.__traceback__)
+            return 1
         raise
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from omegaconf import MISSING, OmegaConf, open_dict
 
 from .consensus import ConsensusConfig
 from .fusion import FusionConfig
+from .io.download import DownloadConfig
 from .io.registry import all_importers
 from .masks import MasksConfig
+from .pipeline.batch_config import BatchConfig, ClusterConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
@@ -46,6 +48,9 @@ class LabelmakerConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where batch jobs run: the `cluster` group
+    batch: BatchConfig = field(default_factory=BatchConfig)  # retries, backoff, length groups, resources
 
 
 def config_dir() -> Path:
@@ -59,6 +64,7 @@ def register_configs() -> None:
     cs.store(name="labelmaker_schema", node=LabelmakerConfig)
     for importer in all_importers().values():
         cs.store(group="data", name=f"{importer.name}_schema", node=importer.config)
+    cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
 
 
 def load_config(overrides: list[str], models: dict[str, ModelConfig] | None = None) -> tuple[LabelmakerConfig, Any]:

@@ -95,6 +95,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
 
 
+def is_temporary(path: Path) -> bool:
+    """A temporary that `atomic_path` writes and renames: never to be read or copied."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp-" in name
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -218,6 +224,27 @@ class Workspace:
         except ValueError:
             return None
 
+    def read_states(self, stages: list[str]) -> dict[str, dict | None]:
+        """Records of many stages at once, fast (status reads thousands of scenes): plain string
+        paths, one open per record, no existence checks."""
+        folder = os.path.join(str(self.root), STATE_DIR)
+        out: dict[str, dict | None] = {}
+        for stage in stages:
+            try:
+                with open(os.path.join(folder, stage + ".json"), "rb") as fh:
+                    out[stage] = json.loads(fh.read())
+            except (FileNotFoundError, ValueError):
+                out[stage] = None
+        return out
+
+    def state_stamp(self) -> int | None:
+        """Changes whenever any stage record is (re)written: records are renamed into state/,
+        which updates the folder's mtime. None when there is no state yet."""
+        try:
+            return os.stat(os.path.join(str(self.root), STATE_DIR)).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def write_state(self, stage: str, record: dict) -> None:
         write_json_atomic(self._state_path(stage), record)
 
@@ -293,3 +320,41 @@ class ShardSet:
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
+
+
+# -- batch folders ---------------------------------------------------------------------------
+BATCH_DIR = "_batch"  # beside the scene workspaces under a batch's output root
+
+
+class BatchFolder:
+    """A batch's own files under its output root: the scene list, the controller's journal,
+    submitit's job folders and the config of every controller run."""
+
+    def __init__(self, out_root: str | Path):
+        self.out_root = Path(out_root)
+        self.root = self.out_root / BATCH_DIR
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def status_cache_path(self) -> Path:
+        return self.root / "status-cache.pickle"
+
+    def exists(self) -> bool:
+        return (self.root / "batch.json").exists()
+
+    def write_batch(self, data: dict) -> None:
+        write_json_atomic(self.root / "batch.json", data)
+
+    def read_batch(self) -> dict:
+        return json.loads((self.root / "batch.json").read_text())

@@ -60,3 +60,7 @@ def fails_cleanly_then_recovers(tmp_path):
         return summary
 
     return check
+
+
+# The local SLURM cluster for integration tests (slurm/local/start.sh): `local_slurm`.
+from slurm_cluster import local_slurm  # noqa: E402,F401

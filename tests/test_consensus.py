@@ -236,3 +236,66 @@ def test_split_by_prior_favours_the_frequent_member():
     assert (labels == 1).all()
     with pytest.raises(ValueError, match="prior"):
         run([a], [coarse], [1], split="prior")
+
+
+# -- calibrated voting ------------------------------------------------------------------------------
+
+from labelmaker.consensus import calibrate, class_counts, vote_calibrated  # noqa: E402
+
+
+def test_class_counts_count_winners_per_source_class():
+    # pixel 0: both say 1; pixel 1: 1 against 2 (a tie: 1 wins by the tie rule); pixel 2: nothing maps
+    preds = [np.array([[1, 1, 0]]), np.array([[1, 2, 0]])]
+    counts, wins = class_counts(preds, [identity()] * 2, [1.0, 1.0], N_CLASSES, ConsensusConfig(device="cpu", split="share"))
+    assert counts[0].shape == (N_CLASSES, N_CLASSES)
+    assert counts[0][1, 1] == 2 and counts[0].sum() == 2
+    assert counts[1][1, 1] == 1 and counts[1][2, 1] == 1 and counts[1].sum() == 2
+    assert wins.tolist() == [0, 2] + [0] * (N_CLASSES - 2)  # the unmapped pixel counts nowhere
+
+
+def test_calibration_without_counts_keeps_the_mappings_meaning():
+    counts = [np.zeros((N_CLASSES, N_CLASSES))]
+    wins = np.zeros(N_CLASSES, np.int64)
+    wins[[0, 1, 2, 3]] = 5  # id 0 (unknown) is never a class
+    cal = calibrate(counts, wins, [identity()], N_CLASSES, ConsensusConfig(device="cpu", split="share"))
+    assert cal.classes.tolist() == [1, 2, 3]
+    table = cal.log_likelihood[0]
+    assert table.shape == (N_CLASSES, 3)
+    assert [int(np.argmax(table[s])) for s in (1, 2, 3)] == [0, 1, 2]  # source s is most likely under class s
+    np.testing.assert_allclose(np.exp(table).sum(0), 1.0, rtol=1e-5)  # a distribution over sources per class
+
+
+def test_calibrated_vote_undoes_a_systematic_confusion():
+    """Model A calls every 3 a 1; B and C are right 70 % of the time and otherwise random. The
+    calibrated vote learns that A's 1 is weaker evidence for 1 than the others' 1."""
+    rng = np.random.default_rng(0)
+    truth = rng.choice([1, 2, 3, 4], size=(20, 30, 40), p=[0.4, 0.3, 0.2, 0.1])
+    a = np.where(truth == 3, 1, truth)
+
+    def noisy():
+        wrong = rng.random(truth.shape) < 0.3
+        return np.where(wrong, rng.integers(1, 5, size=truth.shape), truth)
+
+    preds, maps, weights = [a, noisy(), noisy()], [identity()] * 3, [1.0] * 3
+    cfg = ConsensusConfig(device="cpu", split="share")
+    plain, _ = vote(preds, maps, weights, N_CLASSES, cfg)
+    cal = calibrate(*class_counts(preds, maps, weights, N_CLASSES, cfg), maps, N_CLASSES, cfg)
+    calibrated, share = vote_calibrated(preds, maps, weights, N_CLASSES, cal, cfg)
+    acc_plain = (plain.numpy() == truth).mean()
+    acc_cal = (calibrated.numpy() == truth).mean()
+    assert acc_cal > acc_plain + 0.008, (acc_plain, acc_cal)
+    assert ((share >= 0) & (share <= 1)).all()
+
+
+def test_calibrated_vote_ranks_are_posteriors_and_unknown_stays_unknown():
+    preds = [np.array([[0, 1, 2]]), np.array([[0, 1, 1]])]
+    maps = [identity()] * 2
+    cfg = ConsensusConfig(device="cpu", split="share")
+    cal = calibrate(*class_counts(preds, maps, [1.0, 1.0], N_CLASSES, cfg), maps, N_CLASSES, cfg)
+    labels, shares = vote_calibrated(preds, maps, [1.0, 1.0], N_CLASSES, cal, cfg, ranks=2)
+    labels, shares = labels.numpy(), shares.numpy()
+    assert labels[0, 0, 0] == 0 and shares[:, 0, 0].tolist() == [0.0, 0.0]  # nothing cast: unknown
+    assert labels[0, 0, 1] == 1
+    assert shares[0, 0, 1] + shares[1, 0, 1] == pytest.approx(1.0, abs=1e-5)  # two classes: posteriors sum to 1
+    with pytest.raises(ValueError, match="calibration covers"):
+        vote_calibrated(preds[:1], maps[:1], [1.0], N_CLASSES, cal, cfg)

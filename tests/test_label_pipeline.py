@@ -28,15 +28,15 @@ def labelled_scene(synth_scene_factory, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_consensus_beats_every_single_model(labelled_scene):
-    """The lifted consensus beats the best model alone by 5+ mIoU points. (Beating a plain
-    per-vertex majority of all models' votes, which issue 3 also asks for, does not hold yet on
-    these scenes: both end within about a point of each other; see the issue notes.)"""
+def test_consensus_beats_every_single_model_and_a_plain_majority(labelled_scene):
+    """The lifted (calibrated) consensus beats the best model alone by 5+ mIoU points and a plain
+    per-vertex majority of all models' votes by 1+ point (bench/bench_label_quality.py gives the
+    figures on larger scenes)."""
     _, _, done = labelled_scene
     miou = done["evaluate"].record["summary"]["miou_3d"]
     best_single = max(v for k, v in miou.items() if k.startswith("single model"))
     assert miou["lifted consensus"] >= best_single + 0.05, miou
-    assert miou["lifted consensus"] >= miou["plain majority"] - 0.03, miou
+    assert miou["lifted consensus"] >= miou["plain majority"] + 0.01, miou
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ work is per frame so that a killed stage resumes without redoing finished shards
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -14,7 +15,7 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..consensus import Calibration, ConsensusConfig, calibrate, cooccurrence, vote, vote_calibrated
+from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, vote, vote_calibrated
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
@@ -173,8 +174,9 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
         calibration, calibration_fp = None, None
         if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
-            calibration_fp = stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs])
-            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, calibration_fp, progress)
+            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]), progress)
+            calibration_fp = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in
+                                                     [calibration.classes, calibration.log_prior, *calibration.log_likelihood])).hexdigest()[:16]
         fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):
@@ -215,23 +217,24 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
 
 def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
                        progress: bool) -> Calibration:
-    """A plain consensus of every shard, counted against each prediction (consensus.calibrate);
-    stored, so a resumed stage does not count again."""
+    """What each model's classes mean in this scene (consensus.class_counts + calibrate over all
+    shards); stored, so a resumed stage does not count again."""
     store = ws.consensus_calibration
     store.remove_stale_temporaries()
     if store.fingerprint(0) == fingerprint:
         arrays = store.read(0)
-        return Calibration(classes=arrays["classes"], log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(int(np.asarray(arrays["n_predictions"]).item()))])
-    counts, mappings = None, None
-    for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (calibration)", unit="shard", disable=not progress):
-        preds, mappings, weights = votes_of(i)
-        first, _ = vote(preds, mappings, weights, n_classes, dataclasses.replace(cfg, min_support=0.0, min_margin=0.0, min_votes=0.0),
-                        prior=class_prior())
-        sizes = [len(m.offsets) - 1 for m in mappings]
-        shard_counts = cooccurrence(preds, first, sizes, n_classes, cfg.device)
-        counts = shard_counts if counts is None else [a + b for a, b in zip(counts, shard_counts)]
-    calibration = calibrate(counts, mappings, n_classes, cfg, prior=class_prior())
-    arrays = {"classes": calibration.classes, "n_predictions": np.int64(len(calibration.log_likelihood))}
+        return Calibration(classes=arrays["classes"], log_prior=arrays["log_prior"],
+                           log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(sum(k.startswith("log_likelihood_") for k in arrays))])
+    calibration = None
+    for round_ in range(max(1, int(cfg.calibration_rounds))):
+        counts, wins, mappings = None, 0, None
+        for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress):
+            preds, mappings, weights = votes_of(i)
+            shard_counts, shard_wins = class_counts(preds, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration)
+            counts = shard_counts if counts is None else [a + b for a, b in zip(counts, shard_counts)]
+            wins = wins + shard_wins
+        calibration = calibrate(counts, wins, mappings, n_classes, cfg, prior=class_prior())
+    arrays = {"classes": calibration.classes, "log_prior": calibration.log_prior}
     arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(calibration.log_likelihood)})
     store.write(0, arrays, fingerprint)
     return calibration

@@ -107,7 +107,7 @@ def run_stage(
         _record_failure(ws, stage, record, t0, "out_of_memory", str(err) or "out of memory")
         raise
     except Exception as err:
-        _record_failure(ws, stage, record, t0, "crashed", f"{type(err).__name__}: {err}")
+        _record_failure(ws, stage, record, t0, "out_of_memory" if is_out_of_memory(err) else "crashed", f"{type(err).__name__}: {err}")
         raise
     record.update(
         status="done",
@@ -128,4 +128,19 @@ def _record_failure(ws: Workspace, stage: str, record: dict, t0: float, error_cl
         error_class=error_class,
         error=message,
     )
+    ws.write_state(stage, record)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """GPU out-of-memory errors (torch raises a RuntimeError subclass), so a retry gets more memory."""
+    return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
+def mark_failed(ws: Workspace, stage: str, scene: str, error_class: str, message: str) -> None:
+    """Record a failure seen from outside the stage (the scheduler killed it, the node was lost),
+    keeping the attempt's other fields; never replaces a done-record."""
+    record = ws.read_state(stage) or {"stage": stage, "scene": scene, "attempt": 1}
+    if record.get("status") == "done":
+        return
+    record.update(status="failed", ended=_now(), error_class=error_class, error=message)
     ws.write_state(stage, record)

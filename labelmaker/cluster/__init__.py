@@ -1,0 +1,1 @@
+"""Helpers for running stages on cluster nodes (node-local scratch staging)."""

@@ -1,0 +1,92 @@
+"""Node-local scratch staging: run a stage on a copy of the workspace in $TMPDIR.
+
+Shared file systems are slow for the many small reads and writes of a stage. A job copies the
+scene workspace to the node's local disk, runs there, and copies what changed back. Copying back
+keeps the workspace's promise that nothing half-written is taken for done:
+  1. stage records (state/) that are about to change are removed from the shared workspace first,
+     so a job killed during the copy leaves the stage "not done", never "done" over old outputs;
+  2. changed and new files are copied back one by one, each under a temporary name that is
+     fsynced and renamed (workspace.atomic_path); temporaries are never copied;
+  3. files the stage deleted are deleted;
+  4. the new records are copied last.
+Finished shards come back even when the stage fails, so a retry resumes from them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from ..workspace import STATE_DIR, atomic_path, is_temporary
+
+Snapshot = dict[str, tuple[int, int]]
+
+
+def snapshot(root: Path) -> Snapshot:
+    """Relative path -> (size, mtime_ns) of every regular file under root, temporaries left out."""
+    out: Snapshot = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath, name)
+            if is_temporary(path):
+                continue
+            st = path.stat()
+            out[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def changes(before: Snapshot, after: Snapshot) -> tuple[list[str], list[str]]:
+    """(changed or new files, deleted files) between two snapshots, sorted."""
+    changed = sorted(rel for rel, sig in after.items() if before.get(rel) != sig)
+    deleted = sorted(rel for rel in before if rel not in after)
+    return changed, deleted
+
+
+def _is_record(rel: str) -> bool:
+    return rel.split("/", 1)[0] == STATE_DIR
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+
+
+def copy_back(scratch: Path, shared: Path, before: Snapshot) -> tuple[int, int]:
+    """Bring what changed in `scratch` since `before` back to `shared` (order: see module doc).
+    Returns (files copied, files deleted)."""
+    changed, deleted = changes(before, snapshot(scratch))
+    records = [rel for rel in changed if _is_record(rel)]
+    for rel in records:  # 1. invalidate first
+        (shared / rel).unlink(missing_ok=True)
+    for rel in changed:  # 2. data
+        if not _is_record(rel):
+            _copy_atomic(scratch / rel, shared / rel)
+    for rel in deleted:  # 3.
+        (shared / rel).unlink(missing_ok=True)
+    for rel in records:  # 4. records last
+        _copy_atomic(scratch / rel, shared / rel)
+    return len(changed), len(deleted)
+
+
+@contextlib.contextmanager
+def staged_workspace(shared: str | Path, scratch_root: str | Path | None) -> Iterator[Path]:
+    """Yield a node-local copy of the workspace `shared`; copy changes back on exit (also when
+    the body raises, then re-raise). With scratch_root None, yield `shared` itself (no staging).
+    """
+    shared = Path(shared)
+    if scratch_root is None:
+        yield shared
+        return
+    local = Path(scratch_root) / f"labelmaker-{shared.name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(shared, local, ignore=lambda d, names: [n for n in names if is_temporary(Path(n))])
+    before = snapshot(local)
+    try:
+        yield local
+    finally:
+        try:
+            copy_back(local, shared, before)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)

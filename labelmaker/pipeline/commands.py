@@ -1,0 +1,146 @@
+"""`labelmaker batch`, `status` and `retry`: the shell around the controller and the state reader."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..errors import LabelmakerError
+from ..workspace import BatchFolder, atomic_path
+from .batch import Controller, SceneInput, discover_scenes
+from .graph import scene_graph
+from .journal import Journal
+from .state import RecordCache, SceneState, StateReader, counts
+
+STATUS_ORDER = ("done", "stale", "queued", "running", "pending", "failed", "dependency_failed")
+
+
+def _record_config(folder: BatchFolder, command: str, raw_cfg, overrides: list[str]) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = folder.config_dir / f"{stamp}-{command}.yaml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"# labelmaker {command} {' '.join(overrides)}\n" + OmegaConf.to_yaml(raw_cfg))
+    return path
+
+
+def _scenes_of(folder: BatchFolder) -> list[SceneInput]:
+    if not folder.exists():
+        raise LabelmakerError(f"{folder.out_root} holds no batch (no {folder.root.name}/batch.json): start one with `labelmaker batch`")
+    return [SceneInput(**s) for s in folder.read_batch()["scenes"]]
+
+
+def start_batch(source: str, out_root: str, overrides: list[str], load) -> tuple[Controller, list[SceneInput], Path]:
+    """Scenes from `source`, merged with those of an earlier batch under `out_root`."""
+    folder = BatchFolder(out_root)
+    scenes = discover_scenes(source, out_root)
+    if folder.exists():
+        old = {s.scene: s for s in _scenes_of(folder)}
+        old.update({s.scene: s for s in scenes})
+        scenes = list(old.values())
+    stored_overrides = list(overrides)
+    cfg, raw = load(stored_overrides)
+    folder.write_batch({"scenes": [s.__dict__ for s in scenes], "overrides": stored_overrides})
+    return Controller(cfg, scenes, folder), scenes, _record_config(folder, "batch", raw, stored_overrides)
+
+
+def reopen_batch(out_root: str, overrides: list[str], load, command: str):
+    """The batch under `out_root` with the overrides it was started with, plus `overrides`."""
+    folder = BatchFolder(out_root)
+    scenes = _scenes_of(folder)
+    stored = folder.read_batch().get("overrides", [])
+    cfg, raw = load([*stored, *overrides])
+    config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command != "status" else None
+    return cfg, scenes, folder, config_path
+
+
+def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[SceneState]:
+    reader = StateReader(cfg, scene_graph(cfg))
+    cache = RecordCache(folder.status_cache_path)
+    states = [reader.scene(s.scene, s.workspace, cache) for s in scenes]
+    cache.save()
+    flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}
+    for st in states:
+        for name, stage in st.stages.items():
+            if (st.scene, name) in flying and stage.status not in ("running", "done"):
+                st.stages[name] = dataclasses.replace(stage, status="queued")
+    return states
+
+
+def status_report(states: list[SceneState]) -> dict:
+    """What `status --json` prints: counts, and per scene its status and failures."""
+    summary = counts(states)
+    summary["n_scenes"] = len(states)
+    summary["failures"] = [
+        {"scene": st.scene, "stage": f.stage, "error_class": f.error_class, "error": f.error, "attempt": f.attempt,
+         "workspace": st.workspace}
+        for st in states for f in st.failures()
+    ]
+    summary["scene_status"] = {st.scene: st.status for st in states}
+    return summary
+
+
+def format_status(states: list[SceneState], show_all: bool = False, max_rows: int = 40) -> str:
+    """Tables: per stage (counts by status), per scene (not done ones, or all), failures."""
+    lines = []
+    stage_names = list(states[0].stages) if states else []
+    per_stage = {name: Counter(st.stages[name].status for st in states) for name in stage_names}
+    cols = [c for c in STATUS_ORDER if any(per_stage[n][c] for n in stage_names)] or ["pending"]
+    width = max([len(n) for n in stage_names] + [5])
+    lines.append(f"{'stage':<{width}}  " + "  ".join(f"{c:>9}" for c in cols))
+    for name in stage_names:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{per_stage[name][c]:>9}" for c in cols))
+    scene_counts = Counter(st.status for st in states)
+    lines.append("")
+    lines.append(f"scenes: {len(states)}  " + "  ".join(f"{k}={v}" for k, v in sorted(scene_counts.items())))
+    shown = [st for st in states if show_all or st.status != "done"]
+    if shown:
+        lines.append("")
+        sw = max([5] + [len(st.scene) for st in shown[:max_rows]])
+        lines.append(f"{'scene':<{sw}}  {'status':<8}  stages done  next / failed stage")
+        for st in shown[:max_rows]:
+            done = sum(s.status == "done" for s in st.stages.values())
+            todo = next((s for s in st.stages.values() if s.status != "done"), None)
+            where = f"{todo.stage} ({todo.status})" if todo else ""
+            lines.append(f"{st.scene:<{sw}}  {st.status:<8}  {done:>4}/{len(st.stages):<6}  {where}")
+        if len(shown) > max_rows:
+            lines.append(f"... and {len(shown) - max_rows} more (--all --json for everything)")
+    failures = [(st, f) for st in states for f in st.failures()]
+    if failures:
+        lines.append("")
+        lines.append(f"failures ({len(failures)}): " + ", ".join(f"{k}={v}" for k, v in
+                                                              sorted(Counter(f.error_class for _, f in failures).items())))
+        for st, f in failures[:max_rows]:
+            lines.append(f"  {st.scene} {f.stage} [{f.error_class}, attempt {f.attempt}]: {f.error}")
+        if len(failures) > max_rows:
+            lines.append(f"  ... and {len(failures) - max_rows} more")
+    return "\n".join(lines)
+
+
+def run_controller(controller: Controller, progress: bool) -> tuple[list[SceneState], float]:
+    t0 = time.perf_counter()
+    states = controller.run(progress=progress)
+    return states, time.perf_counter() - t0
+
+
+def final_lines(states: list[SceneState], folder: BatchFolder, seconds: float, config_path: Path | None) -> tuple[str, dict]:
+    c = Counter(st.status for st in states)
+    title = f"batch {'done' if c.get('done', 0) == len(states) else 'ended'}: {c.get('done', 0)} of {len(states)} scenes done in {seconds:.1f}s"
+    lines = {"scenes": ", ".join(f"{k}={v}" for k, v in sorted(c.items())),
+             "workspaces": folder.out_root, "journal": folder.journal_path}
+    if config_path:
+        lines["config"] = config_path
+    failures = [(st, f) for st in states for f in st.failures()]
+    for st, f in failures[:10]:
+        lines[f"failed {st.scene}"] = f"{f.stage} [{f.error_class}]: {f.error}"
+    if failures:
+        lines["next"] = f"fix the inputs, then `labelmaker retry {folder.out_root}`; details: `labelmaker status {folder.out_root}`"
+    return title, lines
+
+
+def dump_json(report: dict) -> str:
+    return json.dumps(report, indent=1, sort_keys=True, default=str)

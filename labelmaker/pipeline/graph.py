@@ -1,0 +1,196 @@
+"""The stage graph of one scene: which stages exist, what each needs, and what it costs.
+
+import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
+
+Each stage declares its dependencies, whether it wants a GPU, and resources (CPUs, memory, time)
+that grow with the scene's frame count; the coefficients live in `batch.resources` (configs/
+config.yaml). The graph also knows, per stage, the config a stage hashes and the
+input hash it will compute from its dependencies' done-records, so that the planner can tell a
+stale stage from an up-to-date one without running it (tests check these mirrors against the
+records the stages really write).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..workspace import Workspace
+from .records import StageOutcome, run_stage, stable_hash
+
+REPORT_CONFIG = {"views": ["oblique", "top"]}  # what report_scene hashes as its config
+
+
+@dataclass
+class ResourceConfig:
+    """One stage's request: base values plus a slope per 1000 frames."""
+
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float = 2.0
+    mem_gb_per_1k_frames: float = 0.0
+    minutes: float = 5.0
+    minutes_per_1k_frames: float = 0.0
+
+
+STAGE_KINDS = ("import", "segment", "masks", "consensus", "fuse", "lift", "export", "evaluate", "report")
+
+
+def default_resources() -> dict[str, ResourceConfig]:
+    """The schema's fallback; configs/config.yaml (`batch.resources`) sets the real values."""
+    return {kind: ResourceConfig(gpus=1 if kind in ("segment", "masks") else 0) for kind in STAGE_KINDS}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A concrete request for one task (or one array of tasks)."""
+
+    cpus: int
+    gpus: int
+    mem_gb: float
+    minutes: int
+
+
+def scale(res: ResourceConfig, n_frames: int, mem_factor: float = 1.0) -> Resources:
+    """Resources for a scene of `n_frames` frames; `mem_factor` > 1 after an out-of-memory failure."""
+    k = max(0, n_frames) / 1000.0
+    mem = (res.mem_gb + res.mem_gb_per_1k_frames * k) * mem_factor
+    minutes = res.minutes + res.minutes_per_1k_frames * k
+    return Resources(cpus=res.cpus, gpus=res.gpus, mem_gb=round(mem, 2), minutes=int(math.ceil(minutes)))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str  # the stage record's name: import, segment-<model>, consensus, ...
+    kind: str  # the resources' key: import, segment, consensus, ...
+    deps: tuple[str, ...]
+    model: Optional[str] = None  # for segment and masks stages
+
+
+def scene_graph(cfg) -> list[StageSpec]:
+    """The stages of one scene under config `cfg` (a LabelmakerConfig), in a topological order."""
+    from .label_stages import segment_stage
+    from .mask_stages import mask_stage
+
+    models = sorted(cfg.segment.models)
+    mask_models = sorted(getattr(getattr(cfg, "masks", None), "models", None) or {})
+    stages = [StageSpec("import", "import", ())]
+    stages += [StageSpec(segment_stage(m), "segment", ("import",), model=m) for m in models]
+    stages += [StageSpec(mask_stage(m), "masks", ("import",), model=m) for m in mask_models]
+    refine = cfg.consensus.sam_refine
+    consensus_deps = tuple(segment_stage(m) for m in models) + ((mask_stage(refine.masks),) if refine.enabled else ())
+    # consensus reads the frames too: it needs import even when no model is configured
+    stages.append(StageSpec("consensus", "consensus", consensus_deps or ("import",)))
+    lift_deps = ("consensus",)
+    if cfg.lift.mesh is None:
+        stages.append(StageSpec("fuse", "fuse", ("import",)))
+        lift_deps = ("consensus", "fuse")
+    stages.append(StageSpec("lift", "lift", lift_deps))
+    stages.append(StageSpec("export", "export", ("lift",)))
+    stages.append(StageSpec("evaluate", "evaluate", ("lift",)))
+    stages.append(StageSpec("report", "report", ("lift",)))
+    skip = set(getattr(getattr(cfg, "batch", None), "skip", None) or ())
+    kept = [s for s in stages if s.kind not in skip]
+    names = {s.name for s in kept}
+    orphans = [f"{s.name} (needs {d})" for s in kept for d in s.deps if d not in names]
+    if orphans:
+        from ..errors import LabelmakerError
+
+        raise LabelmakerError(f"batch.skip={sorted(skip)} leaves stages without their inputs: {', '.join(orphans)}; skip those too")
+    return kept
+
+
+def stage_config(spec: StageSpec, cfg) -> dict:
+    """The config dict the stage hashes into its record (mirrors the stage functions)."""
+    asdict = dataclasses.asdict
+    return {
+        "import": lambda: asdict(cfg.data),
+        "segment": lambda: asdict(cfg.segment.models[spec.model]),
+        "masks": lambda: asdict(cfg.masks.models[spec.model]),
+        "consensus": lambda: asdict(cfg.consensus),
+        "fuse": lambda: asdict(cfg.fusion),
+        "lift": lambda: asdict(cfg.lift),
+        "export": lambda: asdict(cfg.export),
+        "evaluate": lambda: asdict(cfg.evaluate),
+        "report": lambda: REPORT_CONFIG,
+    }[spec.kind]()
+
+
+def input_constants(cfg) -> dict:
+    """The parts of the input hashes that are the same for every scene (computed once per batch)."""
+    return {"models": {n: dataclasses.asdict(m) for n, m in cfg.segment.models.items()},
+            "lift": dataclasses.asdict(cfg.lift)}
+
+
+def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None) -> Optional[str]:
+    """The input hash the stage would compute now from its dependencies' done-records, or None
+    when it cannot be known without reading the raw input (import)."""
+    out = {name: (rec or {}).get("output_hash") for name, rec in records.items()}
+    if spec.kind == "import":
+        return None
+    if spec.kind in ("segment", "masks", "fuse"):
+        return out.get("import")
+    if spec.kind == "consensus":
+        models = cfg.segment.models
+        plain = stable_hash({n: [out.get(f"segment-{n}"), m.label_space, m.weight] for n, m in models.items()})
+        refine = cfg.consensus.sam_refine
+        return stable_hash([plain, out.get(f"masks-{refine.masks}")]) if refine.enabled else plain
+    consts = consts or input_constants(cfg)
+    if spec.kind == "lift":
+        mesh_id = [out.get("consensus")]
+        if cfg.lift.mesh is None:
+            mesh_id.append(out.get("fuse"))
+        else:
+            path = Path(cfg.lift.mesh)
+            stat = path.stat() if path.exists() else None
+            mesh_id.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+        return stable_hash(mesh_id)
+    if spec.kind in ("export", "report"):
+        return out.get("lift")
+    if spec.kind == "evaluate":
+        return stable_hash([out.get("lift"), consts["models"], consts["lift"]])
+    raise KeyError(spec.kind)
+
+
+def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Workspace) -> StageOutcome:
+    """Run one stage of one scene in this process (what a batch task does)."""
+    from .eval_stages import evaluate_scene, ground_truth_of, report_scene
+    from .label_stages import consensus_scene, export_scene, lift_scene, segment_scene
+    from .stages import fuse_scene, import_scene, require_done
+
+    run = dict(force=cfg.force, progress=cfg.progress)
+    if spec.kind == "import":
+        return import_scene(input_dir, ws, cfg.data, **run)
+    if spec.kind == "segment":
+        return segment_scene(ws, spec.model, cfg.segment.models[spec.model], **run)
+    if spec.kind == "masks":
+        from .mask_stages import masks_scene
+
+        return masks_scene(ws, spec.model, cfg.masks.models[spec.model], **run)
+    if spec.kind == "consensus":
+        return consensus_scene(ws, cfg.segment.models, cfg.consensus, **run)
+    if spec.kind == "fuse":
+        return fuse_scene(ws, cfg.fusion, **run)
+    if spec.kind == "lift":
+        return lift_scene(ws, cfg.lift, **run)
+    if spec.kind == "export":
+        return export_scene(ws, cfg.export, **run)
+    lifted = require_done(ws, spec.name, "lift")
+    if spec.kind == "evaluate":
+        if ground_truth_of(ws, cfg.evaluate.ground_truth) is None:
+            return _not_applicable(ws, spec, cfg, lifted, "no ground truth for this scene")
+        return evaluate_scene(ws, cfg.evaluate, cfg.segment.models, cfg.lift, **run)
+    if spec.kind == "report":
+        if lifted["summary"].get("triangles", 0) <= 0:
+            return _not_applicable(ws, spec, cfg, lifted, "the lifted geometry has no triangles to render")
+        return report_scene(ws, cfg.evaluate, **run)
+    raise KeyError(spec.kind)
+
+
+def _not_applicable(ws: Workspace, spec: StageSpec, cfg, lifted: dict, reason: str) -> StageOutcome:
+    """A done-record that says the stage has nothing to do for this scene (so the scene is complete)."""
+    input_hash = expected_input_hash(spec, cfg, {"lift": lifted})
+    body: Callable[[], dict] = lambda: {"not_applicable": reason}
+    return run_stage(ws, spec.name, stage_config(spec, cfg), input_hash, body, force=cfg.force)

@@ -1,0 +1,212 @@
+"""Per-scene state from the workspaces' stage records: what is done, stale, running, failed, pending.
+
+Read-only and fast (thousands of scenes in about a second): one small JSON read per stage record,
+config hashes computed once per batch, input hashes from the dependencies' records.
+
+Status of one stage of one scene:
+  done               done-record matching the current config and the dependencies' outputs
+  stale              done-record, but config or inputs changed since: it will rerun
+  running            running-record of a live process (or of another host: trusted as running)
+  failed             failed-record (error_class: bad_input, out_of_memory, timeout, preempted,
+                     cancelled, crashed, dependency_failed), or a running-record whose process
+                     on this host is gone (crashed: killed without a word)
+  dependency_failed  nothing recorded, and a stage it needs failed
+  pending            nothing recorded yet (or waiting for its dependencies)
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from ..workspace import Workspace
+from .graph import StageSpec, expected_input_hash, input_constants, stage_config
+from .records import stable_hash
+
+ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
+_HOST = socket.gethostname()
+
+
+@dataclass
+class StageState:
+    stage: str
+    status: str  # done | stale | running | failed | dependency_failed | pending
+    attempt: int = 0
+    error_class: Optional[str] = None
+    error: Optional[str] = None
+    seconds: Optional[float] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+
+
+@dataclass
+class SceneState:
+    scene: str
+    workspace: str
+    stages: dict[str, StageState] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """failed > running > done (all stages) > pending."""
+        found = {s.status for s in self.stages.values()}
+        if found & {"failed", "dependency_failed"}:
+            return "failed"
+        if "running" in found:
+            return "running"
+        if found == {"done"}:
+            return "done"
+        return "pending"
+
+    def failures(self) -> list[StageState]:
+        return [s for s in self.stages.values() if s.status == "failed"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+class StateReader:
+    """Reads scene states under one config; config hashes are computed once."""
+
+    def __init__(self, cfg, graph: list[StageSpec]):
+        self.cfg = cfg
+        self.graph = graph
+        self.config_hashes = {spec.name: stable_hash(stage_config(spec, cfg)) for spec in graph}
+        self.consts = input_constants(cfg)
+        self.names = [spec.name for spec in graph]
+        self.key = stable_hash([self.names, self.config_hashes, self.consts])
+
+    def scene(self, scene: str, workspace: str, cache: "RecordCache | None" = None) -> SceneState:
+        """A scene's state; with a cache, records and (unless something runs) the derived state
+        are reused while the scene's state folder is unchanged. Stage states are shared: replace,
+        never mutate them."""
+        if cache is None:
+            return self.from_records(scene, workspace, Workspace(workspace).read_states(self.names))
+        entry = cache.entry(workspace, self.names)
+        derived = entry["derived"].get(self.key)
+        if derived is not None:
+            return SceneState(scene, str(workspace), dict(derived))
+        state = self.from_records(scene, workspace, entry["records"])
+        if entry["cacheable"] and all(s.status != "running" for s in state.stages.values()):
+            entry["derived"][self.key] = state.stages
+            cache.dirty = True
+        return state
+
+    def from_records(self, scene: str, workspace: str, records: dict[str, Optional[dict]]) -> SceneState:
+        out = SceneState(scene, str(workspace))
+        for spec in self.graph:
+            out.stages[spec.name] = self._stage(spec, records, out.stages)
+        return out
+
+    def _stage(self, spec: StageSpec, records: dict, before: dict[str, StageState]) -> StageState:
+        rec = records.get(spec.name)
+        deps = [before[d] for d in spec.deps]
+        if rec is None:
+            if any(d.status in ("failed", "dependency_failed") for d in deps):
+                return StageState(spec.name, "dependency_failed", error_class="dependency_failed",
+                                  error=f"needs {', '.join(d.stage for d in deps if d.status != 'done')}")
+            return StageState(spec.name, "pending")
+        state = StageState(spec.name, rec.get("status", "pending"), int(rec.get("attempt", 0)), rec.get("error_class"),
+                           rec.get("error"), rec.get("seconds"), rec.get("started"), rec.get("ended"))
+        if state.status == "running":
+            pid, host = rec.get("pid"), rec.get("host")
+            if host == _HOST and isinstance(pid, int) and not pid_alive(pid):
+                state.status, state.error_class = "failed", "crashed"
+                state.error = f"process {pid} on {host} ended without finishing the stage (killed?)"
+        elif state.status == "done":
+            if rec.get("config_hash") != self.config_hashes[spec.name] or any(d.status != "done" for d in deps):
+                state.status = "stale"
+            else:
+                expected = expected_input_hash(spec, self.cfg, {d: records.get(d) for d in spec.deps} | {"import": records.get("import")},
+                                               self.consts)
+                if expected is not None and rec.get("input_hash") != expected:
+                    state.status = "stale"
+        return state
+
+
+def counts(states: Iterable[SceneState]) -> dict:
+    """Scene counts by status, stage counts by status, failures by error class."""
+    scenes, per_stage, classes = Counter(), {}, Counter()
+    for st in states:
+        scenes[st.status] += 1
+        for name, s in st.stages.items():
+            per_stage.setdefault(name, Counter())[s.status] += 1
+            if s.status == "failed":
+                classes[s.error_class or "crashed"] += 1
+    return {"scenes": dict(scenes), "stages": {k: dict(v) for k, v in per_stage.items()}, "error_classes": dict(classes)}
+
+
+_COMPACT = ("status", "attempt", "error_class", "error", "seconds", "started", "ended", "pid", "host",
+            "config_hash", "input_hash", "output_hash")
+
+
+def compact(record: dict | None) -> dict | None:
+    """The fields of a stage record that state needs (not its config, versions, summary)."""
+    if record is None:
+        return None
+    return {k: record.get(k) for k in _COMPACT}
+
+
+class RecordCache:
+    """Compact records per workspace, reused while the workspace's state folder is unchanged.
+
+    A folder changed within the last 2 s is never cached (file times are coarse: a record
+    written in the same tick as the cache was taken must not hide), so a hit is always exact.
+    """
+
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path | None):
+        import pickle
+        import time
+
+        self.path = path
+        self.now_ns = time.time_ns()
+        self.entries: dict = {}
+        self.dirty = False
+        if path is not None and path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    self.entries = pickle.load(fh)
+            except Exception:  # unreadable cache: rebuild
+                self.entries = {}
+
+    def entry(self, workspace: str, names: list[str]) -> dict:
+        """{records, derived, cacheable} of one workspace, from the cache while unchanged."""
+        ws = Workspace(workspace)
+        stamp = ws.state_stamp()
+        hit = self.entries.get(workspace)
+        if hit is not None and stamp is not None and hit["stamp"] == stamp and hit["names"] == tuple(names):
+            return hit
+        records = {name: compact(rec) for name, rec in ws.read_states(names).items()}
+        entry = {"stamp": stamp, "names": tuple(names), "records": records, "derived": {},
+                 "cacheable": stamp is not None and stamp < self.now_ns - self.RACY_NS}
+        if entry["cacheable"]:
+            self.entries[workspace] = entry
+            self.dirty = True
+        return entry
+
+    def save(self) -> None:
+        import pickle
+
+        from ..workspace import atomic_path
+
+        if self.path is None or not self.dirty:
+            return
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "wb") as fh:
+                pickle.dump(self.entries, fh, protocol=pickle.HIGHEST_PROTOCOL)

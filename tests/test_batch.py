@@ -1,0 +1,159 @@
+"""`labelmaker batch / status / retry` end to end on small synthetic scenes: in-process and with
+local processes (submitit), a corrupt capture reported as bad input and finished by `retry` after
+the fix, a controller killed with -9 and restarted that submits nothing twice."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from labelmaker.cli import main
+from labelmaker.workspace import BatchFolder, Workspace
+
+SMALL = ["progress=false", "data.shard_size=8", "fusion.voxel_size_m=0.05", "batch.poll_s=0.3", "batch.backoff_s=0"]
+ONE_MODEL = ["models=simulated", "~segment.models.sim_nyu40", "~segment.models.sim_scannet200"]
+CORRUPT = b"\x89PNG\r\n\x1a\n not really a png"
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    """Three small synthetic ARKitScenes videos s0, s1, s2 in one folder."""
+    from labelmaker.synthetic import SynthConfig, make_scene
+
+    root = tmp_path_factory.mktemp("captures") / "raw"
+    for i in range(3):
+        make_scene(SynthConfig(seed=i, video_id=f"s{i}", n_frames=16, width=128, height=96, fx=106.0), root, progress=False)
+    return root
+
+
+def _copy_with_corrupt_frame(captures, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(captures, raw)
+    frame = sorted((raw / "s1" / "lowres_wide").iterdir())[5]
+    good = frame.read_bytes()
+    frame.write_bytes(CORRUPT)
+    return raw, frame, good
+
+
+def _status(out) -> dict:
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    buf = StringIO()
+    with redirect_stdout(buf):
+        assert main(["status", str(out), "--json"]) == 0
+    return json.loads(buf.getvalue())
+
+
+def _submissions(out) -> Counter:
+    """(scene, stage) -> how many times it was submitted, from the journal."""
+    n = Counter()
+    for line in BatchFolder(out).journal_path.read_text().splitlines():
+        if line.strip():
+            event = json.loads(line)
+            if event["event"] == "submit":
+                n.update((scene, event["stage"]) for scene in event["scenes"])
+    return n
+
+
+@pytest.mark.slow
+def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
+    raw, frame, good = _copy_with_corrupt_frame(captures, tmp_path)
+    out = tmp_path / "out"
+    assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL]) == 1
+    status = _status(out)
+    assert status["scene_status"] == {"s0": "done", "s1": "failed", "s2": "done"}
+    (failure,) = status["failures"]
+    assert failure["stage"] == "import" and failure["error_class"] == "bad_input" and frame.name in failure["error"]
+    assert "Fix:" in failure["error"]
+    assert status["stages"]["consensus"] == {"done": 2, "dependency_failed": 1}
+    assert Workspace(out / "s0").output_path("labels_scannet200").exists()
+    assert list((out / "_batch" / "configs").glob("*-batch.yaml"))
+    text = capsys.readouterr().out
+    assert "s1" in text and "bad_input" in text and "labelmaker retry" in text
+
+    # the same batch again: nothing to do, nothing submitted (bad input waits for `retry`)
+    before = _submissions(out)
+    assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL]) == 1
+    assert _submissions(out) == before
+
+    # fixed input: retry finishes it, and runs only s1's stages
+    frame.write_bytes(good)
+    assert main(["retry", str(out), "--error-class", "bad_input"]) == 0
+    assert set(_status(out)["scene_status"].values()) == {"done"}
+    added = _submissions(out) - before
+    assert {scene for scene, _ in added} == {"s1"} and all(v == 1 for v in added.values())
+
+    # a changed export option reruns export only
+    before = _submissions(out)
+    assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL, "export.pointcept=false"]) == 0
+    assert set((_submissions(out) - before)) == {(s, "export") for s in ("s0", "s1", "s2")}
+
+
+def _journal_events(out) -> list[dict]:
+    path = BatchFolder(out).journal_path
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return events
+
+
+@pytest.mark.slow
+def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_path):
+    raw, frame, good = _copy_with_corrupt_frame(captures, tmp_path)
+    out = tmp_path / "out"
+    (tmp_path / "scenes.txt").write_text("# a list file: capture folders relative to it\nraw/s0\nraw/s1\n")
+    args = ["batch", str(tmp_path / "scenes.txt"), str(out), "cluster=local", "cluster.max_in_flight=3", *ONE_MODEL, *SMALL]
+    proc = subprocess.Popen([sys.executable, "-m", "labelmaker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    # kill the controller while jobs are in flight (after their ids were journaled)
+    while time.monotonic() < deadline and proc.poll() is None:
+        events = _journal_events(out)
+        if sum(e["event"] == "jobs" for e in events) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    events = _journal_events(out)
+    in_flight = sum(len(e["scenes"]) for e in events if e["event"] == "submit") > sum(e["event"] == "outcome" for e in events)
+    assert in_flight, "the kill should land while jobs run"
+
+    assert main(args) == 1  # restarted: finishes what it can; s1 has bad input
+    submitted = _submissions(out)
+    assert all(n == 1 for n in submitted.values()), submitted  # nothing submitted twice
+    status = _status(out)
+    assert status["scene_status"] == {"s0": "done", "s1": "failed"}
+    assert status["failures"][0]["error_class"] == "bad_input" and frame.name in status["failures"][0]["error"]
+    assert (out / "_batch" / "jobs").is_dir()  # submitit's job folders (logs, pickles)
+
+    frame.write_bytes(good)
+    assert main(["retry", str(out)]) == 0
+    assert set(_status(out)["scene_status"].values()) == {"done"}
+    submitted = _submissions(out)
+    assert submitted[("s1", "import")] == 2 and all(n == 1 for key, n in submitted.items() if key != ("s1", "import"))
+    labels = [np.load(Workspace(out / s).output_path("labels")) for s in ("s0", "s1")]
+    assert all(len(x) > 0 and (x > 0).mean() > 0.5 for x in labels)
+
+
+@pytest.mark.slow
+def test_run_pdb_stops_in_the_debugger_with_the_traceback(synth_scene_factory, tmp_path):
+    """`labelmaker run --pdb`: an unexpected error prints its full traceback, then pdb takes over."""
+    scene = synth_scene_factory(seed=2, n_frames=16)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "labelmaker", "run", str(scene.video_dir), str(blocker / "ws"), "--pdb",
+                           "progress=false"], input="p 'in pdb'\nq\n", capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in out and "NotADirectoryError" in out
+    assert "(Pdb)" in out and "'in pdb'" in out and proc.returncode == 1
