@@ -17,6 +17,7 @@ from .consensus import ConsensusConfig
 from .fusion import FusionConfig
 from .io.download import DownloadConfig
 from .io.registry import all_importers
+from .masks import MasksConfig
 from .pipeline.batch_config import BatchConfig, ClusterConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
@@ -39,6 +40,7 @@ class LabelmakerConfig:
     data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
     fusion: FusionConfig = field(default_factory=FusionConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    masks: MasksConfig = field(default_factory=MasksConfig)  # class-agnostic mask models (SAM), chosen by the `masks` group
     checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     lift: LiftStageConfig = field(default_factory=LiftStageConfig)

@@ -16,7 +16,7 @@ the distinct prefixes before the next prediction is folded in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,6 +24,8 @@ import numpy as np
 from .lazy import LazyModule
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
+
+from .refine import SamRefineConfig
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
            "resolve_device", "dense_mapping"]
@@ -51,6 +53,7 @@ class ConsensusConfig:
     calibration_strength: float = 100.0  # pseudo-pixels per unified class that keep the label mapping's own meaning
     calibration_prior: float = 0.0  # class prior = (counted class frequency) ** this; 0 = uniform (best for mIoU)
     device: str = "auto"  # auto | cpu | cuda
+    sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 
 def resolve_device(name: str) -> torch.device:

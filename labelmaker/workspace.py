@@ -5,6 +5,7 @@ Layout of one scene's folder:
     scene.json               what was imported: source, frame count, sizes, upright per frame
     frames/shard-00000.h5    colour, depth (mm), confidence, K, T_cw, timestamps, names
     pred/<model>/shard-*.h5  one model's label maps in its own label space (same shards as frames)
+    masks/<model>/shard-*.h5 one mask model's per-pixel mask ids (uint16, 0 = no mask; same shards)
     consensus/shard-*.h5     unified labels + per-pixel confidence
     mesh.ply                 the fused mesh (vertex colours and normals)
     labels/                  lifted labels and their exports (see OUTPUTS)
@@ -37,6 +38,7 @@ LOGS_DIR = "logs"
 MESH_FILE = "mesh.ply"
 PRED_DIR = "pred"
 CONSENSUS_DIR = "consensus"
+MASKS_DIR = "masks"
 SHARD_PATTERN = "shard-{:05d}.h5"
 
 # Per-scene output files by logical name; callers ask `Workspace.output_path(name)`.
@@ -160,6 +162,9 @@ class Workspace:
 
     def prediction_shards(self, model: str) -> "ShardSet":
         return ShardSet(self.root / PRED_DIR / model)
+
+    def mask_shards(self, model: str) -> "ShardSet":
+        return ShardSet(self.root / MASKS_DIR / model)
 
     @property
     def consensus_shards(self) -> "ShardSet":

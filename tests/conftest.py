@@ -1,9 +1,14 @@
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Tests run on CPU torch, where the registry's torchvision wheel cannot load its compiled ops:
+# opt in to the pure-PyTorch NMS (labelmaker/compat/torchvision_cpu.py) for SAM and open_clip.
+os.environ.setdefault("LABELMAKER_TORCHVISION_CPU_NMS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The stage graph of one scene: which stages exist, what each needs, and what it costs.
 
-import -> segment-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
+import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
 
 Each stage declares its dependencies, whether it wants a GPU, and resources (CPUs, memory, time)
 that grow with the scene's frame count; the coefficients live in `batch.resources` (configs/
@@ -35,12 +35,12 @@ class ResourceConfig:
     minutes_per_1k_frames: float = 0.0
 
 
-STAGE_KINDS = ("import", "segment", "consensus", "fuse", "lift", "export", "evaluate", "report")
+STAGE_KINDS = ("import", "segment", "masks", "consensus", "fuse", "lift", "export", "evaluate", "report")
 
 
 def default_resources() -> dict[str, ResourceConfig]:
     """The schema's fallback; configs/config.yaml (`batch.resources`) sets the real values."""
-    return {kind: ResourceConfig(gpus=1 if kind == "segment" else 0) for kind in STAGE_KINDS}
+    return {kind: ResourceConfig(gpus=1 if kind in ("segment", "masks") else 0) for kind in STAGE_KINDS}
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,23 @@ class StageSpec:
     name: str  # the stage record's name: import, segment-<model>, consensus, ...
     kind: str  # the resources' key: import, segment, consensus, ...
     deps: tuple[str, ...]
-    model: Optional[str] = None  # for segment stages
+    model: Optional[str] = None  # for segment and masks stages
 
 
 def scene_graph(cfg) -> list[StageSpec]:
     """The stages of one scene under config `cfg` (a LabelmakerConfig), in a topological order."""
     from .label_stages import segment_stage
+    from .mask_stages import mask_stage
 
     models = sorted(cfg.segment.models)
+    mask_models = sorted(getattr(getattr(cfg, "masks", None), "models", None) or {})
     stages = [StageSpec("import", "import", ())]
     stages += [StageSpec(segment_stage(m), "segment", ("import",), model=m) for m in models]
+    stages += [StageSpec(mask_stage(m), "masks", ("import",), model=m) for m in mask_models]
+    refine = cfg.consensus.sam_refine
+    consensus_deps = tuple(segment_stage(m) for m in models) + ((mask_stage(refine.masks),) if refine.enabled else ())
     # consensus reads the frames too: it needs import even when no model is configured
-    stages.append(StageSpec("consensus", "consensus", tuple(segment_stage(m) for m in models) or ("import",)))
+    stages.append(StageSpec("consensus", "consensus", consensus_deps or ("import",)))
     lift_deps = ("consensus",)
     if cfg.lift.mesh is None:
         stages.append(StageSpec("fuse", "fuse", ("import",)))
@@ -103,6 +108,7 @@ def stage_config(spec: StageSpec, cfg) -> dict:
     return {
         "import": lambda: asdict(cfg.data),
         "segment": lambda: segment_config(cfg.segment.models[spec.model]),
+        "masks": lambda: asdict(cfg.masks.models[spec.model]),
         "consensus": lambda: asdict(cfg.consensus),
         "fuse": lambda: asdict(cfg.fusion),
         "lift": lambda: asdict(cfg.lift),
@@ -123,10 +129,12 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
     out = {name: (rec or {}).get("output_hash") for name, rec in records.items()}
     if spec.kind == "import":
         return None
-    if spec.kind in ("segment", "fuse"):
+    if spec.kind in ("segment", "masks", "fuse"):
         return out.get("import")
     if spec.kind == "consensus":
-        return consensus_input_hash({n: out.get(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models)
+        refine = cfg.consensus.sam_refine
+        return consensus_input_hash({n: out.get(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models,
+                                    refine, out.get(f"masks-{refine.masks}"))
     if spec.kind == "lift":
         return lift_input_hash(out.get("consensus"), out.get("fuse"), cfg.lift.mesh)
     if spec.kind in ("export", "report"):
@@ -147,6 +155,10 @@ def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Work
         return import_scene(input_dir, ws, cfg.data, **run)
     if spec.kind == "segment":
         return segment_scene(ws, spec.model, cfg.segment.models[spec.model], **run)
+    if spec.kind == "masks":
+        from .mask_stages import masks_scene
+
+        return masks_scene(ws, spec.model, cfg.masks.models[spec.model], **run)
     if spec.kind == "consensus":
         return consensus_scene(ws, cfg.segment.models, cfg.consensus, **run)
     if spec.kind == "fuse":

@@ -20,9 +20,12 @@ def segment_config(model_cfg) -> dict:
     return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("weight", "batch_size")}
 
 
-def consensus_input_hash(segment_outputs: Mapping[str, Optional[str]], models: Mapping) -> str:
-    """segment_outputs: model name -> output hash of its segment stage."""
-    return stable_hash({name: [segment_outputs.get(name), m.label_space, m.weight] for name, m in models.items()})
+def consensus_input_hash(segment_outputs: Mapping[str, Optional[str]], models: Mapping, refine_cfg,
+                         masks_output: Optional[str]) -> str:
+    """segment_outputs: model name -> output hash of its segment stage; masks_output: that of the
+    mask stage the refinement reads (when consensus.sam_refine is on)."""
+    plain = stable_hash({name: [segment_outputs.get(name), m.label_space, m.weight] for name, m in models.items()})
+    return stable_hash([plain, masks_output]) if refine_cfg.enabled else plain
 
 
 def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str]) -> str:

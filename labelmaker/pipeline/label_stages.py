@@ -26,6 +26,7 @@ from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources,
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import Workspace, atomic_path, write_json_atomic
 from .hashes import consensus_input_hash, lift_input_hash, segment_config
+from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import require_done
 
@@ -151,7 +152,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
     if not models:
         raise BadInputError(ws.scene, None, "no segmentation models are configured", "add models under segment.models (see configs/models/)")
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
-    input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models)
+    input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
+                                      cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
     config = dataclasses.asdict(cfg)
 
     def body() -> dict:
@@ -170,14 +172,16 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         n_shards = ws.frame_shard_count()
         inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
         calibration, calibration_fp = None, None
-        if cfg.calibrate:
-            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, stable_hash([config, weights, inputs]), progress)
+        if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
+            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]), progress)
             calibration_fp = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in
                                                      [calibration.classes, calibration.log_prior, *calibration.log_likelihood])).hexdigest()[:16]
-        fingerprints, reused, unknown, pixels = [], 0, 0, 0
+        fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):
                 fp = stable_hash([config, weights, inputs[i], calibration_fp])
+                if cfg.sam_refine.enabled:
+                    fp = stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)])
                 fingerprints.append(fp)
                 if out.fingerprint(i) == fp:
                     reused += 1
@@ -188,6 +192,9 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     else:
                         result = vote_calibrated(preds, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks))
                     ranked, shares = (x.cpu().numpy() for x in result)
+                    if cfg.sam_refine.enabled:
+                        ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
+                        refined += n_changed
                     labels = ranked[0]
                     out.write(i, {"labels": labels.astype(np.uint16), "confidence": shares[0].astype(np.float16),
                                   "more_labels": np.moveaxis(ranked[1:cfg.ranks], 0, 1).astype(np.uint16),
@@ -200,6 +207,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                    "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints)}
         if calibration is not None:
             summary["calibrated_classes"] = int(len(calibration.classes))
+        if cfg.sam_refine.enabled:
+            summary["refined_share"] = round(refined / pixels, 4) if pixels else None
         return summary
 
     return run_stage(ws, "consensus", config, input_hash, body, force=force)
@@ -291,7 +300,9 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         labelled = result.labels > 0
         return {"mesh": str(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
                 "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
-                "classes_present": int(len(np.unique(result.labels[labelled])))}
+                "classes_present": int(len(np.unique(result.labels[labelled]))),
+                # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
+                "output_hash": stable_hash([input_hash, config])}
 
     return run_stage(ws, "lift", config, input_hash, body, force=force)
 

@@ -6,12 +6,13 @@ from pathlib import Path
 from ..workspace import Workspace
 from .eval_stages import evaluate_scene, ground_truth_of, report_scene
 from .label_stages import consensus_scene, export_scene, lift_scene, segment_scene
+from .mask_stages import masks_scene
 from .records import StageOutcome
 from .stages import fuse_scene, import_scene
 
 
 def run_scene(cfg, input_dir: str | Path | None, ws: Workspace) -> dict[str, StageOutcome]:
-    """import -> segment[model] -> consensus -> fuse (unless lift.mesh) -> lift -> export ->
+    """import -> segment[model] -> masks[model] -> consensus -> fuse (unless lift.mesh) -> lift -> export ->
     evaluate (when there is ground truth) -> report. Up-to-date stages are skipped."""
     run = dict(force=cfg.force, progress=cfg.progress)
     done: dict[str, StageOutcome] = {}
@@ -19,6 +20,8 @@ def run_scene(cfg, input_dir: str | Path | None, ws: Workspace) -> dict[str, Sta
         done["import"] = import_scene(input_dir, ws, cfg.data, **run)
     for name, model in cfg.segment.models.items():
         done[f"segment-{name}"] = segment_scene(ws, name, model, **run)
+    for name, mask_model in cfg.masks.models.items():
+        done[f"masks-{name}"] = masks_scene(ws, name, mask_model, **run)
     done["consensus"] = consensus_scene(ws, cfg.segment.models, cfg.consensus, **run)
     if cfg.lift.mesh is None:
         done["fuse"] = fuse_scene(ws, cfg.fusion, **run)

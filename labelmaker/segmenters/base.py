@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..frames import FrameBatch
+from ..masks.base import MaskModelConfig
 
 
 @dataclass
@@ -43,6 +44,31 @@ class Mask2FormerConfig:
     allow_cpu_ops_stand_in: bool = False  # CPU only: run with mmcv-lite and a stand-in for mmcv's compiled ops
 
 
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.", "a photo of the {}.", "a photo of a {} in a room.", "a cropped photo of a {}.",
+    "a close-up photo of a {}.", "a photo of a small {}.", "a photo of a large {}.", "there is a {} in the scene.",
+]
+
+
+@dataclass
+class OpenVocabConfig:
+    """OVSeg-style open vocabulary (kind `open_vocab`): class-agnostic SAM mask proposals, each
+    classified by CLIP (open_clip) against prompts from unified class names and synonyms."""
+
+    clip_model: str = "ViT-L-14"  # an open_clip architecture name, or "custom" (then clip_config)
+    clip_config: Dict[str, Any] = field(default_factory=dict)  # open_clip model config (embed_dim, vision_cfg, text_cfg) for custom
+    checkpoint: Optional[str] = "clip_vit_l_14_laion2b"  # manifest name, file in checkpoint_dir, or path (open_clip format); null = random (tests, bench)
+    checkpoint_prefix: str = ""  # take only keys under this prefix, prefix removed (a mask-adapted CLIP inside a bigger checkpoint)
+    classes: List[str] = field(default_factory=list)  # unified class names it may predict; empty = all but unknown
+    synonyms: Dict[str, List[str]] = field(default_factory=dict)  # extra synonyms per unified class (added to labels/data/synonyms.csv)
+    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))  # prompt templates, "{}" = the class name
+    unknown_threshold: float = 0.2  # a proposal whose best class has a softmax probability below this stays unknown (0)
+    context: float = 0.1  # crop = the proposal's box grown by this fraction per side
+    mask_background: bool = True  # pixels outside the proposal are set to the mean colour (as OVSeg does)
+    clip_batch: int = 64  # proposals per CLIP forward pass
+    proposals: MaskModelConfig = field(default_factory=lambda: MaskModelConfig(kind="sam", min_area_px=100))  # the SAM that proposes regions
+
+
 @dataclass
 class ModelConfig:
     kind: str = "simulated"  # registry key: precomputed | simulated
@@ -58,6 +84,7 @@ class ModelConfig:
     fp16: bool = True  # float16 autocast on CUDA (no effect on CPU)
     checkpoint_dir: Optional[str] = None  # folder of checkpoints (presets: ${checkpoints.dir}); null: $LABELMAKER_CHECKPOINT_DIR
     mask2former: Mask2FormerConfig = field(default_factory=Mask2FormerConfig)
+    open_vocab: OpenVocabConfig = field(default_factory=OpenVocabConfig)
 
 
 @dataclass
@@ -124,7 +151,7 @@ def register_segmenter(kind: str):
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    from . import mask2former, precomputed, simulated  # noqa: F401  (register themselves)
+    from . import mask2former, open_vocab, precomputed, simulated  # noqa: F401  (register themselves)
 
     try:
         factory = _REGISTRY[cfg.kind]

@@ -41,8 +41,10 @@ def config_path(name: str) -> Path:
 
 def build_model(cfg: Mask2FormerConfig, allow_stand_in: bool = False, device: str = "cpu"):
     """A randomly initialised Mask2Former (eval mode, on `device`) from the mmseg config."""
+    from ..compat.torchvision_cpu import import_torchvision_if_installed
     from .mmcv_ops import ensure_mmcv_ops
 
+    import_torchvision_if_installed()  # mmseg imports timm when present, and timm imports torchvision
     ensure_mmcv_ops(allow_stand_in or cfg.allow_cpu_ops_stand_in, device)
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm

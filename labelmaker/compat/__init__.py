@@ -1,0 +1,1 @@
+"""Workarounds for third-party packages, each behind an explicit opt-in."""
