@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from .lazy import LazyModule
+
+torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["SamRefineConfig", "refine_with_masks"]
 
