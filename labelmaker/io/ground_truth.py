@@ -35,6 +35,18 @@ def find_ground_truth(input_dir: Path) -> Path | None:
     return folder if (folder / CLASSES).exists() else None
 
 
+def simulation_ground_truth(scene: str, input_dir: Path, who: str, fix: str,
+                            cached: "GroundTruth | None" = None) -> "GroundTruth":
+    """The synthetic ground truth that `who` (a simulated model or mask source) derives from;
+    bad input naming `fix` when the scene has none. Reuses `cached` when it is this scene's."""
+    if cached is not None and cached.scene == scene:
+        return cached
+    folder = find_ground_truth(input_dir)
+    if folder is None:
+        raise BadInputError(scene, input_dir, f"{who} is simulated and needs synthetic ground truth, which this scene has not", fix)
+    return GroundTruth(folder, scene)
+
+
 class GroundTruth:
     def __init__(self, folder: Path, scene: str):
         self.folder = Path(folder)

@@ -11,9 +11,8 @@ import zlib
 import numpy as np
 from scipy import ndimage
 
-from ..errors import BadInputError
 from ..frames import FrameBatch
-from ..io.ground_truth import GroundTruth, find_ground_truth
+from ..io.ground_truth import GroundTruth, simulation_ground_truth
 from ..io.images import resize_nearest
 from ..segmenters.base import SceneContext
 from .base import MaskModelConfig, SimulatedMaskNoise
@@ -27,14 +26,9 @@ class SimulatedMasks:
         self._gt: GroundTruth | None = None
 
     def _ground_truth(self, ctx: SceneContext) -> GroundTruth:
-        if self._gt is None or self._gt.scene != ctx.scene:
-            folder = find_ground_truth(ctx.input_dir)
-            if folder is None:
-                raise BadInputError(
-                    ctx.scene, ctx.input_dir, f"mask model '{self.name}' is simulated and needs synthetic ground truth, which this scene has not",
-                    "use simulated masks only on scenes made by `labelmaker synth`; configure kind=sam for real data",
-                )
-            self._gt = GroundTruth(folder, ctx.scene)
+        self._gt = simulation_ground_truth(ctx.scene, ctx.input_dir, f"mask model '{self.name}'",
+                                           "use simulated masks only on scenes made by `labelmaker synth`; configure kind=sam for real data",
+                                           self._gt)
         return self._gt
 
     def masks(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
