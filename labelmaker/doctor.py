@@ -38,12 +38,19 @@ def version(package: str) -> Optional[str]:
         return None
 
 
-def model_checkpoints(cfg: ModelConfig) -> list[str]:
+def model_checkpoints(cfg) -> list[str]:
     """A model's checkpoint specs: the `checkpoint` of its kind's own config section (the field
-    named like the kind, e.g. `mask2former` for kind mask2former), when it names one."""
+    named like the kind, e.g. `mask2former` for kind mask2former), when it names one, and those of
+    models inside it (the open-vocabulary model's SAM proposals)."""
     section = getattr(cfg, cfg.kind, None)
-    spec = getattr(section, "checkpoint", None) if dataclasses.is_dataclass(section) else None
-    return [spec] if spec else []
+    if not dataclasses.is_dataclass(section):
+        return []
+    specs = [section.checkpoint] if getattr(section, "checkpoint", None) else []
+    for f in dataclasses.fields(section):
+        inner = getattr(section, f.name)
+        if dataclasses.is_dataclass(inner) and isinstance(getattr(inner, "kind", None), str):
+            specs += model_checkpoints(inner)
+    return specs
 
 
 def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
