@@ -186,13 +186,8 @@ def test_doctor_finds_checkpoints_of_models_outside_segment_models():
     assert other_checkpoints(object()) == {}
 
 
-def test_doctor_checks_the_open_vocabulary_models_sam_proposals_too():
-    from labelmaker.config import load_config
+
+def test_doctor_finds_no_checkpoint_for_models_without_one():
     from labelmaker.doctor import model_checkpoints
 
-    cfg = load_config(["models=open_vocab"])[0]
-    (model,) = [m for m in cfg.segment.models.values() if m.kind == "open_vocab"]
-    specs = model_checkpoints(model)
-    assert model.open_vocab.checkpoint in specs
-    assert model.open_vocab.proposals.sam.checkpoint in specs and len(specs) == 2
     assert model_checkpoints(ModelConfig(kind="simulated")) == []

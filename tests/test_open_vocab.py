@@ -146,4 +146,4 @@ def test_presets_compose_into_typed_configs(tmp_path):
     assert ov.open_vocab.proposals.sam.checkpoint_dir == str(tmp_path) == cfg.masks.models["sam"].sam.checkpoint_dir
     for spec in (ov.open_vocab.checkpoint, ov.open_vocab.proposals.sam.checkpoint, cfg.masks.models["sam"].sam.checkpoint):
         assert spec in manifest()
-    assert model_checkpoints(ov) == ["clip_vit_l_14_laion2b"]
+    assert model_checkpoints(ov) == ["clip_vit_l_14_laion2b", "sam_vit_h"]  # doctor checks the SAM proposals too
