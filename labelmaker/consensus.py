@@ -16,16 +16,16 @@ the distinct prefixes before the next prediction is folded in.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .lazy import LazyModule
+from .refine import SamRefineConfig
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
-
-from .refine import SamRefineConfig
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
            "resolve_device", "dense_mapping"]
@@ -176,6 +176,7 @@ class _Scorer:
     inverse: torch.Tensor | None  # (pixels,) tuple index per pixel; None when there is nothing to vote on
     n_unique: int
     tuple_ids: list  # per prediction the (U,) source id of each tuple
+    sizes: list  # per prediction the size of its source label space
     classes: torch.Tensor  # (A,) unified ids scored, ascending
     # scores(start, stop) -> (votes (stop-start, A) >= 0, total (stop-start,) cast weight)
     scores: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None
@@ -194,7 +195,7 @@ def _plain_scorer(predictions, mappings, weights, n_classes: int, cfg: Consensus
     n_classes = int(n_classes)
     none = torch.zeros(0, dtype=torch.int64, device=device)
     if flat[0].numel() == 0:
-        return _Scorer(shape, None, 0, [], none, None, device)
+        return _Scorer(shape, None, 0, [], sizes, none, None, device)
     inverse, n_unique, tuple_ids = _distinct_tuples(flat, sizes, device)
 
     # Vote only over the unified classes some present source class stands for (ascending ids, so
@@ -205,7 +206,7 @@ def _plain_scorer(predictions, mappings, weights, n_classes: int, cfg: Consensus
         active |= (mat[torch.unique(ids)] > 0).any(0)
     classes = torch.nonzero(active).squeeze(1)
     if classes.numel() == 0:  # nothing maps to any class: all unknown
-        return _Scorer(shape, None, 0, [], none, None, device)
+        return _Scorer(shape, None, 0, [], sizes, none, None, device)
     dense = [mat[:, classes] for mat in dense]
     nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
 
@@ -213,7 +214,7 @@ def _plain_scorer(predictions, mappings, weights, n_classes: int, cfg: Consensus
         votes = torch.zeros((stop - start, int(classes.numel())), dtype=torch.float32, device=device)
         return _add_rows(votes, start, stop, tuple_ids, dense, nonempty, w)
 
-    return _Scorer(shape, inverse, n_unique, tuple_ids, classes, scores, device)
+    return _Scorer(shape, inverse, n_unique, tuple_ids, sizes, classes, scores, device)
 
 
 def _add_rows(out: torch.Tensor, start: int, stop: int, tuple_ids, tables, nonempty, weights) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,6 +350,11 @@ class Calibration:
     log_likelihood: list  # per prediction an (S_m, A) float32 array: log P(source id s | unified class)
     log_prior: np.ndarray  # (A,) float32 log P(class) (up to a constant)
 
+    def fingerprint(self) -> str:
+        """A hash of the tables: what the consensus shards voted with."""
+        blob = b"".join(np.ascontiguousarray(a).tobytes() for a in [self.classes, self.log_prior, *self.log_likelihood])
+        return hashlib.sha256(blob).hexdigest()[:16]
+
 
 def calibrate(counts: Sequence[np.ndarray], wins: np.ndarray, mappings: Sequence[Any], n_classes: int,
               cfg: ConsensusConfig, prior: Sequence[float] | None = None) -> Calibration:
@@ -408,7 +414,7 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
             raise ValueError(f"calibration table {i} has shape {np.shape(table)}, expected {(size, len(calibration.classes))}")
     classes = torch.as_tensor(np.asarray(calibration.classes, dtype=np.int64), device=device)
     if flat[0].numel() == 0 or classes.numel() == 0:
-        return _Scorer(shape, None, 0, [], classes, None, device)
+        return _Scorer(shape, None, 0, [], sizes, classes, None, device)
     inverse, n_unique, tuple_ids = _distinct_tuples(flat, sizes, device)
     tables = [torch.as_tensor(np.asarray(t, dtype=np.float32), device=device) for t in calibration.log_likelihood]
     nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
@@ -419,7 +425,7 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
         log_post, total = _add_rows(log_prior.expand(stop - start, -1).clone(), start, stop, tuple_ids, tables, nonempty, w)
         return torch.softmax(log_post, dim=1) * total.unsqueeze(1), total
 
-    return _Scorer(shape, inverse, n_unique, tuple_ids, classes, scores, device)
+    return _Scorer(shape, inverse, n_unique, tuple_ids, sizes, classes, scores, device)
 
 
 def class_counts(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
@@ -438,7 +444,7 @@ def class_counts(predictions: Sequence[Any], mappings: Sequence[Any], weights: S
     """
     scorer = _calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg) if calibration is not None \
         else _plain_scorer(predictions, mappings, weights, n_classes, cfg, prior)
-    sizes = [int(_mapping_arrays(m, i, n_classes, torch.device("cpu"))[0].numel()) - 1 for i, m in enumerate(mappings)]
+    sizes = scorer.sizes
     out = [np.zeros((size, int(n_classes)), np.float64) for size in sizes]
     wins = np.zeros(int(n_classes), np.int64)
     if scorer.scores is None:

@@ -22,7 +22,6 @@ from .hashes import REPORT_CONFIG, consensus_input_hash, evaluate_input_hash, ev
 from .records import StageOutcome, run_stage
 
 
-
 @dataclass
 class ResourceConfig:
     """One stage's request: base values plus a slope per 1000 frames."""

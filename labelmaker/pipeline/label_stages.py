@@ -7,7 +7,6 @@ work is per frame so that a killed stage resumes without redoing finished shards
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -28,7 +27,7 @@ from ..workspace import Workspace, atomic_path, write_json_atomic
 from .hashes import consensus_input_hash, lift_input_hash, segment_config
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
-from .stages import require_done
+from .stages import FrameShardPass, require_done
 
 
 @dataclass
@@ -73,31 +72,21 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
         ctx = scene_context(ws)
         runner = _image_runner(segmenter, cfg, model)
         shards = ws.prediction_shards(model)
-        shards.remove_stale_temporaries()
-        n_shards, fingerprints, reused = ws.frame_shard_count(), [], 0
-        with tqdm(total=int(imported["summary"]["n_frames"]), desc=f"segment {model}", unit="frame", disable=not progress) as bar:
-            for i in range(n_shards):
-                fp = stable_hash([cfg_hash, ws.frame_shard_fingerprint(i)])
-                fingerprints.append(fp)
-                if shards.fingerprint(i) == fp:
-                    reused += 1
-                    bar.update(int(imported["summary"]["shard_size"]))
-                    continue
-                batch = ws.read_frame_shard(i)
-                if runner is None:
-                    votes = {"labels": np.asarray(segmenter.predict(batch, ctx))}
-                else:
-                    _check_min_size(segmenter, batch.color.shape, ctx.scene, ws.frame_shards.path(i), model)
-                    pred = runner.run(batch.color, batch.upright, ctx.scene)
-                    votes = {"labels": pred.labels, **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {})}
-                for labels in votes.values():
-                    _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
-                shards.write(i, {k: v.astype(np.uint16) for k, v in votes.items()}, fp, attrs={"label_space": space.name, "model": model})
-                bar.update(len(batch))
-        shards.remove_from(n_shards)
-        return {"model": model, "label_space": space.name, "shards": n_shards, "shards_reused": reused,
+        walk = FrameShardPass(ws, shards, cfg_hash, imported, f"segment {model}", progress)
+        for i, fp in walk:
+            batch = ws.read_frame_shard(i)
+            if runner is None:
+                votes = {"labels": np.asarray(segmenter.predict(batch, ctx))}
+            else:
+                _check_min_size(segmenter, batch.color.shape, ctx.scene, ws.frame_shards.path(i), model)
+                pred = runner.run(batch.color, batch.upright, ctx.scene)
+                votes = {"labels": pred.labels, **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {})}
+            for labels in votes.values():
+                _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
+            shards.write(i, {k: v.astype(np.uint16) for k, v in votes.items()}, fp, attrs={"label_space": space.name, "model": model})
+        return {"model": model, "label_space": space.name, "shards": walk.n_shards, "shards_reused": walk.reused,
                 **(_runner_summary(segmenter, runner) if runner is not None else {}),
-                "output_hash": stable_hash(fingerprints)}
+                "output_hash": walk.output_hash}
 
     return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
 
@@ -174,8 +163,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         calibration, calibration_fp = None, None
         if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
             calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]), progress)
-            calibration_fp = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in
-                                                     [calibration.classes, calibration.log_prior, *calibration.log_likelihood])).hexdigest()[:16]
+            calibration_fp = calibration.fingerprint()
         fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):

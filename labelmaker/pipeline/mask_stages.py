@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import BadInputError
 from ..masks import MaskModelConfig, build_mask_model
 from ..refine import SamRefineConfig, refine_with_masks
 from ..workspace import Workspace
 from .records import StageOutcome, run_stage, stable_hash
-from .stages import require_done
+from .stages import FrameShardPass, require_done
 
 
 def mask_stage(model: str) -> str:
@@ -35,28 +34,19 @@ def masks_scene(ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = F
         generator = build_mask_model(model, cfg)
         ctx = scene_context(ws)
         shards = ws.mask_shards(model)
-        shards.remove_stale_temporaries()
-        n_shards, fingerprints, reused, n_masks, n_frames = ws.frame_shard_count(), [], 0, 0, 0
-        with tqdm(total=int(imported["summary"]["n_frames"]), desc=f"masks {model}", unit="frame", disable=not progress) as bar:
-            for i in range(n_shards):
-                fp = stable_hash([cfg_hash, ws.frame_shard_fingerprint(i)])
-                fingerprints.append(fp)
-                if shards.fingerprint(i) == fp:
-                    reused += 1
-                    bar.update(int(imported["summary"]["shard_size"]))
-                    continue
-                batch = ws.read_frame_shard(i)
-                ids = np.asarray(generator.masks(batch, ctx))
-                if ids.shape != batch.color.shape[:3]:
-                    raise BadInputError(ctx.scene, None, f"mask model '{model}' returned id maps of shape {ids.shape}, expected {batch.color.shape[:3]}",
-                                        "fix the mask model so that it gives one id map per frame at the colour raster")
-                shards.write(i, {"ids": ids.astype(np.uint16)}, fp, attrs={"model": model})
-                n_masks += int(sum(len(np.unique(f)) - int((f == 0).any()) for f in ids))
-                n_frames += len(ids)
-                bar.update(len(batch))
-        shards.remove_from(n_shards)
-        return {"model": model, "shards": n_shards, "shards_reused": reused,
-                "masks_per_frame": round(n_masks / n_frames, 1) if n_frames else None, "output_hash": stable_hash(fingerprints)}
+        walk = FrameShardPass(ws, shards, cfg_hash, imported, f"masks {model}", progress)
+        n_masks, n_frames = 0, 0
+        for i, fp in walk:
+            batch = ws.read_frame_shard(i)
+            ids = np.asarray(generator.masks(batch, ctx))
+            if ids.shape != batch.color.shape[:3]:
+                raise BadInputError(ctx.scene, None, f"mask model '{model}' returned id maps of shape {ids.shape}, expected {batch.color.shape[:3]}",
+                                    "fix the mask model so that it gives one id map per frame at the colour raster")
+            shards.write(i, {"ids": ids.astype(np.uint16)}, fp, attrs={"model": model})
+            n_masks += int(sum(len(np.unique(f)) - int((f == 0).any()) for f in ids))
+            n_frames += len(ids)
+        return {"model": model, "shards": walk.n_shards, "shards_reused": walk.reused,
+                "masks_per_frame": round(n_masks / n_frames, 1) if n_frames else None, "output_hash": walk.output_hash}
 
     return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
 

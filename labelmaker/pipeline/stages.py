@@ -48,6 +48,42 @@ def require_done(ws: Workspace, stage: str, needed: str) -> dict:
     return record
 
 
+class FrameShardPass:
+    """The shard-by-shard walk of a per-frame stage (segment, masks) over the imported frames.
+
+    Each output shard's fingerprint is the stage config's hash with its frame shard's
+    fingerprint; a shard already written with it is kept (so a killed stage resumes), and the
+    others are yielded as (index, fingerprint) for the stage to compute and write. The progress
+    bar counts frames; at the end, output shards beyond the frame shards are removed.
+    """
+
+    def __init__(self, ws: Workspace, out, cfg_hash: str, imported: dict, desc: str, progress: bool):
+        self.ws, self.out, self.cfg_hash = ws, out, cfg_hash
+        self.n_frames = int(imported["summary"]["n_frames"])
+        self.shard_size = int(imported["summary"]["shard_size"])
+        self.desc, self.progress = desc, progress
+        self.n_shards = ws.frame_shard_count()
+        self.fingerprints: list[str] = []
+        self.reused = 0
+
+    def __iter__(self):
+        self.out.remove_stale_temporaries()
+        with tqdm(total=self.n_frames, desc=self.desc, unit="frame", disable=not self.progress) as bar:
+            for i in range(self.n_shards):
+                fp = stable_hash([self.cfg_hash, self.ws.frame_shard_fingerprint(i)])
+                self.fingerprints.append(fp)
+                if self.out.fingerprint(i) == fp:
+                    self.reused += 1
+                else:
+                    yield i, fp
+                bar.update(max(0, min(self.shard_size, self.n_frames - i * self.shard_size)))
+        self.out.remove_from(self.n_shards)
+
+    @property
+    def output_hash(self) -> str:
+        return stable_hash(self.fingerprints)
+
+
 def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: bool = True) -> StageOutcome:
     """Stage `fuse`: TSDF-fuse the imported frames into mesh.ply."""
     imported = require_done(ws, "fuse", "import")
