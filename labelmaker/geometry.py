@@ -9,7 +9,10 @@ Conventions used everywhere in labelmaker:
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
+
+from .lazy import LazyModule
+
+transform = LazyModule("scipy.spatial.transform")  # 0.5 s to load; `status` never needs it
 
 # ARKit (and OpenGL) cameras look down -z with y up; OpenCV looks down +z with y down.
 ARKIT_TO_OPENCV_CAMERA = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -34,7 +37,7 @@ def invert_transforms(T: np.ndarray) -> np.ndarray:
 
 def axis_angle_to_transforms(rotvec: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(N,3) rotation vectors and (N,3) translations to (N,4,4) transforms."""
-    return make_transforms(Rotation.from_rotvec(rotvec).as_matrix(), t)
+    return make_transforms(transform.Rotation.from_rotvec(rotvec).as_matrix(), t)
 
 
 def camera_centres(T_cw: np.ndarray) -> np.ndarray:
@@ -70,7 +73,7 @@ def interpolate_poses(
     out = np.tile(np.eye(4), (len(query), 1, 1))
     if ok.any():
         q = query[ok]
-        slerp = Slerp(times, Rotation.from_matrix(T_wc[:, :3, :3]))
+        slerp = transform.Slerp(times, transform.Rotation.from_matrix(T_wc[:, :3, :3]))
         R_wc = slerp(q).as_matrix()
         centres = np.stack([np.interp(q, times, T_wc[:, i, 3]) for i in range(3)], axis=-1)
         out[ok] = invert_transforms(make_transforms(R_wc, centres))

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from .lazy import LazyModule
 
 o3d = LazyModule("open3d")  # loaded on first use (see lazy.py)
+transform = LazyModule("scipy.spatial.transform")
 
 # name, visualisation colour (classes.json, GT mesh), base albedo for rendering
 _CLASSES = (
@@ -829,7 +829,7 @@ def _write_metadata(root: Path, video_id: str, visit_id: int, sky_direction: str
 
 
 def _write_traj(path: Path, timestamps: np.ndarray, poses_cw: np.ndarray) -> None:
-    rotvecs = Rotation.from_matrix(poses_cw[:, :3, :3]).as_rotvec()
+    rotvecs = transform.Rotation.from_matrix(poses_cw[:, :3, :3]).as_rotvec()
     lines = [f"{ts:.3f} " + " ".join(f"{x:.8f}" for x in (*r, *T[:3, 3]))
              for ts, r, T in zip(timestamps, rotvecs, poses_cw)]
     path.write_text("\n".join(lines) + "\n")

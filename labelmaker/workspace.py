@@ -11,6 +11,8 @@ Layout of one scene's folder:
     labels/                  lifted labels and their exports (see OUTPUTS)
     eval/, report/           scores, plots and pictures
     state/<stage>.json       the stage record: running / done / failed, with hashes and timings
+    state_index.json         the status fields of every record in one file (`labelmaker status`
+                             reads one small file per scene instead of parsing every record)
     logs/
 
 Every file is written under a temporary name in its final folder, flushed, fsynced and
@@ -19,8 +21,10 @@ renamed, so a reader never sees half a file. Readers trust only what a done-reco
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +43,13 @@ MESH_FILE = "mesh.ply"
 PRED_DIR = "pred"
 CONSENSUS_DIR = "consensus"
 MASKS_DIR = "masks"
+STATE_INDEX_FILE = "state_index.json"
+STATE_LOCK_FILE = ".state.lock"
+# What the state index keeps of each stage record: what `labelmaker status` needs (not the
+# record's config, versions or summary, which make up most of its bytes).
+STATE_INDEX_FIELDS = ("status", "attempt", "error_class", "error", "seconds", "started", "ended", "pid", "host",
+                      "config_hash", "input_hash", "output_hash")
+STATE_LOCK_TIMEOUT_S = 10.0
 SHARD_PATTERN = "shard-{:05d}.h5"
 
 # Per-scene output files by logical name; callers ask `Workspace.output_path(name)`.
@@ -93,6 +104,32 @@ def atomic_path(final: Path) -> Iterator[Path]:
 def write_json_atomic(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if needed). OSError when the file system has
+    no locks or someone holds it longer than `timeout_s`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"{path} stayed locked for {timeout_s:.0f}s") from None
+                time.sleep(0.005)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def is_derived(path: Path) -> bool:
+    """A file a workspace rebuilds from its other files (the state index, its lock): copies of a
+    workspace leave it out and rebuild it."""
+    return Path(path).name in (STATE_INDEX_FILE, STATE_LOCK_FILE)
 
 
 def is_temporary(path: Path) -> bool:
@@ -199,6 +236,16 @@ class Workspace:
         """Where output `name` (a key of OUTPUTS) lives; write it through atomic_path."""
         return self.root / OUTPUTS[name]
 
+    def path_for_record(self, path: str | Path) -> str:
+        """How a record stores `path`: relative when inside the workspace. A stage may run on a
+        node-local copy of the workspace (cluster/scratch.py); its records must hold for the shared one."""
+        path = Path(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+
+    def path_from_record(self, stored: str) -> Path:
+        """The path a record stored with `path_for_record`."""
+        return self.root / stored if not Path(stored).is_absolute() else Path(stored)
+
     # -- mesh ------------------------------------------------------------------------------------
     @property
     def mesh_path(self) -> Path:
@@ -246,7 +293,51 @@ class Workspace:
             return None
 
     def write_state(self, stage: str, record: dict) -> None:
+        """Write a stage record, then bring the state index up to date."""
         write_json_atomic(self._state_path(stage), record)
+        self.refresh_state_index()
+
+    def refresh_state_index(self) -> bool:
+        """Rewrite the state index from the records on disk, under the scene's lock (stages of one
+        scene may write records at the same time, from different nodes).
+
+        The index carries the state folder's mtime taken before the records are read: any record
+        renamed in afterwards changes that mtime, so a reader can tell a current index from one a
+        killed writer left behind. Without working locks the index is removed instead (readers
+        then read the records). Returns whether an index was written.
+        """
+        index = self.root / STATE_INDEX_FILE
+        try:
+            with locked(self.root / STATE_LOCK_FILE, STATE_LOCK_TIMEOUT_S):
+                stamp = self.state_stamp()
+                records = {}
+                for path in sorted((self.root / STATE_DIR).glob("*.json")):
+                    if is_temporary(path):
+                        continue
+                    try:
+                        record = json.loads(path.read_bytes())
+                    except (FileNotFoundError, ValueError):
+                        continue
+                    records[path.stem] = {k: record.get(k) for k in STATE_INDEX_FIELDS}
+                write_json_atomic(index, {"stamp": stamp, "records": records})
+            return True
+        except OSError:
+            index.unlink(missing_ok=True)
+            return False
+
+    def read_state_index(self, stages: list[str]) -> dict[str, dict | None] | None:
+        """The index fields (STATE_INDEX_FIELDS) of the records of `stages`, from the state index;
+        None when there is no index or records changed since it was written."""
+        try:
+            stamp = os.stat(os.path.join(str(self.root), STATE_DIR)).st_mtime_ns
+            with open(os.path.join(str(self.root), STATE_INDEX_FILE), "rb") as fh:
+                index = json.loads(fh.read())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(index, dict) or index.get("stamp") != stamp:
+            return None
+        records = index.get("records") or {}
+        return {stage: records.get(stage) for stage in stages}
 
     def is_done(self, stage: str) -> bool:
         record = self.read_state(stage)

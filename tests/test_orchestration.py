@@ -235,8 +235,8 @@ def test_discover_scenes_folder_and_list(tmp_path):
 
 
 def test_status_cache_sees_every_change(tmp_path):
-    """Cached records are reused only while the state folder is unchanged; a newer record wins."""
-    from labelmaker.pipeline.state import RecordCache
+    """Cached states are reused only while the state folder is unchanged; a newer record wins."""
+    from labelmaker.pipeline.state import StateCache
 
     cfg = _cfg()
     graph = scene_graph(cfg)
@@ -247,19 +247,19 @@ def test_status_cache_sees_every_change(tmp_path):
     old = time_ns() - 10_000_000_000
     os.utime(ws.root / "state", ns=(old, old))  # as if written 10 s ago: cacheable
     path = tmp_path / "cache.pickle"
-    cache = RecordCache(path)
+    cache = StateCache(path)
     assert reader.scene("a", ws.root, cache).stages["import"].status == "done"
     cache.save()
     assert path.exists()
-    cache = RecordCache(path)
+    cache = StateCache(path)
     assert reader.scene("a", ws.root, cache).stages["import"].status == "done"  # from the cache
     ws.write_state("import", {"status": "failed", "attempt": 2, "error_class": "timeout", "error": "late"})
-    state = reader.scene("a", ws.root, RecordCache(path))
+    state = reader.scene("a", ws.root, StateCache(path))
     assert state.stages["import"].status == "failed" and state.stages["import"].error_class == "timeout"
     # a record written just now is never cached (coarse file times could hide the next write)
-    fresh = RecordCache(path)
-    fresh.entry(str(ws.root), reader.names)
-    assert str(ws.root) not in fresh.entries or fresh.entries[str(ws.root)]["stamp"] < fresh.now_ns - fresh.RACY_NS
+    fresh = StateCache(path)
+    reader.scene("a", ws.root, fresh)
+    assert str(ws.root) not in fresh.entries or fresh.entries[str(ws.root)][0] < fresh.now_ns - fresh.RACY_NS
 
 
 def test_submission_without_journaled_jobs_is_recovered_or_dropped(tmp_path, monkeypatch):

@@ -1,12 +1,13 @@
 """`labelmaker status` must answer fast over thousands of scenes: loading the config schema and
-the batch commands must not load torch or open3d (about 2 s), which status never needs."""
+the batch commands must not load torch, open3d (about 2 s) or scipy.spatial (0.5 s), which status
+never needs."""
 import subprocess
 import sys
 
 
-def test_config_and_batch_commands_do_not_load_torch_or_open3d():
+def test_config_and_batch_commands_do_not_load_torch_open3d_or_scipy_spatial():
     code = ("import sys, labelmaker.config, labelmaker.pipeline.commands, labelmaker.cli; "
-            "print(sorted(m for m in ('torch', 'open3d') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'open3d', 'scipy.spatial') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
 

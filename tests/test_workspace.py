@@ -96,3 +96,87 @@ def test_run_stage_records_done_failed_and_skips(tmp_path):
     assert record["status"] == "failed" and record["error_class"] == "bad_input"
     assert "f.png" in record["error"] and not ws.is_done("demo")
     assert record["attempt"] == 4
+
+
+def _index_matches_records(ws, names):
+    from labelmaker.pipeline.state import compact
+
+    return ws.read_state_index(names) == {n: compact(r) for n, r in ws.read_states(names).items()}
+
+
+def test_state_index_follows_every_record_write(tmp_path):
+    """`status` reads one index per scene; it must say what the records say after each write."""
+    ws = Workspace(tmp_path / "s")
+    names = ["import", "fuse", "lift"]
+    ws.write_state("import", {"status": "running", "attempt": 1, "config": {"big": list(range(50))}})
+    assert _index_matches_records(ws, names)
+    ws.write_state("import", {"status": "done", "attempt": 1, "output_hash": "abc", "summary": {"n_frames": 3}})
+    ws.write_state("fuse", {"status": "failed", "attempt": 2, "error_class": "bad_input", "error": "no depth"})
+    index = ws.read_state_index(names)
+    assert index["import"]["status"] == "done" and index["import"]["output_hash"] == "abc"
+    assert index["fuse"]["error_class"] == "bad_input" and index["lift"] is None
+    assert "summary" not in index["import"] and "config" not in index["import"]
+    assert _index_matches_records(ws, names)
+
+
+def test_a_record_written_behind_the_index_makes_it_unused(tmp_path):
+    """A writer killed between its record and the index update: the folder's mtime moved on, so
+    the index is not trusted, and status reads the records."""
+    import json
+    import os
+
+    from labelmaker.config import load_config
+    from labelmaker.pipeline.graph import scene_graph
+    from labelmaker.pipeline.state import StateCache, StateReader
+
+    ws = Workspace(tmp_path / "s")
+    ws.write_state("import", {"status": "running", "attempt": 1})
+    old = os.stat(ws.root / "state").st_mtime_ns
+    (ws.root / "state" / "import.json").write_text(json.dumps({"status": "failed", "attempt": 1, "error_class": "crashed"}))
+    os.utime(ws.root / "state", ns=(old + 10**9, old + 10**9))  # the rename's new mtime (same tick impossible here)
+    assert ws.read_state_index(["import"]) is None
+    cfg, _ = load_config(["models=simulated", "progress=false"])
+    state = StateReader(cfg, scene_graph(cfg)).scene("s", ws.root, StateCache(None, use_index=True))
+    assert state.stages["import"].status == "failed" and state.stages["import"].error_class == "crashed"
+    assert ws.refresh_state_index() and _index_matches_records(ws, ["import"])
+
+
+def test_without_file_locks_the_index_is_removed_not_left_stale(tmp_path, monkeypatch):
+    import fcntl
+
+    ws = Workspace(tmp_path / "s")
+    ws.write_state("import", {"status": "running", "attempt": 1})
+    assert ws.read_state_index(["import"]) is not None
+
+    def no_locks(fd, op):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ws.write_state("import", {"status": "done", "attempt": 1})
+    assert not (ws.root / "state_index.json").exists() and ws.read_state_index(["import"]) is None
+    assert ws.read_state("import")["status"] == "done"
+
+
+def _write_many(root: str, stage: str, n: int) -> None:
+    ws = Workspace(root)
+    for i in range(n):
+        ws.write_state(stage, {"status": "running" if i < n - 1 else "done", "attempt": i + 1})
+
+
+def test_concurrent_writers_of_one_scene_leave_a_current_index(tmp_path):
+    """Stages of one scene write records at the same time (segment models side by side)."""
+    import multiprocessing
+
+    ws = Workspace(tmp_path / "s")
+    ws.create()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(ws.root), f"segment-m{k}", 30)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    names = [f"segment-m{k}" for k in range(3)]
+    index = ws.read_state_index(names)
+    assert index is not None and all(index[n]["status"] == "done" and index[n]["attempt"] == 30 for n in names)
+    assert _index_matches_records(ws, names)

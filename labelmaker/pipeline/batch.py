@@ -24,7 +24,7 @@ from ..workspace import BatchFolder, Workspace
 from .executors import Executor, Task, make_executor
 from .graph import StageSpec, scale, scene_graph
 from .journal import Journal
-from .state import RecordCache, SceneState, StateReader
+from .state import StateCache, SceneState, StateReader
 
 log = logging.getLogger("labelmaker.batch")
 
@@ -124,7 +124,7 @@ class Controller:
         self.graph = scene_graph(cfg)
         self.specs = {s.name: s for s in self.graph}
         self.reader = StateReader(cfg, self.graph)
-        self.cache = RecordCache(None)
+        self.cache = StateCache(None)
         self.journal = Journal(folder.journal_path)
         self.executor = executor or make_executor(cfg.cluster, folder.jobs_dir)
         self.started = time.time()

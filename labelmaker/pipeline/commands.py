@@ -15,7 +15,7 @@ from ..workspace import BatchFolder, atomic_path
 from .batch import Controller, SceneInput, discover_scenes
 from .graph import scene_graph
 from .journal import Journal
-from .state import RecordCache, SceneState, StateReader, counts
+from .state import StateCache, SceneState, StateReader, counts
 
 STATUS_ORDER = ("done", "stale", "queued", "running", "pending", "failed", "dependency_failed")
 
@@ -60,7 +60,7 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
 
 def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[SceneState]:
     reader = StateReader(cfg, scene_graph(cfg))
-    cache = RecordCache(folder.status_cache_path)
+    cache = StateCache(folder.status_cache_path, use_index=True)
     states = [reader.scene(s.scene, s.workspace, cache) for s in scenes]
     cache.save()
     flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}

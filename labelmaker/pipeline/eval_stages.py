@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from ..consensus import ConsensusConfig, vote
@@ -51,6 +50,8 @@ def transfer_labels(gt_mesh, gt_labels: np.ndarray, vertices: np.ndarray, max_di
     """
     out = np.zeros(len(vertices), dtype=np.int64)
     if not len(gt_mesh.triangles):
+        from scipy.spatial import cKDTree  # here: 0.2 s to load, and `status` imports this module
+
         dist, idx = cKDTree(gt_mesh.vertices).query(vertices, distance_upper_bound=max_distance)
         near = np.isfinite(dist)
         out[near] = gt_labels[idx[near]]
@@ -91,7 +92,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
             raise BadInputError(ws.scene, None, "no ground truth to evaluate against", "set evaluate.ground_truth to a ground-truth folder")
         unified = unified_space()
         n = len(unified.ids)
-        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         gt_mesh = gt.mesh()
         gt3d = transfer_labels(gt_mesh, gt.vertex_labels(), mesh.vertices, cfg.max_distance_m)
         results3d = {"lifted consensus": scores(confusion_matrix(np.load(ws.output_path("labels")), gt3d, n))}
@@ -109,7 +110,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
             "miou_3d": {k: round(v.miou, 4) for k, v in results3d.items()},
             "accuracy_3d": {k: round(v.accuracy, 4) for k, v in results3d.items()},
             "miou_2d": {k: round(v.miou, 4) for k, v in results2d.items()},
-            "scores": str(ws.output_path("scores")),
+            "scores": ws.path_for_record(ws.output_path("scores")),
         }
 
     return run_stage(ws, "evaluate", dataclasses.asdict(cfg), input_hash, body, force=force)
@@ -161,7 +162,7 @@ def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = Fals
 
     def body() -> dict:
         unified = unified_space()
-        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         labels = np.load(ws.output_path("labels")).astype(np.int64)
         if not len(mesh.triangles):
             raise BadInputError(ws.scene, lifted["summary"]["mesh"], "the report renders triangle meshes; this is a point cloud",
@@ -178,6 +179,6 @@ def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = Fals
         ids = sorted(present - {0})
         legend = legend_image(ids, [unified.names[i] for i in ids], unified.colors[ids])
         write_png(ws.output_path("preview"), side_by_side([*images, legend], [*titles, "classes"]))
-        return {"preview": str(ws.output_path("preview"))}
+        return {"preview": ws.path_for_record(ws.output_path("preview"))}
 
     return run_stage(ws, "report", REPORT_CONFIG, lifted["output_hash"], body, force=force)

@@ -40,11 +40,12 @@ def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str],
     return stable_hash(mesh_id)
 
 
-def evaluate_inputs(models: Mapping, lift_cfg) -> list:
-    """The part of evaluate's inputs that is the same for every scene (a batch computes it once)."""
-    return [{n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)]
+def evaluate_inputs(models: Mapping, lift_cfg) -> str:
+    """The hash of evaluate's inputs that are the same for every scene (the models' and the
+    lifting's configs): a batch computes it once, not once per scene."""
+    return stable_hash([{n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)])
 
 
-def evaluate_input_hash(lift_output: Optional[str], inputs: list) -> str:
+def evaluate_input_hash(lift_output: Optional[str], inputs: str) -> str:
     """inputs: `evaluate_inputs(models, lift_cfg)`."""
-    return stable_hash([lift_output, *inputs])
+    return stable_hash([lift_output, inputs])

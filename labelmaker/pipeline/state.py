@@ -15,6 +15,7 @@ Status of one stage of one scene:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -22,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from ..workspace import Workspace
+from ..workspace import STATE_INDEX_FIELDS, Workspace
 from .graph import StageSpec, expected_input_hash, input_constants, stage_config
 from .records import stable_hash
 
@@ -90,20 +91,20 @@ class StateReader:
         self.names = [spec.name for spec in graph]
         self.key = stable_hash([self.names, self.config_hashes, self.consts])
 
-    def scene(self, scene: str, workspace: str, cache: "RecordCache | None" = None) -> SceneState:
-        """A scene's state; with a cache, records and (unless something runs) the derived state
-        are reused while the scene's state folder is unchanged. Stage states are shared: replace,
-        never mutate them."""
+    def scene(self, scene: str, workspace: str, cache: "StateCache | None" = None) -> SceneState:
+        """A scene's state; with a cache, the derived state is reused while the scene's state
+        folder is unchanged (and nothing of it runs)."""
+        workspace = str(workspace)
         if cache is None:
             return self.from_records(scene, workspace, Workspace(workspace).read_states(self.names))
-        entry = cache.entry(workspace, self.names)
-        derived = entry["derived"].get(self.key)
-        if derived is not None:
-            return SceneState(scene, str(workspace), dict(derived))
-        state = self.from_records(scene, workspace, entry["records"])
-        if entry["cacheable"] and all(s.status != "running" for s in state.stages.values()):
-            entry["derived"][self.key] = state.stages
-            cache.dirty = True
+        ws = Workspace(workspace)
+        stamp = ws.state_stamp()
+        stages = cache.lookup(workspace, stamp, self.key)
+        if stages is not None:
+            return SceneState(scene, str(workspace), stages)
+        state = self.from_records(scene, workspace, cache.records(ws, self.names))
+        if all(s.status != "running" for s in state.stages.values()):
+            cache.store(workspace, stamp, self.key, state.stages)
         return state
 
     def from_records(self, scene: str, workspace: str, records: dict[str, Optional[dict]]) -> SceneState:
@@ -150,55 +151,71 @@ def counts(states: Iterable[SceneState]) -> dict:
     return {"scenes": dict(scenes), "stages": {k: dict(v) for k, v in per_stage.items()}, "error_classes": dict(classes)}
 
 
-_COMPACT = ("status", "attempt", "error_class", "error", "seconds", "started", "ended", "pid", "host",
-            "config_hash", "input_hash", "output_hash")
-
-
 def compact(record: dict | None) -> dict | None:
-    """The fields of a stage record that state needs (not its config, versions, summary)."""
+    """The fields of a stage record that state needs (not its config, versions, summary): those
+    the workspace's state index keeps."""
     if record is None:
         return None
-    return {k: record.get(k) for k in _COMPACT}
+    return {k: record.get(k) for k in STATE_INDEX_FIELDS}
 
 
-class RecordCache:
-    """Compact records per workspace, reused while the workspace's state folder is unchanged.
+_STAGE_FIELDS = tuple(f.name for f in dataclasses.fields(StageState))
+
+
+class StateCache:
+    """Derived scene states per workspace, reused while the workspace's state folder is unchanged.
 
     A folder changed within the last 2 s is never cached (file times are coarse: a record
     written in the same tick as the cache was taken must not hide), so a hit is always exact.
+    States are kept per config key: a batch read under another config derives them again.
+    With `use_index`, records are read from the workspace's state index (one small file) when
+    it is current, else from the records themselves. `status` uses the index; the controller,
+    which decides what to submit, reads the records.
+    On disk (`path`) the states are plain tuples: a pickle of 5,000 scenes loads in 0.1 s.
     """
 
     RACY_NS = 2_000_000_000
+    VERSION = 2  # of the file's layout
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, use_index: bool = False):
         import pickle
         import time
 
         self.path = path
+        self.use_index = use_index
         self.now_ns = time.time_ns()
-        self.entries: dict = {}
+        self.entries: dict = {}  # workspace -> (stamp, {config key: ((stage, *fields), ...)})
         self.dirty = False
         if path is not None and path.exists():
             try:
                 with open(path, "rb") as fh:
-                    self.entries = pickle.load(fh)
+                    saved = pickle.load(fh)
+                if saved.get("version") == self.VERSION:
+                    self.entries = saved["entries"]
             except Exception:  # unreadable cache: rebuild
                 self.entries = {}
 
-    def entry(self, workspace: str, names: list[str]) -> dict:
-        """{records, derived, cacheable} of one workspace, from the cache while unchanged."""
-        ws = Workspace(workspace)
-        stamp = ws.state_stamp()
+    def lookup(self, workspace: str, stamp: int | None, key: str) -> dict[str, StageState] | None:
         hit = self.entries.get(workspace)
-        if hit is not None and stamp is not None and hit["stamp"] == stamp and hit["names"] == tuple(names):
-            return hit
-        records = {name: compact(rec) for name, rec in ws.read_states(names).items()}
-        entry = {"stamp": stamp, "names": tuple(names), "records": records, "derived": {},
-                 "cacheable": stamp is not None and stamp < self.now_ns - self.RACY_NS}
-        if entry["cacheable"]:
-            self.entries[workspace] = entry
-            self.dirty = True
-        return entry
+        if hit is None or stamp is None or hit[0] != stamp or key not in hit[1]:
+            return None
+        return {fields[0]: StageState(*fields) for fields in hit[1][key]}
+
+    def records(self, ws: Workspace, names: list[str]) -> dict[str, dict | None]:
+        """The state fields of the records of `names` (index first, with `use_index`)."""
+        records = ws.read_state_index(names) if self.use_index else None
+        if records is None:
+            records = {name: compact(rec) for name, rec in ws.read_states(names).items()}
+        return records
+
+    def store(self, workspace: str, stamp: int | None, key: str, stages: dict[str, StageState]) -> None:
+        if stamp is None or stamp >= self.now_ns - self.RACY_NS:
+            return
+        hit = self.entries.get(workspace)
+        keyed = hit[1] if hit is not None and hit[0] == stamp else {}
+        keyed[key] = tuple(tuple(getattr(s, f) for f in _STAGE_FIELDS) for s in stages.values())
+        self.entries[workspace] = (stamp, keyed)
+        self.dirty = True
 
     def save(self) -> None:
         import pickle
@@ -209,4 +226,4 @@ class RecordCache:
             return
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as fh:
-                pickle.dump(self.entries, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump({"version": self.VERSION, "entries": self.entries}, fh, protocol=pickle.HIGHEST_PROTOCOL)
