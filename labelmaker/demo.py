@@ -60,7 +60,7 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
         for method, miou in ev["miou_3d"].items():
             lines[f"3D mIoU {method}"] = f"{miou:.3f} (accuracy {ev['accuracy_3d'][method]:.3f})"
         lines["2D mIoU"] = ", ".join(f"{k} {v:.3f}" for k, v in ev["miou_2d"].items())
-        lines["scores"] = ev["scores"]
+        lines["scores"] = ws.output_path("scores")
     lines.update({
         "raw capture": scene.video_dir,
         "workspace": ws.root,
@@ -69,7 +69,7 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
         "Pointcept folder": ws.output_path("pointcept"),
     })
     if "report" in done:
-        lines["preview"] = done["report"].record["summary"]["preview"]
+        lines["preview"] = ws.output_path("preview")
     return {
         "workspace": ws.root,
         "title": f"demo done in {time.perf_counter() - t0:.1f}s: synthetic scene {scene.video_id} "

@@ -87,6 +87,9 @@ def run_checks(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[s
             checks.append(Check(package, v is not None, v or "not installed (pip install -e '.[mmseg]')", required=bool(m2f)))
     if m2f or version("mmcv") or version("mmcv-lite"):
         checks.append(_mmcv_ops_check(m2f, cuda))
+    needs_torchvision = bool(extra) or any(m.kind == "open_vocab" for m in models.values())  # SAM, open_clip
+    if needs_torchvision or version("torchvision"):
+        checks.append(_torchvision_check(needs_torchvision))
     for name, cfg in models.items():
         for spec in model_checkpoints(cfg):
             checks.append(_checkpoint_check(name, spec, cfg.checkpoint_dir))
@@ -108,6 +111,20 @@ def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
     fix = ("install full mmcv==2.1.0 built for this torch (docker/)" if cuda else
            "install full mmcv==2.1.0, or on this CPU-only machine allow the stand-in (mask2former.allow_cpu_ops_stand_in=true)")
     return Check("mmcv ops", False, f"{detail}: {fix}", required=bool(m2f))
+
+
+def _torchvision_check(required: bool) -> Check:
+    """torchvision must import (SAM and open_clip need it); a CPU torch next to the registry's
+    CUDA-built torchvision fails unless the pure-PyTorch NMS is opted in (compat/torchvision_cpu.py)."""
+    from .compat.torchvision_cpu import import_torchvision
+
+    try:
+        torchvision = import_torchvision()
+    except ImportError:
+        return Check("torchvision", False, "not installed (pip install -e '.[sam]')", required=required)
+    except RuntimeError as err:
+        return Check("torchvision", False, str(err), required=required)
+    return Check("torchvision", True, torchvision.__version__, required=required)
 
 
 def _checkpoint_check(model: str, spec: str, folder: Optional[str]) -> Check:

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .frames import FrameBatch
-from .mesh import MeshArrays, empty_mesh
+from .mesh import MeshArrays, canonical_order, empty_mesh
 
 
 @dataclass
@@ -85,12 +85,12 @@ class TSDFVolume:
         colors = mesh.vertex.colors.numpy()
         # open3d keeps the colour channel in the input's 0-255 range for uint8 images.
         scale = 255.0 if colors.max() <= 1.0 + 1e-6 else 1.0
-        return MeshArrays(
+        return canonical_order(MeshArrays(
             vertices=mesh.vertex.positions.numpy().astype(np.float32),
             triangles=mesh.triangle.indices.numpy().astype(np.int32),
             colors=np.clip(np.rint(colors * scale), 0, 255).astype(np.uint8),
             normals=mesh.vertex.normals.numpy().astype(np.float32),
-        )
+        ))
 
 
 def iter_frames(batches: Iterable[FrameBatch], step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:

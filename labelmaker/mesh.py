@@ -23,6 +23,24 @@ class MeshArrays:
         return len(self.vertices)
 
 
+def canonical_order(mesh: MeshArrays) -> MeshArrays:
+    """The same mesh with vertices sorted by position and triangles by their vertices.
+
+    open3d's TSDF extraction walks a hash map whose order changes from run to run: without this,
+    two fusions of the same frames give the same surface with vertices (and so per-vertex
+    labels) in a different order. Each triangle starts at its smallest index (orientation kept).
+    """
+    order = np.lexsort(mesh.vertices.T[::-1])  # x, then y, then z
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    tri = rank[mesh.triangles]
+    first = np.argmin(tri, axis=1)
+    tri = tri[np.arange(len(tri))[:, None], (first[:, None] + np.arange(3)) % 3]
+    tri = tri[np.lexsort(tri.T[::-1])] if len(tri) else tri
+    pick = lambda a: None if a is None else a[order]  # noqa: E731
+    return MeshArrays(mesh.vertices[order], tri.astype(mesh.triangles.dtype), pick(mesh.colors), pick(mesh.normals))
+
+
 def empty_mesh() -> MeshArrays:
     return MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32))
 
@@ -92,6 +110,8 @@ def read_mesh_or_points(path: Path) -> MeshArrays:
     """A triangle mesh, or a point cloud (no triangles) when the file holds only points."""
     import open3d as o3d
 
+    if not Path(path).is_file():  # open3d would read it as an empty cloud
+        raise FileNotFoundError(f"no mesh at {path}")
     mesh = read_mesh(path)
     if len(mesh.vertices):
         return mesh

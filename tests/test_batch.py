@@ -95,6 +95,35 @@ def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
     assert set((_submissions(out) - before)) == {(s, "export") for s in ("s0", "s1", "s2")}
 
 
+@pytest.mark.slow
+def test_batch_on_node_local_scratch_gives_the_same_labels(captures, tmp_path, monkeypatch):
+    """cluster.scratch_dir: every stage runs on a copy of its workspace and copies back; the
+    labels equal those of a batch on the shared workspace, and the scratch is left empty."""
+    from labelmaker.cluster import scratch
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copytree(captures / "s0", raw / "s0")
+    copied_back = []
+    real = scratch.copy_back
+    monkeypatch.setattr(scratch, "copy_back", lambda local, shared, before: copied_back.append(local.parent) or real(local, shared, before))
+    node = tmp_path / "node"
+    args = ["cluster=inprocess", *ONE_MODEL, *SMALL, "batch.skip=[report]"]
+    assert main(["batch", str(raw), str(tmp_path / "staged"), *args, f"cluster.scratch_dir={node}"]) == 0
+    assert main(["batch", str(raw), str(tmp_path / "plain"), *args]) == 0
+    status = _status(tmp_path / "staged")
+    assert status["scene_status"] == {"s0": "done"}
+    assert len(copied_back) == sum(status["stages"][s]["done"] for s in status["stages"])  # each stage was staged
+    assert all(p.is_relative_to(node) for p in copied_back) and list(node.iterdir()) == []
+    staged, plain = Workspace(tmp_path / "staged" / "s0"), Workspace(tmp_path / "plain" / "s0")
+    for name in ("labels", "labels_scannet200"):
+        assert np.array_equal(np.load(staged.output_path(name)), np.load(plain.output_path(name)))
+    assert staged.read_state("evaluate")["summary"]["scores"] == "eval/scores.json"  # no node paths in records
+    assert staged.read_state("import")["scene"] == "s0"
+    names = [n for n in status["stages"]]
+    assert staged.read_state_index(names) is not None  # rebuilt after the copy-back
+
+
 def _journal_events(out) -> list[dict]:
     path = BatchFolder(out).journal_path
     if not path.exists():

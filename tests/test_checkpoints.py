@@ -191,3 +191,24 @@ def test_doctor_finds_no_checkpoint_for_models_without_one():
     from labelmaker.doctor import model_checkpoints
 
     assert model_checkpoints(ModelConfig(kind="simulated")) == []
+
+
+def test_doctor_checks_torchvision_where_sam_or_open_clip_need_it(tmp_path, capsys, monkeypatch):
+    """A CPU torch beside a CUDA-built torchvision fails at import; doctor says so, with the fix."""
+    from labelmaker.compat import torchvision_cpu
+    from labelmaker.doctor import DoctorFailed, doctor
+
+    torch.save({"state_dict": {}}, tmp_path / "sam.pth")
+    checks = {c.name: c for c in doctor({}, {"sam": ("sam.pth", str(tmp_path))})}
+    assert checks["torchvision"].ok and checks["torchvision"].required  # the tests' opt-in makes it import
+
+    def broken():
+        raise RuntimeError("torchvision cannot load its compiled ops next to torch ... Fix: install the torchvision build")
+
+    monkeypatch.setattr(torchvision_cpu, "import_torchvision", broken)
+    with pytest.raises(DoctorFailed, match="torchvision"):
+        doctor({}, {"sam": ("sam.pth", str(tmp_path))})
+    out = capsys.readouterr().out
+    assert "FAIL torchvision" in out and "Fix: install the torchvision build" in out
+    checks = {c.name: c for c in doctor({})}  # nothing needs it: reported, not required
+    assert not checks["torchvision"].ok and not checks["torchvision"].required

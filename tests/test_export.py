@@ -166,6 +166,17 @@ def test_pointcept_failure_mid_write_leaves_no_complete_folder(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["scene"]
 
 
+def test_pointcept_folders_of_a_killed_writer_are_swept_by_the_next(tmp_path):
+    """kill -9 skips the clean-up: the staging and retired folders it leaves go on the next write."""
+    coord, color, normal, seg200, seg20 = _cloud(100)
+    (tmp_path / ".scene.tmp-1234abcd").mkdir()
+    (tmp_path / ".scene.tmp-1234abcd" / "coord.npy").write_bytes(b"half")
+    (tmp_path / ".scene.old-5678abcd").mkdir()
+    (tmp_path / ".other.tmp-1234abcd").mkdir()  # another output's: not ours to remove
+    write_pointcept(tmp_path / "scene", coord, color, normal, seg200, seg20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1234abcd", "scene"]
+
+
 def test_soft_labels_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     n, k = 500, 3

@@ -63,3 +63,32 @@ def test_upright_rotation_puts_gravity_down_in_the_image(roll_deg, expected_k):
     rotated = np.rot90(img, k)
     r, c = np.argwhere(rotated == 1)[0]
     assert (r, c) == (8, 4)
+
+
+def test_canonical_mesh_order_is_independent_of_the_input_order():
+    """TSDF extraction returns vertices in hash-map order; canonical_order makes two fusions of
+    the same frames byte-identical, keeping every triangle and its orientation."""
+    from labelmaker.mesh import MeshArrays, canonical_order
+
+    rng = np.random.default_rng(0)
+    verts = rng.random((50, 3)).astype(np.float32)
+    tris = np.array([rng.choice(50, 3, replace=False) for _ in range(80)], np.int32)
+    colors = rng.integers(0, 255, (50, 3), dtype=np.uint8)
+    mesh = MeshArrays(verts, tris, colors, verts * 2)
+    perm = rng.permutation(50)
+    inv = np.argsort(perm)
+    shuffled_tris = np.roll(inv[tris], 1, axis=1)[rng.permutation(80)]  # rotated: same orientation
+    other = MeshArrays(verts[perm], shuffled_tris, colors[perm], (verts * 2)[perm])
+    a, b = canonical_order(mesh), canonical_order(other)
+    for x, y in [(a.vertices, b.vertices), (a.triangles, b.triangles), (a.colors, b.colors), (a.normals, b.normals)]:
+        assert np.array_equal(x, y)
+    assert np.all(np.diff(a.vertices[:, 0]) >= 0)
+
+    def oriented(m):  # each triangle as its corner positions, starting at its smallest corner
+        out = []
+        for corners in m.vertices[m.triangles].tolist():
+            k = corners.index(min(corners))
+            out.append(tuple(map(tuple, corners[k:] + corners[:k])))
+        return sorted(out)
+
+    assert oriented(a) == oriented(mesh)

@@ -39,6 +39,7 @@ def test_changes_come_back_and_scratch_is_removed(tmp_path):
     assert shared.consensus_shards.fingerprint(1) is None  # deleted by the stage
     assert not list((shared.root / "consensus").glob(".*tmp-*"))  # temporaries stay behind
     assert list((tmp_path / "node").iterdir()) == []
+    assert shared.read_state_index(["consensus"])["consensus"]["status"] == "done"  # rebuilt after the records
 
 
 def test_a_failing_stage_still_brings_back_its_finished_shards(tmp_path):
@@ -73,6 +74,7 @@ def test_interrupted_copy_back_leaves_the_stage_not_done(tmp_path, monkeypatch):
     assert len(copied) == 1
     # the old done-record went first: half-copied outputs are never taken for done
     assert shared.read_state("consensus") is None and not shared.is_done("consensus")
+    assert shared.read_state_index(["consensus"]) is None  # nor is the state index that still says done
 
 
 def test_without_scratch_the_shared_workspace_is_used(tmp_path):

@@ -8,8 +8,9 @@ keeps the workspace's promise that nothing half-written is taken for done:
   2. changed and new files are copied back one by one, each under a temporary name that is
      fsynced and renamed (workspace.atomic_path); temporaries are never copied;
   3. files the stage deleted are deleted;
-  4. the new records are copied last.
+  4. the new records are copied last, and the shared workspace's state index is rebuilt.
 Finished shards come back even when the stage fails, so a retry resumes from them.
+Batch jobs stage when `cluster.scratch_dir` is set (pipeline/executors.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from ..workspace import STATE_DIR, atomic_path, is_temporary
+from ..workspace import STATE_DIR, Workspace, atomic_path, is_derived, is_temporary
 
 Snapshot = dict[str, tuple[int, int]]
 
@@ -31,7 +32,7 @@ def snapshot(root: Path) -> Snapshot:
     for dirpath, _, files in os.walk(root):
         for name in files:
             path = Path(dirpath, name)
-            if is_temporary(path):
+            if is_temporary(path) or is_derived(path):
                 continue
             st = path.stat()
             out[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
@@ -68,6 +69,8 @@ def copy_back(scratch: Path, shared: Path, before: Snapshot) -> tuple[int, int]:
         (shared / rel).unlink(missing_ok=True)
     for rel in records:  # 4. records last
         _copy_atomic(scratch / rel, shared / rel)
+    if records:
+        Workspace(shared).refresh_state_index()
     return len(changed), len(deleted)
 
 
@@ -80,13 +83,18 @@ def staged_workspace(shared: str | Path, scratch_root: str | Path | None) -> Ite
     if scratch_root is None:
         yield shared
         return
-    local = Path(scratch_root) / f"labelmaker-{shared.name}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(shared, local, ignore=lambda d, names: [n for n in names if is_temporary(Path(n))])
-    before = snapshot(local)
+    # keeps the folder's name: a workspace not yet imported is named after its folder
+    local = Path(scratch_root) / f"labelmaker-{uuid.uuid4().hex[:8]}" / shared.name
+    local.parent.mkdir(parents=True)
     try:
-        yield local
-    finally:
+        if shared.exists():
+            shutil.copytree(shared, local, ignore=lambda d, names: [n for n in names if is_temporary(Path(n)) or is_derived(Path(n))])
+        else:
+            local.mkdir()
+        before = snapshot(local)
         try:
-            copy_back(local, shared, before)
+            yield local
         finally:
-            shutil.rmtree(local, ignore_errors=True)
+            copy_back(local, shared, before)
+    finally:
+        shutil.rmtree(local.parent, ignore_errors=True)

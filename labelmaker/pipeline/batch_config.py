@@ -23,6 +23,7 @@ class ClusterConfig:
     local_gpus: int = 0  # GPUs the local executor may hand out
     python: Optional[str] = None  # the jobs' Python command (null: this one), e.g. "apptainer exec --nv img.sif python"
     setup: List[str] = field(default_factory=list)  # shell lines run before each SLURM job (modules, env)
+    scratch_dir: Optional[str] = None  # node-local folder a job runs its stage in (copy of the workspace); "$TMPDIR" expands on the node
     additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {account: abc}
 
 

@@ -48,9 +48,24 @@ class StageTask(Checkpointable):
         self.spec = spec
 
     def __call__(self, task: Task) -> dict:
-        outcome = run_graph_stage(self.cfg, self.spec, task.input_dir, Workspace(task.workspace))
+        from ..cluster.scratch import staged_workspace
+
+        with staged_workspace(task.workspace, scratch_root(self.cfg.cluster.scratch_dir)) as root:
+            outcome = run_graph_stage(self.cfg, self.spec, task.input_dir, Workspace(root))
         return {"scene": task.scene, "stage": self.spec.name, "skipped": outcome.skipped,
                 "status": outcome.record.get("status")}
+
+
+def scratch_root(scratch_dir: Optional[str]) -> Optional[Path]:
+    """`cluster.scratch_dir` on this node ($VARS expanded: $TMPDIR differs per job); None: no staging."""
+    if not scratch_dir:
+        return None
+    path = Path(os.path.expandvars(os.path.expanduser(scratch_dir)))
+    if "$" in str(path):
+        raise LabelmakerError(f"cluster.scratch_dir={scratch_dir!r}: a variable in it is not set on {os.uname().nodename}; "
+                              "set it in the job's environment (cluster.setup) or give a plain folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class Executor(Protocol):

@@ -286,7 +286,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         with atomic_path(ws.output_path("soft")) as tmp:
             write_soft_labels(tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names)
         labelled = result.labels > 0
-        return {"mesh": str(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
+        return {"mesh": ws.path_for_record(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
                 "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
                 "classes_present": int(len(np.unique(result.labels[labelled]))),
                 # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
@@ -305,7 +305,7 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
     lifted = require_done(ws, "export", "lift")
 
     def body() -> dict:
-        mesh = read_mesh_or_points(Path(lifted["summary"]["mesh"]))
+        mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         labels = np.load(ws.output_path("labels")).astype(np.int64)
         if len(labels) != len(mesh):
             raise BadInputError(ws.scene, lifted["summary"]["mesh"], f"the mesh has {len(mesh)} vertices but the labels {len(labels)}",
