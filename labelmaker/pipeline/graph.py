@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..workspace import Workspace
-from .hashes import REPORT_CONFIG, consensus_input_hash, download_config, evaluate_input_hash, evaluate_inputs, lift_input_hash, segment_config
+from .hashes import (REPORT_CONFIG, consensus_input_hash, download_config, evaluate_input_hash, evaluate_inputs, lift_input_hash,
+                     segment_config)
 from .records import StageOutcome, run_stage
 
 
