@@ -317,12 +317,16 @@ def test_downloading_graph_scenes_and_hashes(tmp_path):
     assert expected_input_hash(specs["import"], cfg, {"download": {"output_hash": "abc"}}) == "abc"
     assert expected_input_hash(scene_graph(plain)[0], plain, {}) is None
     # the config hash follows what is fetched and where, not how
-    hashed = lambda *o: stable_hash(stage_config(specs["download"], _cfg("batch.download=true", *o)))
-    assert hashed() == hashed("download.retries=1", "download.backoff_s=9", "download.timeout_s=3", "download.chunk_bytes=5",
-                              "download.keep_zip=true") == hashed("download.base_url=" + cfg.download.base_url + "/")
-    for changed in ("download.base_url=http://mirror", "download.split=Training", "download.assets=[lowres_wide]",
-                    "download.metadata=false", "download.checksums=/x.sha256", "download.root=/data"):
-        assert hashed(changed) != hashed(), changed
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    hashed = lambda **kw: stable_hash(stage_config(specs["download"], SimpleNamespace(download=replace(cfg.download, **kw))))
+    assert hashed() == stable_hash(stage_config(specs["download"], cfg))
+    assert hashed() == hashed(retries=1, backoff_s=9, backoff_max_s=1, timeout_s=3, chunk_bytes=5, keep_zip=True) == hashed(
+        base_url=cfg.download.base_url + "/")
+    for changed in (dict(base_url="http://mirror"), dict(split="Training"), dict(assets=["lowres_wide"]), dict(metadata=False),
+                    dict(checksums="/x.sha256"), dict(root="/data")):
+        assert hashed(**changed) != hashed(), changed
 
     listing = tmp_path / "Validation_splits.csv"  # as the dataset publishes them (ids sometimes as floats)
     listing.write_text("video_id,fold\n41069021,Validation\n41069025.0,Training\n")
