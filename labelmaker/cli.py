@@ -8,6 +8,7 @@
     labelmaker demo [out dir] [key=value ...]
     labelmaker doctor [models=mask2former checkpoints.dir=... ...]
     labelmaker batch <captures folder | list file> <out root> [cluster=local|slurm|inprocess] [key=value ...]
+    labelmaker batch --download <video list> <out root> [download.base_url=... download.split=...] [key=value ...]
     labelmaker status <out root> [--json] [--all]
     labelmaker retry <out root> [--error-class CLASS] [key=value ...]
 
@@ -63,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
     dl.add_argument("overrides", nargs="*")
     batch = sub.add_parser("batch", help="many scenes through every stage as jobs (local processes or SLURM), resumable")
-    batch.add_argument("scenes", help="a folder of capture folders, or a list file with one capture folder per line")
+    batch.add_argument("scenes", help="a folder of capture folders, or a list file with one capture folder per line; "
+                       "with --download: ARKitScenes video ids (the dataset's *_splits.csv, or one id per line)")
+    batch.add_argument("--download", action="store_true",
+                       help="fetch each listed video first (a download stage) into <download.root or out_root>/raw/<split>/<id>")
     batch.add_argument("out_root", help="workspaces go to <out_root>/<scene>; the batch's journal to <out_root>/_batch")
     batch.add_argument("overrides", nargs="*")
 
@@ -250,7 +254,8 @@ def _load(overrides: list[str], models: dict | None = None):
 def cmd_batch(args) -> int:
     from .pipeline import commands
 
-    controller, scenes, config_path = commands.start_batch(args.scenes, args.out_root, list(args.overrides), _load)
+    controller, scenes, config_path = commands.start_batch(args.scenes, args.out_root, list(args.overrides), _load,
+                                                           download=args.download)
     _configure_job_logging(controller.cfg)
     states, seconds = commands.run_controller(controller, controller.cfg.progress)
     _print_summary(*commands.final_lines(states, controller.folder, seconds, config_path))

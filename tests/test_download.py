@@ -3,6 +3,7 @@ retries with backoff, verification, atomic extraction, then the importer reads t
 from __future__ import annotations
 
 import hashlib
+import shutil
 import zipfile
 
 import pytest
@@ -241,3 +242,123 @@ def test_a_list_of_videos_goes_on_past_a_failure_and_a_rerun_finishes(synth_scen
         assert main(args) == 0
     assert "2 done, 0 failed of 2" in capsys.readouterr().out
     assert (tmp_path / "data" / "raw" / "Training" / ids[1] / "lowres_depth").is_dir()
+
+
+# ----------------------------------------------------------------------------- the batch's download stage
+
+
+def _stage_cfg(server, *overrides):
+    from labelmaker.config import load_config
+
+    return load_config(["batch.download=true", f"download.base_url={server.url}", "download.backoff_s=0.01",
+                        "download.timeout_s=5", "progress=false", "data.shard_size=8",
+                        "batch.skip=[consensus,fuse,lift,export,evaluate,report]", *overrides])[0]
+
+
+def _repack_with_inverted_frame(zip_path):
+    """The server's lowres_wide.zip again, with the first frame's colours inverted."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(zip_path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    first = sorted(members)[0]
+    pixels = 255 - np.asarray(Image.open(io.BytesIO(members[first])))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    members[first] = buf.getvalue()
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_download_stage_records_mirror_the_planner_resume_a_killed_run_and_make_import_stale(release, tmp_path):
+    """The planner's config and input hashes are the download and import stages' own; a run
+    killed mid-file (a part file, a running record of a dead process) is resumed; files that
+    change on a re-download make import stale, and import then rewrites its frames."""
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from labelmaker.pipeline.graph import expected_input_hash, run_graph_stage, scene_graph, stage_config
+    from labelmaker.pipeline.records import stable_hash
+    from labelmaker.pipeline.state import StateReader
+
+    scene, base = release
+    vid = scene.video_id
+    out = tmp_path / "out"
+    video = dl.local_video_dir(out, SPLIT, vid)
+    ws = Workspace(out / vid)
+    with FaultyServer(base) as server:
+        cfg = _stage_cfg(server)
+        graph = scene_graph(cfg)
+        specs = {s.name: s for s in graph}
+        assert [s.name for s in graph] == ["download", "import"] and specs["import"].deps == ("download",)
+        reader = StateReader(cfg, graph)
+
+        # as kill -9 leaves it: half an archive in its part file, a running record of a gone process
+        archive = (base / _path(vid, "lowres_wide.zip")).read_bytes()
+        video.mkdir(parents=True)
+        (video / ".lowres_wide.zip.part").write_bytes(archive[: len(archive) // 2])
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        ws.create()
+        ws.write_state("download", {"status": "running", "attempt": 1, "pid": dead.pid, "host": socket.gethostname()})
+        assert reader.scene(vid, str(ws.root)).stages["download"].error_class == "crashed"  # the controller retries it
+        fetched = run_graph_stage(cfg, specs["download"], str(video), ws).record
+        assert server.requests_for("lowres_wide.zip")[0][1] == f"bytes={len(archive) // 2}-"
+        assert fetched["attempt"] == 2 and fetched["summary"]["fetched"]["lowres_wide/ (from lowres_wide.zip)"] == "resumed"
+        imported = run_graph_stage(cfg, specs["import"], str(video), ws).record
+
+        # the mirrors: config hashes, and import's input = the download's output
+        records = ws.read_states(list(specs))
+        assert fetched["config_hash"] == stable_hash(stage_config(specs["download"], cfg))
+        assert expected_input_hash(specs["download"], cfg, records) is None  # the video and split are in the scene's path
+        assert imported["input_hash"] == fetched["output_hash"] == expected_input_hash(specs["import"], cfg, records)
+        assert reader.scene(vid, str(ws.root)).status == "done"
+        # how it fetches is not what it fetches; where from, and what, is
+        how = _stage_cfg(server, "download.retries=9", "download.timeout_s=1", "download.chunk_bytes=7", "download.keep_zip=true")
+        assert StateReader(how, graph).scene(vid, str(ws.root)).status == "done"
+        assert StateReader(_stage_cfg(server, "download.assets=[lowres_wide]"), graph).scene(vid, str(ws.root)).stages[
+            "download"].status == "stale"
+        # up to date: skipped, nothing requested
+        n = len(server.requests)
+        assert run_graph_stage(cfg, specs["download"], str(video), ws).skipped and len(server.requests) == n
+
+        # the server's copy of a frame changes; fetched again, it changes the download's output ...
+        _repack_with_inverted_frame(base / _path(vid, "lowres_wide.zip"))
+        old_pixels = ws.read_frame_shard(0).color[0].copy()
+        shutil.rmtree(video / "lowres_wide")
+        again = run_graph_stage(_stage_cfg(server, "force=true"), specs["download"], str(video), ws).record
+    assert again["output_hash"] != fetched["output_hash"]
+    # ... so the planner sees import stale, and import rewrites the frames (names and poses are the same)
+    assert reader.scene(vid, str(ws.root)).stages["import"].status == "stale"
+    outcome = run_graph_stage(cfg, specs["import"], str(video), ws)
+    assert not outcome.skipped and outcome.record["summary"]["shards_reused"] == 0
+    assert outcome.record["output_hash"] != imported["output_hash"]
+    assert not np.array_equal(ws.read_frame_shard(0).color[0], old_pixels)
+    assert reader.scene(vid, str(ws.root)).status == "done"
+
+
+def test_metadata_csv_is_shared_by_parallel_downloads(release, tmp_path):
+    """Batch tasks of several videos fetch raw/metadata.csv at once: each into its own part file,
+    so none appends to another's; a failed try leaves no part file behind (it is not resumed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scene, base = release
+    final = tmp_path / "raw" / "metadata.csv"
+    source = (base / "raw" / "metadata.csv").read_bytes()
+    with FaultyServer(base) as server:
+        url = f"{server.url}/raw/metadata.csv"
+        server.inject("raw/metadata.csv", "truncate", "truncate")
+        with pytest.raises(DownloadError, match="run it again later"):
+            dl.fetch_file(url, final, _cfg(server, retries=1), progress=False, shared=True)
+        assert not final.exists() and not list(final.parent.iterdir())
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: dl.fetch_file(url, final, _cfg(server), progress=False, shared=True), range(4)))
+    assert final.read_bytes() == source and [p.name for p in final.parent.iterdir()] == ["metadata.csv"]
+    assert {r.status for r in results} <= {"downloaded", "present"}

@@ -296,3 +296,52 @@ def test_submission_without_journaled_jobs_is_recovered_or_dropped(tmp_path, mon
     assert again.journal.history("s0", "import").count() == 0  # never submitted: no attempt used
     rep = again.round()
     assert rep.submitted == 1 and again.executor.calls == [("s0", "import", again.executor.calls[0][2])]
+
+
+def test_downloading_graph_scenes_and_hashes(tmp_path):
+    """batch.download=true (`batch --download`): a CPU download stage first, import after it;
+    scenes from a video list with their split's raw folder; without it, graphs are as before."""
+    from labelmaker.errors import BadInputError, LabelmakerError
+    from labelmaker.pipeline.batch import download_scenes
+    from labelmaker.pipeline.graph import expected_input_hash
+
+    plain, cfg = _cfg("models=simulated"), _cfg("models=simulated", "batch.download=true")
+    graph = scene_graph(cfg)
+    assert [s.name for s in graph] == ["download", *[s.name for s in scene_graph(plain)]]
+    specs = {s.name: s for s in graph}
+    assert specs["download"].deps == () and specs["import"].deps == ("download",)
+    assert scene_graph(plain)[0].deps == ()
+    res = scale(cfg.batch.resources["download"], 0)
+    assert res.gpus == 0 and res.minutes >= 30
+    # import's expected input is the download's output; without a download stage it is unknown
+    assert expected_input_hash(specs["import"], cfg, {"download": {"output_hash": "abc"}}) == "abc"
+    assert expected_input_hash(scene_graph(plain)[0], plain, {}) is None
+    # the config hash follows what is fetched and where, not how
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    hashed = lambda **kw: stable_hash(stage_config(specs["download"], SimpleNamespace(download=replace(cfg.download, **kw))))
+    assert hashed() == stable_hash(stage_config(specs["download"], cfg))
+    assert hashed() == hashed(retries=1, backoff_s=9, backoff_max_s=1, timeout_s=3, chunk_bytes=5, keep_zip=True) == hashed(
+        base_url=cfg.download.base_url + "/")
+    for changed in (dict(base_url="http://mirror"), dict(split="Training"), dict(assets=["lowres_wide"]), dict(metadata=False),
+                    dict(checksums="/x.sha256"), dict(root="/data")):
+        assert hashed(**changed) != hashed(), changed
+
+    listing = tmp_path / "Validation_splits.csv"  # as the dataset publishes them (ids sometimes as floats)
+    listing.write_text("video_id,fold\n41069021,Validation\n41069025.0,Training\n")
+    out = tmp_path / "out"
+    scenes = download_scenes(listing, out, cfg.download)
+    assert [(s.scene, s.input_dir, s.workspace) for s in scenes] == [
+        ("41069021", str(out.resolve() / "raw/Validation/41069021"), str(out.resolve() / "41069021")),
+        ("41069025", str(out.resolve() / "raw/Training/41069025"), str(out.resolve() / "41069025"))]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# ids\n41069021\n")
+    elsewhere = _cfg("batch.download=true", f"download.root={tmp_path / 'data'}", "download.split=Training").download
+    assert download_scenes(ids, out, elsewhere)[0].input_dir == str(tmp_path / "data/raw/Training/41069021")
+    for text, problem in (("41069021\n41069021\n", "listed twice"), ("../etc\n", "not a video id"), ("# none\n", "no videos")):
+        ids.write_text(text)
+        with pytest.raises(BadInputError, match=problem):
+            download_scenes(ids, out, cfg.download)
+    with pytest.raises(LabelmakerError, match="unknown ARKitScenes asset"):
+        download_scenes(listing, out, _cfg("download.assets=[lowres_colour]").download)

@@ -28,6 +28,7 @@ import csv
 import hashlib
 import http.client
 import logging
+import os
 import re
 import shutil
 import socket
@@ -36,6 +37,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
@@ -68,6 +70,7 @@ class DownloadConfig:
     timeout_s: float = 60.0  # per connection attempt and per read
     chunk_bytes: int = 1 << 20
     keep_zip: bool = False  # keep the archives after extracting them
+    root: Optional[str] = None  # `batch --download`: gets raw/<split>/<video_id>/; null = the batch's out root
 
 
 class DownloadError(LabelmakerError):
@@ -128,6 +131,21 @@ def video_url(cfg: DownloadConfig, video_id: str, name: str) -> str:
     return f"{cfg.base_url.rstrip('/')}/raw/{cfg.split}/{video_id}/{name}"
 
 
+def local_video_dir(out_root: str | Path, split: str, video_id: str) -> Path:
+    """Where a video goes locally: the published layout below `out_root`."""
+    return Path(out_root) / "raw" / split / str(video_id)
+
+
+def parse_video_dir(video_dir: str | Path) -> tuple[Path, str, str]:
+    """(out_root, split, video_id) of a folder `local_video_dir` made. A downloading batch keeps
+    one path per scene (its capture folder, which import reads); the download stage reads which
+    video and split to fetch from it, so the scene list needs no second place for them."""
+    video_dir = Path(video_dir)
+    if video_dir.parent.parent.name != "raw":
+        raise LabelmakerError(f"{video_dir} is not a video folder of the layout <root>/raw/<split>/<video_id>")
+    return video_dir.parent.parent.parent, video_dir.parent.name, video_dir.name
+
+
 def read_manifest(path: str | None) -> dict[str, str]:
     """`sha256  relative/path` lines -> {relative/path: sha256}."""
     if not path:
@@ -148,7 +166,9 @@ def backoff_delay(cfg: DownloadConfig, retry: int) -> float:
 # ----------------------------------------------------------------------------- one file
 
 
-def _part_path(final: Path) -> Path:
+def _part_path(final: Path, shared: bool = False) -> Path:
+    if shared:  # one per process: parallel batch tasks never append to one file
+        return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
     return final.with_name(f".{final.name}.part")
 
 
@@ -225,13 +245,26 @@ def _one_attempt(url: str, part: Path, cfg: DownloadConfig, bar: tqdm) -> tuple[
 
 
 def fetch_file(url: str, final: Path, cfg: DownloadConfig, sha256: str | None = None,
-               progress: bool = True, sleep: Callable[[float], None] = time.sleep) -> FileResult:
-    """Download `url` to `final` (resuming a partial `.part`), verify it, rename it into place."""
+               progress: bool = True, sleep: Callable[[float], None] = time.sleep, shared: bool = False) -> FileResult:
+    """Download `url` to `final` (resuming a partial `.part`), verify it, rename it into place.
+
+    `shared`: a file that the downloads of several videos need (raw/metadata.csv), which
+    parallel batch tasks may fetch at the same moment: each writes its own part file (not
+    resumed; such files are small) and the last complete copy's rename wins."""
     final = Path(final)
     if final.exists():
         return FileResult(final.name, "present")
     final.parent.mkdir(parents=True, exist_ok=True)
-    part = _part_path(final)
+    part = _part_path(final, shared)
+    try:
+        return _fetch_with_retries(url, final, part, cfg, sha256, progress, sleep, resumable=not shared)
+    finally:
+        if shared:
+            part.unlink(missing_ok=True)
+
+
+def _fetch_with_retries(url: str, final: Path, part: Path, cfg: DownloadConfig, sha256: str | None,
+                        progress: bool, sleep: Callable[[float], None], resumable: bool = True) -> FileResult:
     result = FileResult(final.name, "downloaded")
     last_problem = ""
     with tqdm(desc=final.name, unit="B", unit_scale=True, disable=not progress, leave=False) as bar:
@@ -259,7 +292,7 @@ def fetch_file(url: str, final: Path, cfg: DownloadConfig, sha256: str | None = 
                 continue
             part.replace(final)
             return result
-    again = f"run it again to resume from {part}" if part.exists() else "run it again later"
+    again = f"run it again to resume from {part}" if resumable and part.exists() else "run it again later"
     raise DownloadError(f"{url}: failed after {cfg.retries + 1} attempts ({last_problem}); {again}")
 
 
@@ -310,8 +343,8 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
     """Fetch `cfg.assets` of one video into <out_root>/raw/<split>/<video_id>/ (and
     raw/metadata.csv). Finished assets are skipped, so running it again resumes."""
     t0 = time.perf_counter()
-    raw = Path(out_root) / "raw"
-    video_dir = raw / cfg.split / str(video_id)
+    video_dir = local_video_dir(out_root, cfg.split, str(video_id))
+    raw = video_dir.parent.parent
     video_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_extractions(video_dir)
     manifest = read_manifest(cfg.checksums)
@@ -322,7 +355,9 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
         metadata = raw / "metadata.csv"
         url = f"{cfg.base_url.rstrip('/')}/raw/metadata.csv"
         try:
-            results.append(fetch_file(url, metadata, cfg, manifest.get("raw/metadata.csv"), progress, sleep))
+            results.append(fetch_file(url, metadata, cfg, manifest.get("raw/metadata.csv"), progress, sleep, shared=True))
+        except DownloadError as err:
+            raise DownloadError(f"video {video_id}: {err}") from None
         except urllib.error.HTTPError as err:
             raise BadInputError(str(video_id), url, f"the server answered HTTP {err.code}",
                                 "check download.base_url, or set download.metadata=false") from None
@@ -339,6 +374,8 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
         rel = f"raw/{cfg.split}/{video_id}/{name}"
         try:
             result = fetch_file(video_url(cfg, str(video_id), name), video_dir / name, cfg, manifest.get(rel), progress, sleep)
+        except DownloadError as err:
+            raise DownloadError(f"video {video_id}: {err}") from None
         except urllib.error.HTTPError as err:
             if err.code == 404 and asset in OPTIONAL_ASSETS:
                 results.append(FileResult(name, "missing"))
@@ -352,6 +389,35 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
             result.name = f"{asset}/ (from {name})"
         results.append(result)
     return DownloadSummary(str(video_id), video_dir, metadata, results, time.perf_counter() - t0)
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def local_manifest(video_dir: Path, assets: list[str], metadata_csv: Optional[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, CRC32) of every file the download of `assets` left for a video (extracted
+    asset folders, traj, mesh) and of metadata.csv, sorted. Read from disk, not from the
+    transfer, so a resumed download and a clean one describe the same files alike; CRC32 is
+    what the archives vouch for their members with. Other files in the video folder (kept
+    archives, part files, a ground truth put there) are not what was fetched."""
+    video_dir = Path(video_dir)
+    paths = []
+    for asset in assets:
+        name = remote_name(asset, video_dir.name)
+        if name.endswith(".zip"):
+            folder = video_dir / asset
+            paths += [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        elif (video_dir / name).is_file():
+            paths.append(video_dir / name)
+    out = [(p.relative_to(video_dir).as_posix(), p.stat().st_size, _crc32(p)) for p in paths]
+    if metadata_csv is not None and Path(metadata_csv).is_file():
+        out.append(("../../metadata.csv", Path(metadata_csv).stat().st_size, _crc32(Path(metadata_csv))))
+    return sorted(out)
 
 
 # ----------------------------------------------------------------------------- many videos

@@ -11,6 +11,7 @@ done, running or queued.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -61,6 +62,38 @@ def discover_scenes(source: str | Path, out_root: str | Path) -> list[SceneInput
         scenes.append(SceneInput(name, str(folder.resolve()), str(out_root / name)))
     if not scenes:
         raise BadInputError("batch", source, "holds no capture folders", "point to a folder of capture folders or a list file")
+    return scenes
+
+
+_VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def download_scenes(video_list: str | Path, out_root: str | Path, download_cfg) -> list[SceneInput]:
+    """Scenes of a downloading batch: one per video of `video_list` (the dataset's CSV with
+    `video_id` and optionally `fold`, or one id per line), named by its video id. Its capture
+    folder is where the download stage puts the video, <download.root>/raw/<split>/<video_id>
+    (<out_root>/raw/... when download.root is null); its workspace is <out_root>/<video_id>."""
+    from ..io.download import local_video_dir, read_video_list, remote_name
+
+    video_list, out_root = Path(video_list), Path(out_root).resolve()
+    if not video_list.is_file():
+        raise BadInputError("batch", video_list, "is not a video list file",
+                            "pass the dataset's *_splits.csv (video_id,fold) or a file with one video id per line")
+    for asset in download_cfg.assets:  # a typo fails now, not in every download job
+        remote_name(asset, "0")
+    raw_root = Path(download_cfg.root).resolve() if download_cfg.root else out_root
+    scenes, seen = [], {}
+    for video_id, split in read_video_list(video_list, download_cfg.split):
+        if not _VIDEO_ID.fullmatch(video_id) or video_id == "raw":
+            raise BadInputError(video_id, video_list, f"'{video_id}' is not a video id (letters, digits, '_.-'; not 'raw')",
+                                "fix the list: one ARKitScenes video id per row")
+        if video_id in seen:
+            raise BadInputError(video_id, video_list, f"video {video_id} is listed twice ({seen[video_id]} and {split})",
+                                "list each video once")
+        seen[video_id] = split
+        scenes.append(SceneInput(video_id, str(local_video_dir(raw_root, split, video_id)), str(out_root / video_id)))
+    if not scenes:
+        raise BadInputError("batch", video_list, "lists no videos", "add video ids to the list")
     return scenes
 
 

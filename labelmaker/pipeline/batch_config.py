@@ -37,4 +37,5 @@ class BatchConfig:
     poll_s: float = 15.0  # seconds between controller rounds
     length_buckets: List[int] = field(default_factory=lambda: [300, 1000, 3000])  # frame counts splitting scenes into arrays
     skip: List[str] = field(default_factory=list)  # stage kinds left out of batches, e.g. [evaluate, report]
+    download: bool = False  # scenes are ARKitScenes video ids; each graph starts with a download stage (`batch --download`)
     resources: Dict[str, ResourceConfig] = field(default_factory=default_resources)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ..errors import LabelmakerError
 from ..workspace import BatchFolder, atomic_path
-from .batch import Controller, SceneInput, discover_scenes
+from .batch import Controller, SceneInput, discover_scenes, download_scenes
 from .graph import scene_graph
 from .journal import Journal
 from .state import StateCache, SceneState, StateReader, counts
@@ -34,18 +34,43 @@ def _scenes_of(folder: BatchFolder) -> list[SceneInput]:
     return [SceneInput(**s) for s in folder.read_batch()["scenes"]]
 
 
-def start_batch(source: str, out_root: str, overrides: list[str], load) -> tuple[Controller, list[SceneInput], Path]:
-    """Scenes from `source`, merged with those of an earlier batch under `out_root`."""
+def start_batch(source: str, out_root: str, overrides: list[str], load, download: bool = False
+                ) -> tuple[Controller, list[SceneInput], Path]:
+    """Scenes from `source`, merged with those of an earlier batch under `out_root`.
+
+    `download` (`--download`, the same as `batch.download=true`): `source` lists ARKitScenes
+    video ids and each scene's graph starts with a download stage. The override is stored with
+    the others in batch.json, so `status` and `retry` rebuild the same graph."""
     folder = BatchFolder(out_root)
-    scenes = discover_scenes(source, out_root)
+    stored_overrides = [*overrides, "batch.download=true"] if download else list(overrides)
+    cfg, raw = load(stored_overrides)
+    downloading = _check_downloading(cfg)
+    if folder.exists():
+        _same_kind(folder, downloading)
+    scenes = download_scenes(source, out_root, cfg.download) if downloading else discover_scenes(source, out_root)
     if folder.exists():
         old = {s.scene: s for s in _scenes_of(folder)}
         old.update({s.scene: s for s in scenes})
         scenes = list(old.values())
-    stored_overrides = list(overrides)
-    cfg, raw = load(stored_overrides)
-    folder.write_batch({"scenes": [s.__dict__ for s in scenes], "overrides": stored_overrides})
+    folder.write_batch({"scenes": [s.__dict__ for s in scenes], "overrides": stored_overrides, "download": downloading})
     return Controller(cfg, scenes, folder), scenes, _record_config(folder, "batch", raw, stored_overrides)
+
+
+def _check_downloading(cfg) -> bool:
+    """Whether the batch downloads its scenes; only ARKitScenes videos can be downloaded."""
+    downloading = bool(cfg.batch.download)
+    if downloading and cfg.data.source != "arkitscenes":
+        raise LabelmakerError(f"batch --download fetches ARKitScenes videos, but data={cfg.data.source}; drop the data override")
+    return downloading
+
+
+def _same_kind(folder: BatchFolder, downloading: bool) -> None:
+    """One batch is either downloading or not: its scenes' capture folders and graphs differ."""
+    was = bool(folder.read_batch().get("download", False))
+    if was != downloading:
+        started = "with --download" if was else "without --download"
+        raise LabelmakerError(f"the batch under {folder.out_root} was started {started}; run it the same way "
+                              "(or `labelmaker retry`), or use another out root")
 
 
 def reopen_batch(out_root: str, overrides: list[str], load, command: str):
@@ -54,6 +79,7 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
     scenes = _scenes_of(folder)
     stored = folder.read_batch().get("overrides", [])
     cfg, raw = load([*stored, *overrides])
+    _same_kind(folder, bool(cfg.batch.download))
     config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command != "status" else None
     return cfg, scenes, folder, config_path
 

@@ -1,6 +1,8 @@
 """The stage graph of one scene: which stages exist, what each needs, and what it costs.
 
-import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
+[download ->] import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
+
+(download only in a downloading batch, `batch.download=true` / `labelmaker batch --download`.)
 
 Each stage declares its dependencies, whether it wants a GPU, and resources (CPUs, memory, time)
 that grow with the scene's frame count; the coefficients live in `batch.resources` (configs/
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..workspace import Workspace
-from .hashes import REPORT_CONFIG, consensus_input_hash, evaluate_input_hash, evaluate_inputs, lift_input_hash, segment_config
+from .hashes import (REPORT_CONFIG, consensus_input_hash, download_config, evaluate_input_hash, evaluate_inputs, lift_input_hash,
+                     segment_config)
 from .records import StageOutcome, run_stage
 
 
@@ -34,7 +37,7 @@ class ResourceConfig:
     minutes_per_1k_frames: float = 0.0
 
 
-STAGE_KINDS = ("import", "segment", "masks", "consensus", "fuse", "lift", "export", "evaluate", "report")
+STAGE_KINDS = ("download", "import", "segment", "masks", "consensus", "fuse", "lift", "export", "evaluate", "report")
 
 
 def default_resources() -> dict[str, ResourceConfig]:
@@ -75,7 +78,9 @@ def scene_graph(cfg) -> list[StageSpec]:
 
     models = sorted(cfg.segment.models)
     mask_models = sorted(getattr(getattr(cfg, "masks", None), "models", None) or {})
-    stages = [StageSpec("import", "import", ())]
+    downloading = bool(getattr(getattr(cfg, "batch", None), "download", False))
+    stages = [StageSpec("download", "download", ())] if downloading else []
+    stages.append(StageSpec("import", "import", ("download",) if downloading else ()))
     stages += [StageSpec(segment_stage(m), "segment", ("import",), model=m) for m in models]
     stages += [StageSpec(mask_stage(m), "masks", ("import",), model=m) for m in mask_models]
     refine = cfg.consensus.sam_refine
@@ -105,6 +110,7 @@ def stage_config(spec: StageSpec, cfg) -> dict:
     """The config dict the stage hashes into its record (mirrors the stage functions)."""
     asdict = dataclasses.asdict
     return {
+        "download": lambda: download_config(cfg.download),
         "import": lambda: asdict(cfg.data),
         "segment": lambda: segment_config(cfg.segment.models[spec.model]),
         "masks": lambda: asdict(cfg.masks.models[spec.model]),
@@ -124,10 +130,14 @@ def input_constants(cfg) -> dict:
 
 def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None) -> Optional[str]:
     """The input hash the stage would compute now from its dependencies' done-records, or None
-    when it cannot be known without reading the raw input (import)."""
+    when it cannot be known without the scene's raw input: download (the video and split are
+    in the scene's capture path), and import reading a capture it did not get from a download
+    stage (with one, its input is the download's output hash)."""
     out = {name: (rec or {}).get("output_hash") for name, rec in records.items()}
-    if spec.kind == "import":
+    if spec.kind == "download":
         return None
+    if spec.kind == "import":
+        return out.get("download") if "download" in spec.deps else None
     if spec.kind in ("segment", "masks", "fuse"):
         return out.get("import")
     if spec.kind == "consensus":
@@ -147,11 +157,14 @@ def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Work
     """Run one stage of one scene in this process (what a batch task does)."""
     from .eval_stages import evaluate_scene, ground_truth_of, report_scene
     from .label_stages import consensus_scene, export_scene, lift_scene, segment_scene
-    from .stages import fuse_scene, import_scene, require_done
+    from .stages import download_scene, fuse_scene, import_scene, require_done
 
     run = dict(force=cfg.force, progress=cfg.progress)
+    if spec.kind == "download":
+        return download_scene(input_dir, ws, cfg.download, **run)
     if spec.kind == "import":
-        return import_scene(input_dir, ws, cfg.data, **run)
+        fetched = require_done(ws, "import", "download")["output_hash"] if "download" in spec.deps else None
+        return import_scene(input_dir, ws, cfg.data, source_hash=fetched, **run)
     if spec.kind == "segment":
         return segment_scene(ws, spec.model, cfg.segment.models[spec.model], **run)
     if spec.kind == "masks":

@@ -13,6 +13,19 @@ from .records import stable_hash
 
 REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
 
+# The download settings that change what is fetched or where it goes; retries, backoff,
+# timeouts, chunk size and keep_zip only change how, so a new value does not fetch again.
+DOWNLOAD_HASHED = ("base_url", "split", "assets", "metadata", "checksums", "root")
+
+
+def download_config(download_cfg) -> dict:
+    """What the download stage hashes as its config (`split` is the batch's default; a video's
+    own split, from the list's `fold` column, is in its raw folder's path and its record)."""
+    config = {k: getattr(download_cfg, k) for k in DOWNLOAD_HASHED}
+    config["base_url"] = str(config["base_url"]).rstrip("/")
+    config["assets"] = list(config["assets"])
+    return config
+
 
 def segment_config(model_cfg) -> dict:
     """A model's config as far as its predictions depend on it (the vote weight and the batch

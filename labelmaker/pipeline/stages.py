@@ -9,8 +9,10 @@ from tqdm import tqdm
 from ..errors import BadInputError, StageDependencyError
 from ..fusion import FusionConfig, TSDFVolume, iter_frames
 from ..io.capture import ImportConfig, write_capture
+from ..io.download import DownloadConfig, download_video, local_manifest, parse_video_dir
 from ..io.registry import get_importer
 from ..workspace import Workspace
+from .hashes import download_config
 from .records import StageOutcome, run_stage, stable_hash
 
 
@@ -18,12 +20,54 @@ def _as_dict(cfg) -> dict:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
-def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force: bool = False, progress: bool = True) -> StageOutcome:
-    """Stage `import`: index the raw capture, then write frame shards (resuming finished ones)."""
+def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, force: bool = False,
+                   progress: bool = True) -> StageOutcome:
+    """Stage `download` of a downloading batch: fetch the ARKitScenes video whose raw folder
+    (<root>/raw/<split>/<video_id>) is the scene's capture folder. Resumes partial files; a 404
+    is bad input, transient failures that outlast `cfg.retries` fail as `crashed` (the
+    controller retries those). Its output hash is the fetched files' names, sizes and CRCs."""
+    out_root, split, video_id = parse_video_dir(video_dir)
+    fetch = dataclasses.replace(cfg, split=split)
+
+    def body() -> dict:
+        got = download_video(video_id, out_root, fetch, progress=progress)
+        files = local_manifest(got.video_dir, fetch.assets, got.metadata_csv)
+        statuses: dict[str, int] = {}
+        for f in got.files:
+            statuses[f.status] = statuses.get(f.status, 0) + 1
+        return {
+            "video_id": video_id,
+            "split": split,
+            "video_dir": str(got.video_dir),
+            "metadata_csv": str(got.metadata_csv) if got.metadata_csv else None,
+            "transferred_bytes": got.bytes,
+            "retries": got.retries,
+            "download_seconds": round(got.seconds, 3),
+            "fetched": {f.name: f.status for f in got.files},
+            "file_statuses": statuses,
+            "missing": [f.name for f in got.files if f.status == "missing"],
+            "files": len(files),
+            "bytes": sum(size for _, size, _ in files),
+            "output_hash": stable_hash([video_id, split, files]),
+        }
+
+    return run_stage(ws, "download", download_config(cfg), stable_hash([video_id, split]), body, force=force)
+
+
+def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force: bool = False, progress: bool = True,
+                 source_hash: str | None = None) -> StageOutcome:
+    """Stage `import`: index the raw capture, then write frame shards (resuming finished ones).
+
+    `source_hash`: the identity of the raw files when a stage before import fetched them (the
+    download's output hash). It is then import's input hash, which the planner can check
+    without reading the files, and it goes into the shards' fingerprints: the importer's own
+    index sees names and poses, not pixels, so re-fetched files that differ only in content
+    must not let old shards be reused."""
     importer = get_importer(cfg.source)
     input_dir = Path(input_dir).resolve()
     config = _as_dict(cfg)
     config_hash = stable_hash(config)
+    shard_key = config_hash if source_hash is None else stable_hash([config_hash, source_hash])
 
     index = None
 
@@ -31,11 +75,13 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
         # Indexing is cheap (file names, poses); its result is the stage's input identity.
         nonlocal index
         index = importer.index(input_dir, cfg)
+        if source_hash is not None:
+            return source_hash
         return stable_hash([str(input_dir), [(f.name, f.timestamp, f.T_cw.round(9).tolist()) for f in index.frames]])
 
     def body() -> dict:
         with tqdm(total=len(index.frames), desc=f"import {index.scene}", unit="frame", disable=not progress) as bar:
-            return write_capture(index, ws, cfg, config_hash, progress=bar.update)
+            return write_capture(index, ws, cfg, shard_key, progress=bar.update)
 
     return run_stage(ws, "import", config, input_hash, body, force=force)
 
