@@ -85,6 +85,14 @@ def test_state_done_stale_failed_crashed_and_dependency(tmp_path):
     # another fusion config: stale too
     _done(ws, specs["import"], cfg)
     assert StateReader(_cfg("fusion.voxel_size_m=0.07"), graph).scene("a", ws.root).stages["fuse"].status == "stale"
+    # new code in fuse (its code version bumped): stale, though config and inputs are the same
+    from labelmaker.pipeline import hashes
+
+    bumped = {**hashes.CODE_VERSIONS, "fuse": hashes.CODE_VERSIONS["fuse"] + 1}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hashes, "CODE_VERSIONS", bumped)
+        st = StateReader(cfg, graph).scene("a", ws.root)
+        assert st.stages["fuse"].status == "stale" and st.stages["import"].status == "done"
     # a failed record, and what it blocks
     ws.write_state("consensus", {"status": "failed", "attempt": 2, "error_class": "bad_input", "error": "scene 'a': file 'x': bad"})
     st = reader.scene("a", ws.root)

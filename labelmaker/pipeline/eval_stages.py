@@ -20,7 +20,7 @@ from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
 from ..workspace import Workspace
 from .label_stages import LiftStageConfig, lift_frames
-from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs
+from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs, versioned
 from .records import StageOutcome, run_stage
 from .stages import require_done
 
@@ -113,7 +113,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
             "scores": ws.path_for_record(ws.output_path("scores")),
         }
 
-    return run_stage(ws, "evaluate", dataclasses.asdict(cfg), input_hash, body, force=force)
+    return run_stage(ws, "evaluate", versioned("evaluate", dataclasses.asdict(cfg)), input_hash, body, force=force)
 
 
 def _scores_2d(ws: Workspace, gt: GroundTruth, models: Dict[str, ModelConfig], step: int, n: int, progress: bool) -> dict[str, Scores]:
@@ -181,4 +181,4 @@ def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = Fals
         write_png(ws.output_path("preview"), side_by_side([*images, legend], [*titles, "classes"]))
         return {"preview": ws.path_for_record(ws.output_path("preview"))}
 
-    return run_stage(ws, "report", REPORT_CONFIG, lifted["output_hash"], body, force=force)
+    return run_stage(ws, "report", versioned("report", REPORT_CONFIG), lifted["output_hash"], body, force=force)

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from ..workspace import Workspace
 from .hashes import (REPORT_CONFIG, consensus_input_hash, download_config, evaluate_input_hash, evaluate_inputs, lift_input_hash,
-                     segment_config)
+                     segment_config, versioned)
 from .records import StageOutcome, run_stage
 
 
@@ -109,7 +109,7 @@ def scene_graph(cfg) -> list[StageSpec]:
 def stage_config(spec: StageSpec, cfg) -> dict:
     """The config dict the stage hashes into its record (mirrors the stage functions)."""
     asdict = dataclasses.asdict
-    return {
+    return versioned(spec.kind, {
         "download": lambda: download_config(cfg.download),
         "import": lambda: asdict(cfg.data),
         "segment": lambda: segment_config(cfg.segment.models[spec.model]),
@@ -120,7 +120,7 @@ def stage_config(spec: StageSpec, cfg) -> dict:
         "export": lambda: asdict(cfg.export),
         "evaluate": lambda: asdict(cfg.evaluate),
         "report": lambda: REPORT_CONFIG,
-    }[spec.kind]()
+    }[spec.kind]())
 
 
 def input_constants(cfg) -> dict:

@@ -13,6 +13,19 @@ from .records import stable_hash
 
 REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
 
+# A stage kind's code version, hashed with its config. Bump it when the stage's code changes
+# what it writes for the same config and inputs: its records and shard fingerprints then stop
+# matching, so finished scenes rerun that stage (and what depends on it) instead of keeping
+# outputs of the old code. fuse 2: vertices in canonical order; lift 2, evaluate 2: paths
+# relative to the workspace.
+CODE_VERSIONS = {"download": 1, "import": 1, "segment": 1, "masks": 1, "consensus": 1, "fuse": 2, "lift": 2, "export": 1,
+                 "evaluate": 2, "report": 1}
+
+
+def versioned(kind: str, config: dict) -> dict:
+    """The config dict stage `kind` hashes (and stores in its record): `config` and its code version."""
+    return {**config, "code_version": CODE_VERSIONS[kind]}
+
 # The download settings that change what is fetched or where it goes; retries, backoff,
 # timeouts, chunk size and keep_zip only change how, so a new value does not fetch again.
 DOWNLOAD_HASHED = ("base_url", "split", "assets", "metadata", "checksums", "root")

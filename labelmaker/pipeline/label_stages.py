@@ -24,7 +24,7 @@ from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import Workspace, atomic_path, write_json_atomic
-from .hashes import consensus_input_hash, lift_input_hash, segment_config
+from .hashes import consensus_input_hash, lift_input_hash, segment_config, versioned
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import FrameShardPass, require_done
@@ -63,7 +63,7 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
     stage = segment_stage(model)
     imported = require_done(ws, stage, "import")
-    config = segment_config(cfg)
+    config = versioned("segment", segment_config(cfg))
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
@@ -143,7 +143,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
     input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
                                       cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
-    config = dataclasses.asdict(cfg)
+    config = versioned("consensus", dataclasses.asdict(cfg))
 
     def body() -> dict:
         names = sorted(models)
@@ -270,7 +270,7 @@ def target_mesh(ws: Workspace, mesh_path: str | None) -> tuple[MeshArrays, Path]
 def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progress: bool = True) -> StageOutcome:
     """Stage `lift`: consensus labels of all frames voted onto the vertices of the mesh."""
     consensus = require_done(ws, "lift", "consensus")
-    config = dataclasses.asdict(cfg)
+    config = versioned("lift", dataclasses.asdict(cfg))
     fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
     input_hash = lift_input_hash(consensus["output_hash"], fused, cfg.mesh)
 
@@ -326,7 +326,7 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
             )
         return summary
 
-    return run_stage(ws, "export", dataclasses.asdict(cfg), lifted["output_hash"], body, force=force)
+    return run_stage(ws, "export", versioned("export", dataclasses.asdict(cfg)), lifted["output_hash"], body, force=force)
 
 
 def _contiguous(ids: np.ndarray, space: str) -> np.ndarray:

@@ -13,6 +13,7 @@ from ..errors import BadInputError
 from ..masks import MaskModelConfig, build_mask_model
 from ..refine import SamRefineConfig, refine_with_masks
 from ..workspace import Workspace
+from .hashes import versioned
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import FrameShardPass, require_done
 
@@ -27,7 +28,7 @@ def masks_scene(ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = F
 
     stage = mask_stage(model)
     imported = require_done(ws, stage, "import")
-    config = dataclasses.asdict(cfg)
+    config = versioned("masks", dataclasses.asdict(cfg))
     cfg_hash = stable_hash(config)
 
     def body() -> dict:

@@ -12,7 +12,7 @@ from ..io.capture import ImportConfig, write_capture
 from ..io.download import DownloadConfig, download_video, local_manifest, parse_video_dir
 from ..io.registry import get_importer
 from ..workspace import Workspace
-from .hashes import download_config
+from .hashes import download_config, versioned
 from .records import StageOutcome, run_stage, stable_hash
 
 
@@ -51,7 +51,7 @@ def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, fo
             "output_hash": stable_hash([video_id, split, files]),
         }
 
-    return run_stage(ws, "download", download_config(cfg), stable_hash([video_id, split]), body, force=force)
+    return run_stage(ws, "download", versioned("download", download_config(cfg)), stable_hash([video_id, split]), body, force=force)
 
 
 def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force: bool = False, progress: bool = True,
@@ -65,7 +65,7 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
     must not let old shards be reused."""
     importer = get_importer(cfg.source)
     input_dir = Path(input_dir).resolve()
-    config = _as_dict(cfg)
+    config = versioned("import", _as_dict(cfg))
     config_hash = stable_hash(config)
     shard_key = config_hash if source_hash is None else stable_hash([config_hash, source_hash])
 
@@ -161,4 +161,4 @@ def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: 
             "bounds_max": mesh.vertices.max(axis=0).round(3).tolist(),
         }
 
-    return run_stage(ws, "fuse", _as_dict(cfg), imported["output_hash"], body, force=force)
+    return run_stage(ws, "fuse", versioned("fuse", _as_dict(cfg)), imported["output_hash"], body, force=force)
