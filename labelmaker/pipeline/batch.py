@@ -157,7 +157,7 @@ class Controller:
         self.graph = scene_graph(cfg)
         self.specs = {s.name: s for s in self.graph}
         self.reader = StateReader(cfg, self.graph)
-        self.cache = StateCache(None)
+        self.cache = StateCache(folder.status_cache_path)  # shared with `status`, which then starts warm
         self.journal = Journal(folder.journal_path)
         self.executor = executor or make_executor(cfg.cluster, folder.jobs_dir)
         self.started = time.time()
@@ -278,7 +278,9 @@ class Controller:
     def read_states(self) -> dict[str, SceneState]:
         """Every scene's state; unchanged scenes come from an in-memory cache between rounds."""
         self.cache.now_ns = time.time_ns()
-        return {name: self.reader.scene(name, s.workspace, self.cache) for name, s in self.scenes.items()}
+        states = {name: self.reader.scene(name, s.workspace, self.cache) for name, s in self.scenes.items()}
+        self.cache.save()
+        return states
 
     def round(self) -> RoundReport:
         report = RoundReport()

@@ -133,23 +133,27 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
     when it cannot be known without the scene's raw input: download (the video and split are
     in the scene's capture path), and import reading a capture it did not get from a download
     stage (with one, its input is the download's output hash)."""
-    out = {name: (rec or {}).get("output_hash") for name, rec in records.items()}
+
+    def out(name: str) -> Optional[str]:
+        rec = records.get(name)
+        return rec.get("output_hash") if rec else None
+
     if spec.kind == "download":
         return None
     if spec.kind == "import":
-        return out.get("download") if "download" in spec.deps else None
+        return out("download") if "download" in spec.deps else None
     if spec.kind in ("segment", "masks", "fuse"):
-        return out.get("import")
+        return out("import")
     if spec.kind == "consensus":
         refine = cfg.consensus.sam_refine
-        return consensus_input_hash({n: out.get(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models,
-                                    refine, out.get(f"masks-{refine.masks}"))
+        return consensus_input_hash({n: out(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models,
+                                    refine, out(f"masks-{refine.masks}"))
     if spec.kind == "lift":
-        return lift_input_hash(out.get("consensus"), out.get("fuse"), cfg.lift.mesh)
+        return lift_input_hash(out("consensus"), out("fuse"), cfg.lift.mesh)
     if spec.kind in ("export", "report"):
-        return out.get("lift")
+        return out("lift")
     if spec.kind == "evaluate":
-        return evaluate_input_hash(out.get("lift"), (consts or input_constants(cfg))["evaluate"])
+        return evaluate_input_hash(out("lift"), (consts or input_constants(cfg))["evaluate"])
     raise KeyError(spec.kind)
 
 

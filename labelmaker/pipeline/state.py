@@ -132,8 +132,7 @@ class StateReader:
             if rec.get("config_hash") != self.config_hashes[spec.name] or any(d.status != "done" for d in deps):
                 state.status = "stale"
             else:
-                expected = expected_input_hash(spec, self.cfg, {d: records.get(d) for d in spec.deps} | {"import": records.get("import")},
-                                               self.consts)
+                expected = expected_input_hash(spec, self.cfg, records, self.consts)
                 if expected is not None and rec.get("input_hash") != expected:
                     state.status = "stale"
         return state
@@ -227,3 +226,4 @@ class StateCache:
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as fh:
                 pickle.dump({"version": self.VERSION, "entries": self.entries}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.dirty = False
