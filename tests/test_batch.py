@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import pytest
 
+from batch_helpers import status_json, submissions
 from labelmaker.cli import main
 from labelmaker.workspace import BatchFolder, Workspace
 
@@ -40,33 +40,12 @@ def _copy_with_corrupt_frame(captures, tmp_path):
     return raw, frame, good
 
 
-def _status(out) -> dict:
-    from contextlib import redirect_stdout
-    from io import StringIO
-
-    buf = StringIO()
-    with redirect_stdout(buf):
-        assert main(["status", str(out), "--json"]) == 0
-    return json.loads(buf.getvalue())
-
-
-def _submissions(out) -> Counter:
-    """(scene, stage) -> how many times it was submitted, from the journal."""
-    n = Counter()
-    for line in BatchFolder(out).journal_path.read_text().splitlines():
-        if line.strip():
-            event = json.loads(line)
-            if event["event"] == "submit":
-                n.update((scene, event["stage"]) for scene in event["scenes"])
-    return n
-
-
 @pytest.mark.slow
 def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
     raw, frame, good = _copy_with_corrupt_frame(captures, tmp_path)
     out = tmp_path / "out"
     assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL]) == 1
-    status = _status(out)
+    status = status_json(out)
     assert status["scene_status"] == {"s0": "done", "s1": "failed", "s2": "done"}
     (failure,) = status["failures"]
     assert failure["stage"] == "import" and failure["error_class"] == "bad_input" and frame.name in failure["error"]
@@ -78,21 +57,21 @@ def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
     assert "s1" in text and "bad_input" in text and "labelmaker retry" in text
 
     # the same batch again: nothing to do, nothing submitted (bad input waits for `retry`)
-    before = _submissions(out)
+    before = submissions(out)
     assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL]) == 1
-    assert _submissions(out) == before
+    assert submissions(out) == before
 
     # fixed input: retry finishes it, and runs only s1's stages
     frame.write_bytes(good)
     assert main(["retry", str(out), "--error-class", "bad_input"]) == 0
-    assert set(_status(out)["scene_status"].values()) == {"done"}
-    added = _submissions(out) - before
+    assert set(status_json(out)["scene_status"].values()) == {"done"}
+    added = submissions(out) - before
     assert {scene for scene, _ in added} == {"s1"} and all(v == 1 for v in added.values())
 
     # a changed export option reruns export only
-    before = _submissions(out)
+    before = submissions(out)
     assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL, "export.pointcept=false"]) == 0
-    assert set((_submissions(out) - before)) == {(s, "export") for s in ("s0", "s1", "s2")}
+    assert set((submissions(out) - before)) == {(s, "export") for s in ("s0", "s1", "s2")}
 
 
 @pytest.mark.slow
@@ -111,7 +90,7 @@ def test_batch_on_node_local_scratch_gives_the_same_labels(captures, tmp_path, m
     args = ["cluster=inprocess", *ONE_MODEL, *SMALL, "batch.skip=[report]"]
     assert main(["batch", str(raw), str(tmp_path / "staged"), *args, f"cluster.scratch_dir={node}"]) == 0
     assert main(["batch", str(raw), str(tmp_path / "plain"), *args]) == 0
-    status = _status(tmp_path / "staged")
+    status = status_json(tmp_path / "staged")
     assert status["scene_status"] == {"s0": "done"}
     assert len(copied_back) == sum(status["stages"][s]["done"] for s in status["stages"])  # each stage was staged
     assert all(p.is_relative_to(node) for p in copied_back) and list(node.iterdir()) == []
@@ -159,17 +138,17 @@ def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_pat
     assert in_flight, "the kill should land while jobs run"
 
     assert main(args) == 1  # restarted: finishes what it can; s1 has bad input
-    submitted = _submissions(out)
+    submitted = submissions(out)
     assert all(n == 1 for n in submitted.values()), submitted  # nothing submitted twice
-    status = _status(out)
+    status = status_json(out)
     assert status["scene_status"] == {"s0": "done", "s1": "failed"}
     assert status["failures"][0]["error_class"] == "bad_input" and frame.name in status["failures"][0]["error"]
     assert (out / "_batch" / "jobs").is_dir()  # submitit's job folders (logs, pickles)
 
     frame.write_bytes(good)
     assert main(["retry", str(out)]) == 0
-    assert set(_status(out)["scene_status"].values()) == {"done"}
-    submitted = _submissions(out)
+    assert set(status_json(out)["scene_status"].values()) == {"done"}
+    submitted = submissions(out)
     assert submitted[("s1", "import")] == 2 and all(n == 1 for key, n in submitted.items() if key != ("s1", "import"))
     labels = [np.load(Workspace(out / s).output_path("labels")) for s in ("s0", "s1")]
     assert all(len(x) > 0 and (x > 0).mean() > 0.5 for x in labels)

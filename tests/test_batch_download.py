@@ -4,13 +4,11 @@ not have is bad input for that scene only; a rerun fetches and submits nothing; 
 outlasts its own retries fails as transient and the controller's retry resumes its partial file."""
 import json
 import shutil
-from collections import Counter
-from contextlib import redirect_stdout
-from io import StringIO
 
 import pytest
 
 from arkit_server import FaultyServer, pack_release
+from batch_helpers import status_json, submissions
 from labelmaker.cli import main
 from labelmaker.config import load_config
 from labelmaker.pipeline.graph import expected_input_hash, scene_graph, stage_config
@@ -43,22 +41,6 @@ def release(tmp_path_factory):
     return scenes, tmp / "server"
 
 
-def _status(out) -> dict:
-    buf = StringIO()
-    with redirect_stdout(buf):
-        assert main(["status", str(out), "--json"]) == 0
-    return json.loads(buf.getvalue())
-
-
-def _submissions(out) -> Counter:
-    n = Counter()
-    for line in BatchFolder(out).journal_path.read_text().splitlines():
-        event = json.loads(line)
-        if event["event"] == "submit":
-            n.update((scene, event["stage"]) for scene in event["scenes"])
-    return n
-
-
 def _outcomes(out, scene, stage) -> list[dict]:
     events = [json.loads(line) for line in BatchFolder(out).journal_path.read_text().splitlines()]
     return [e for e in events if e["event"] == "outcome" and (e["scene"], e["stage"]) == (scene, stage)]
@@ -86,7 +68,7 @@ def test_downloading_batch_faults_bad_id_rerun_and_retry(release, tmp_path, caps
         server.inject(f"raw/Training/{v3}/lowres_wide.traj", "500")
         args = ["batch", "--download", str(listing), str(out), f"download.base_url={server.url}", *SMALL, *LABELS]
         assert main(args) == 1  # one scene failed
-        status = _status(out)
+        status = status_json(out)
         assert status["scene_status"] == {**{v: "done" for v in VIDEOS}, UNKNOWN: "failed"}
         assert status["stages"]["download"] == {"done": 3, "failed": 1}
         assert status["stages"]["import"] == {"done": 3, "dependency_failed": 1}
@@ -123,9 +105,9 @@ def test_downloading_batch_faults_bad_id_rerun_and_retry(release, tmp_path, caps
             assert StateReader(cfg, graph).scene(vid, str(out / vid)).status == "done"
 
         # the same command again: nothing fetched, nothing submitted; status shows the download stage
-        before, fetched = _submissions(out), len(server.requests)
+        before, fetched = submissions(out), len(server.requests)
         assert main(args) == 1
-        assert _submissions(out) == before and len(server.requests) == fetched
+        assert submissions(out) == before and len(server.requests) == fetched
         capsys.readouterr()
         assert main(["status", str(out)]) == 0
         table = capsys.readouterr().out.splitlines()
@@ -139,8 +121,8 @@ def test_downloading_batch_faults_bad_id_rerun_and_retry(release, tmp_path, caps
         pack_release(late.video_dir, tmp_path / "synth" / "metadata.csv", base, "Validation")
         shutil.copytree(late.gt_dir, out / "raw" / "Validation" / UNKNOWN / "ground_truth")
         assert main(["retry", str(out), "--error-class", "bad_input"]) == 0
-    assert set(_status(out)["scene_status"].values()) == {"done"}
-    added = _submissions(out) - before
+    assert set(status_json(out)["scene_status"].values()) == {"done"}
+    added = submissions(out) - before
     assert {scene for scene, _ in added} == {UNKNOWN} and added[(UNKNOWN, "download")] == 1
     assert Workspace(out / UNKNOWN).output_path("labels").exists()
 
@@ -170,4 +152,4 @@ def test_a_download_that_outlasts_its_retries_is_resumed_by_the_controller(relea
     assert record["attempt"] == 2 and record["summary"]["fetched"]["lowres_depth/ (from lowres_depth.zip)"] == "resumed"
     video = raw_root / "raw" / "Validation" / vid  # download.root: raw files away from the workspaces
     assert _same_files(video / "lowres_depth", scenes[vid].video_dir / "lowres_depth") and not (out / "raw").exists()
-    assert _status(out)["scene_status"] == {vid: "done"}
+    assert status_json(out)["scene_status"] == {vid: "done"}
