@@ -75,3 +75,27 @@ def test_kill_import_and_fuse_then_resume(synth_scene_factory, tmp_path):
     assert np.array_equal(_sorted_vertices(ref_mesh), _sorted_vertices(killed_mesh))
     # Leftover temporary files are never taken for outputs.
     assert not list(killed.glob("frames/.shard-*.tmp-*")) and not list(killed.glob(".mesh.tmp-*"))
+
+
+def test_a_rewritten_raw_frame_reimports_only_its_shard(synth_scene_factory, tmp_path):
+    """Names and poses unchanged, pixels new: the import reruns (the files' sizes and times are in
+    its input) and rewrites just the shard holding that frame."""
+    scene = synth_scene_factory(tmp_path, seed=3, n_frames=24)
+    ws_dir = tmp_path / "ws"
+    args = ["import", "arkitscenes", str(scene.video_dir), str(ws_dir), *COMMON]
+    assert main(args) == 0
+    ws = Workspace(ws_dir)
+    before = _frames(ws)
+    assert main(args) == 0 and ws.read_state("import")["attempt"] == 1  # unchanged: skipped
+    frame = sorted((scene.video_dir / "lowres_wide").iterdir())[10]  # in shard 1 (8 frames a shard)
+    from PIL import Image
+
+    image = np.asarray(Image.open(frame)).copy()
+    image[:20, :20] = 255 - image[:20, :20]
+    Image.fromarray(image).save(frame)
+    assert main(args) == 0
+    record = ws.read_state("import")
+    assert record["attempt"] == 2 and record["summary"]["shards_reused"] == len(before) - 1
+    after = _frames(ws)
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if not np.array_equal(a.color, b.color)]
+    assert changed == [1]

@@ -8,6 +8,7 @@ rotation, subsampling and atomic, resumable shard writing are done here, alike f
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +154,23 @@ class _FrameDecoder:
         return dict(color=color, depth=depth_mm, confidence=conf, K_color=K_color, K_depth=K_depth)
 
 
+def file_signatures(rec: FrameRecord) -> list:
+    """(size, mtime) of a frame's files: a raw file replaced or rewritten since the last import
+    changes them (reading every pixel to hash it would cost as much as importing)."""
+    out = []
+    for path in (rec.color_path, rec.depth_path, rec.confidence_path):
+        try:
+            st = os.stat(path) if path is not None else None
+        except FileNotFoundError:
+            st = None  # the decoder reports it, naming the file
+        out.append([st.st_size, st.st_mtime_ns] if st is not None else None)
+    return out
+
+
 def shard_fingerprint(config_hash: str, records: list[FrameRecord]) -> str:
     return stable_hash(
-        [config_hash] + [[r.name, str(r.color_path), str(r.depth_path), np.round(r.T_cw, 9).tolist()] for r in records]
+        [config_hash] + [[r.name, str(r.color_path), str(r.depth_path), np.round(r.T_cw, 9).tolist(), file_signatures(r)]
+                         for r in records]
     )
 
 

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from ..errors import BadInputError, StageDependencyError
 from ..fusion import FusionConfig, TSDFVolume, iter_frames
-from ..io.capture import ImportConfig, write_capture
+from ..io.capture import ImportConfig, file_signatures, write_capture
 from ..io.download import DownloadConfig, download_video, local_manifest, parse_video_dir
 from ..io.registry import get_importer
 from ..workspace import Workspace
@@ -72,12 +72,13 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
     index = None
 
     def input_hash() -> str:
-        # Indexing is cheap (file names, poses); its result is the stage's input identity.
+        # Indexing is cheap (file names, poses, file sizes and times); its result is the stage's input identity.
         nonlocal index
         index = importer.index(input_dir, cfg)
         if source_hash is not None:
             return source_hash
-        return stable_hash([str(input_dir), [(f.name, f.timestamp, f.T_cw.round(9).tolist()) for f in index.frames]])
+        return stable_hash([str(input_dir), [(f.name, f.timestamp, f.T_cw.round(9).tolist(), file_signatures(f))
+                                             for f in index.frames]])
 
     def body() -> dict:
         with tqdm(total=len(index.frames), desc=f"import {index.scene}", unit="frame", disable=not progress) as bar:
