@@ -76,31 +76,41 @@ def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_batch_on_node_local_scratch_gives_the_same_labels(captures, tmp_path, monkeypatch):
-    """cluster.scratch_dir: every stage runs on a copy of its workspace and copies back; the
-    labels equal those of a batch on the shared workspace, and the scratch is left empty."""
+    """cluster.scratch_dir: every stage runs on a copy of what it works on (workspace.stage_entries)
+    and copies back; the labels and scores equal those of a batch on the shared workspace, and
+    the scratch is left empty. Every stage kind runs staged, SAM-refined consensus included."""
     from labelmaker.cluster import scratch
 
     raw = tmp_path / "raw"
     raw.mkdir()
     shutil.copytree(captures / "s0", raw / "s0")
-    copied_back = []
+    staged_copies = []  # (node folder, its top-level entries) at each copy-back
     real = scratch.copy_back
-    monkeypatch.setattr(scratch, "copy_back", lambda local, shared, before: copied_back.append(local.parent) or real(local, shared, before))
+
+    def copy_back(local, shared, before):
+        staged_copies.append((local.parent, {p.name for p in local.iterdir()}))
+        return real(local, shared, before)
+
+    monkeypatch.setattr(scratch, "copy_back", copy_back)
     node = tmp_path / "node"
-    args = ["cluster=inprocess", *ONE_MODEL, *SMALL, "batch.skip=[report]"]
+    args = ["cluster=inprocess", *ONE_MODEL, *SMALL, "masks=simulated", "consensus.sam_refine.enabled=true"]
     assert main(["batch", str(raw), str(tmp_path / "staged"), *args, f"cluster.scratch_dir={node}"]) == 0
     assert main(["batch", str(raw), str(tmp_path / "plain"), *args]) == 0
     status = status_json(tmp_path / "staged")
     assert status["scene_status"] == {"s0": "done"}
-    assert len(copied_back) == sum(status["stages"][s]["done"] for s in status["stages"])  # each stage was staged
-    assert all(p.is_relative_to(node) for p in copied_back) and list(node.iterdir()) == []
+    assert {"masks-sam", "report", "evaluate"} <= set(status["stages"])
+    assert len(staged_copies) == sum(status["stages"][s]["done"] for s in status["stages"])  # each stage was staged
+    assert all(p.is_relative_to(node) for p, _ in staged_copies) and list(node.iterdir()) == []
+    assert any("pred" not in entries and "labels" in entries for _, entries in staged_copies)  # export, report
     staged, plain = Workspace(tmp_path / "staged" / "s0"), Workspace(tmp_path / "plain" / "s0")
     for name in ("labels", "labels_scannet200"):
         assert np.array_equal(np.load(staged.output_path(name)), np.load(plain.output_path(name)))
+    scores = [json.loads(ws.output_path("scores").read_text()) for ws in (staged, plain)]
+    assert scores[0] == scores[1]
+    assert staged.mesh_path.read_bytes() == plain.mesh_path.read_bytes()
     assert staged.read_state("evaluate")["summary"]["scores"] == "eval/scores.json"  # no node paths in records
     assert staged.read_state("import")["scene"] == "s0"
-    names = [n for n in status["stages"]]
-    assert staged.read_state_index(names) is not None  # rebuilt after the copy-back
+    assert staged.read_state_index(list(status["stages"])) is not None  # rebuilt after the copy-back
 
 
 def _journal_events(out) -> list[dict]:

@@ -1,12 +1,14 @@
 """Node-local scratch staging: changes come back, records last, nothing half-copied looks done."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from labelmaker.cluster import scratch
 from labelmaker.cluster.scratch import staged_workspace
-from labelmaker.workspace import Workspace
+from labelmaker.workspace import Workspace, stage_entries
 
 
 def _workspace(root) -> Workspace:
@@ -87,3 +89,26 @@ def test_changes_between_snapshots():
     before = {"a": (1, 1), "b": (2, 2), "c": (3, 3)}
     after = {"a": (1, 1), "b": (2, 5), "d": (4, 4)}
     assert scratch.changes(before, after) == (["b", "d"], ["c"])
+
+
+def test_staging_only_a_stages_entries_copies_back_only_its_changes(tmp_path):
+    shared = _workspace(tmp_path / "shared")
+    (shared.root / "pred" / "m").mkdir(parents=True)
+    (shared.root / "pred" / "m" / "x.h5").write_bytes(b"pred")
+    with staged_workspace(shared.root, tmp_path / "node", stage_entries("consensus")) as local_root:
+        assert {p.name for p in local_root.iterdir()} == {"scene.json", "frames", "consensus", "pred", "state", "logs"}
+        _rerun_consensus(Workspace(local_root))
+    assert shared.read_state("consensus") == {"status": "done", "hash": "new"}
+    assert (shared.root / "pred" / "m" / "x.h5").read_bytes() == b"pred" and shared.frame_shards.folder.exists()
+    with staged_workspace(shared.root, tmp_path / "node", stage_entries("segment", "m")) as local_root:
+        assert (local_root / "pred" / "m" / "x.h5").exists() and not (local_root / "consensus").exists()
+    assert shared.consensus_shards.fingerprint(0) == "new"  # not staged, so not deleted
+
+
+def test_every_stage_kind_and_output_has_staging_entries():
+    from labelmaker.pipeline.graph import STAGE_KINDS
+    from labelmaker.workspace import OUTPUTS, STAGE_ENTRIES
+
+    assert set(STAGE_ENTRIES) == set(STAGE_KINDS)
+    staged = {e.split("/")[0] for entries in STAGE_ENTRIES.values() for e in entries}
+    assert {Path(p).parts[0] for p in OUTPUTS.values()} <= staged

@@ -74,10 +74,31 @@ def copy_back(scratch: Path, shared: Path, before: Snapshot) -> tuple[int, int]:
     return len(changed), len(deleted)
 
 
+def _skip(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if is_temporary(Path(n)) or is_derived(Path(n))]
+
+
+def copy_in(shared: Path, local: Path, entries: tuple[str, ...] | None) -> None:
+    """Copy the workspace, or only `entries` (paths relative to it; missing ones are skipped)."""
+    if entries is None:
+        shutil.copytree(shared, local, ignore=_skip)
+        return
+    local.mkdir()
+    for rel in entries:
+        src = shared / rel
+        if src.is_dir():
+            shutil.copytree(src, local / rel, ignore=_skip)
+        elif src.is_file():
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, local / rel)
+
+
 @contextlib.contextmanager
-def staged_workspace(shared: str | Path, scratch_root: str | Path | None) -> Iterator[Path]:
-    """Yield a node-local copy of the workspace `shared`; copy changes back on exit (also when
-    the body raises, then re-raise). With scratch_root None, yield `shared` itself (no staging).
+def staged_workspace(shared: str | Path, scratch_root: str | Path | None,
+                     entries: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """Yield a node-local copy of the workspace `shared` (of its `entries` only, when given: see
+    workspace.stage_entries); copy changes back on exit (also when the body raises, then
+    re-raise). With scratch_root None, yield `shared` itself (no staging).
     """
     shared = Path(shared)
     if scratch_root is None:
@@ -88,7 +109,7 @@ def staged_workspace(shared: str | Path, scratch_root: str | Path | None) -> Ite
     local.parent.mkdir(parents=True)
     try:
         if shared.exists():
-            shutil.copytree(shared, local, ignore=lambda d, names: [n for n in names if is_temporary(Path(n)) or is_derived(Path(n))])
+            copy_in(shared, local, entries)
         else:
             local.mkdir()
         before = snapshot(local)

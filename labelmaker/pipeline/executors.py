@@ -21,7 +21,7 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from ..errors import LabelmakerError
-from ..workspace import Workspace
+from ..workspace import Workspace, stage_entries
 from .graph import Resources, StageSpec, run_graph_stage
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class StageTask(Checkpointable):
     def __call__(self, task: Task) -> dict:
         from ..cluster.scratch import staged_workspace
 
-        with staged_workspace(task.workspace, scratch_root(self.cfg.cluster.scratch_dir)) as root:
+        entries = stage_entries(self.spec.kind, self.spec.model)
+        with staged_workspace(task.workspace, scratch_root(self.cfg.cluster.scratch_dir), entries) as root:
             outcome = run_graph_stage(self.cfg, self.spec, task.input_dir, Workspace(root))
         return {"scene": task.scene, "stage": self.spec.name, "skipped": outcome.skipped,
                 "status": outcome.record.get("status")}
