@@ -50,6 +50,11 @@ STATE_LOCK_FILE = ".state.lock"
 STATE_INDEX_FIELDS = ("status", "attempt", "error_class", "error", "seconds", "started", "ended", "pid", "host",
                       "config_hash", "input_hash", "output_hash")
 STATE_LOCK_TIMEOUT_S = 10.0
+
+
+def state_index_entry(record: dict) -> dict:
+    """What the state index keeps of one stage record (STATE_INDEX_FIELDS)."""
+    return {k: record.get(k) for k in STATE_INDEX_FIELDS}
 SHARD_PATTERN = "shard-{:05d}.h5"
 
 # Per-scene output files by logical name; callers ask `Workspace.output_path(name)`.
@@ -343,18 +348,21 @@ class Workspace:
                         record = json.loads(path.read_bytes())
                     except (FileNotFoundError, ValueError):
                         continue
-                    records[path.stem] = {k: record.get(k) for k in STATE_INDEX_FIELDS}
+                    records[path.stem] = state_index_entry(record)
                 write_json_atomic(index, {"stamp": stamp, "records": records})
             return True
         except OSError:
             index.unlink(missing_ok=True)
             return False
 
-    def read_state_index(self, stages: list[str]) -> dict[str, dict | None] | None:
+    def read_state_index(self, stages: list[str], stamp: int | None = None) -> dict[str, dict | None] | None:
         """The index fields (STATE_INDEX_FIELDS) of the records of `stages`, from the state index;
-        None when there is no index or records changed since it was written."""
+        None when there is no index or records changed since it was written. `stamp`: this
+        workspace's `state_stamp()` if the caller has just taken it (else it is taken here)."""
+        stamp = self.state_stamp() if stamp is None else stamp
+        if stamp is None:
+            return None
         try:
-            stamp = os.stat(os.path.join(str(self.root), STATE_DIR)).st_mtime_ns
             with open(os.path.join(str(self.root), STATE_INDEX_FILE), "rb") as fh:
                 index = json.loads(fh.read())
         except (FileNotFoundError, ValueError):

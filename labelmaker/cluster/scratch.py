@@ -26,13 +26,18 @@ from ..workspace import STATE_DIR, Workspace, atomic_path, is_derived, is_tempor
 Snapshot = dict[str, tuple[int, int]]
 
 
+def _not_copied(path: Path) -> bool:
+    """Temporaries of writers in flight, and files a workspace rebuilds itself (state index)."""
+    return is_temporary(path) or is_derived(path)
+
+
 def snapshot(root: Path) -> Snapshot:
     """Relative path -> (size, mtime_ns) of every regular file under root, temporaries left out."""
     out: Snapshot = {}
     for dirpath, _, files in os.walk(root):
         for name in files:
             path = Path(dirpath, name)
-            if is_temporary(path) or is_derived(path):
+            if _not_copied(path):
                 continue
             st = path.stat()
             out[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
@@ -75,7 +80,7 @@ def copy_back(scratch: Path, shared: Path, before: Snapshot) -> tuple[int, int]:
 
 
 def _skip(folder: str, names: list[str]) -> list[str]:
-    return [n for n in names if is_temporary(Path(n)) or is_derived(Path(n))]
+    return [n for n in names if _not_copied(Path(n))]
 
 
 def copy_in(shared: Path, local: Path, entries: tuple[str, ...] | None) -> None:

@@ -26,6 +26,7 @@ def versioned(kind: str, config: dict) -> dict:
     """The config dict stage `kind` hashes (and stores in its record): `config` and its code version."""
     return {**config, "code_version": CODE_VERSIONS[kind]}
 
+
 # The download settings that change what is fetched or where it goes; retries, backoff,
 # timeouts, chunk size and keep_zip only change how, so a new value does not fetch again.
 DOWNLOAD_HASHED = ("base_url", "split", "assets", "metadata", "checksums", "root")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,9 +33,6 @@ def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, fo
     def body() -> dict:
         got = download_video(video_id, out_root, fetch, progress=progress)
         files = local_manifest(got.video_dir, fetch.assets, got.metadata_csv)
-        statuses: dict[str, int] = {}
-        for f in got.files:
-            statuses[f.status] = statuses.get(f.status, 0) + 1
         return {
             "video_id": video_id,
             "split": split,
@@ -44,7 +42,7 @@ def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, fo
             "retries": got.retries,
             "download_seconds": round(got.seconds, 3),
             "fetched": {f.name: f.status for f in got.files},
-            "file_statuses": statuses,
+            "file_statuses": dict(Counter(f.status for f in got.files)),
             "missing": [f.name for f in got.files if f.status == "missing"],
             "files": len(files),
             "bytes": sum(size for _, size, _ in files),

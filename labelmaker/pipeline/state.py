@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from ..workspace import STATE_INDEX_FIELDS, Workspace
+from ..workspace import Workspace, state_index_entry
 from .graph import StageSpec, expected_input_hash, input_constants, stage_config
 from .records import stable_hash
 
@@ -101,8 +101,8 @@ class StateReader:
         stamp = ws.state_stamp()
         stages = cache.lookup(workspace, stamp, self.key)
         if stages is not None:
-            return SceneState(scene, str(workspace), stages)
-        state = self.from_records(scene, workspace, cache.records(ws, self.names))
+            return SceneState(scene, workspace, stages)
+        state = self.from_records(scene, workspace, cache.records(ws, self.names, stamp))
         if all(s.status != "running" for s in state.stages.values()):
             cache.store(workspace, stamp, self.key, state.stages)
         return state
@@ -153,9 +153,7 @@ def counts(states: Iterable[SceneState]) -> dict:
 def compact(record: dict | None) -> dict | None:
     """The fields of a stage record that state needs (not its config, versions, summary): those
     the workspace's state index keeps."""
-    if record is None:
-        return None
-    return {k: record.get(k) for k in STATE_INDEX_FIELDS}
+    return None if record is None else state_index_entry(record)
 
 
 _STAGE_FIELDS = tuple(f.name for f in dataclasses.fields(StageState))
@@ -200,9 +198,10 @@ class StateCache:
             return None
         return {fields[0]: StageState(*fields) for fields in hit[1][key]}
 
-    def records(self, ws: Workspace, names: list[str]) -> dict[str, dict | None]:
-        """The state fields of the records of `names` (index first, with `use_index`)."""
-        records = ws.read_state_index(names) if self.use_index else None
+    def records(self, ws: Workspace, names: list[str], stamp: int | None) -> dict[str, dict | None]:
+        """The state fields of the records of `names` (index first, with `use_index`); `stamp`:
+        the workspace's state stamp, taken before."""
+        records = ws.read_state_index(names, stamp) if self.use_index else None
         if records is None:
             records = {name: compact(rec) for name, rec in ws.read_states(names).items()}
         return records
