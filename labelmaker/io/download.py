@@ -25,7 +25,6 @@ Why each rule:
 from __future__ import annotations
 
 import csv
-import hashlib
 import http.client
 import logging
 import os
@@ -37,13 +36,13 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from ..digests import crc32_of, sha256_of
 from ..errors import BadInputError, LabelmakerError
 
 log = logging.getLogger(__name__)
@@ -172,14 +171,6 @@ def _part_path(final: Path, shared: bool = False) -> Path:
     return final.with_name(f".{final.name}.part")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -279,7 +270,7 @@ def _fetch_with_retries(url: str, final: Path, part: Path, cfg: DownloadConfig, 
                 result.bytes += received
                 if resumed:
                     result.status = "resumed"
-                if sha256 and _sha256(part) != sha256:
+                if sha256 and sha256_of(part) != sha256:
                     raise _Corrupt("sha256 differs from the manifest")
                 if final.suffix == ".zip":
                     _check_zip(part)
@@ -391,14 +382,6 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
     return DownloadSummary(str(video_id), video_dir, metadata, results, time.perf_counter() - t0)
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
 def local_manifest(video_dir: Path, assets: list[str], metadata_csv: Optional[Path]) -> list[tuple[str, int, int]]:
     """(path, size, CRC32) of every file the download of `assets` left for a video (extracted
     asset folders, traj, mesh) and of metadata.csv, sorted. Read from disk, not from the
@@ -414,9 +397,9 @@ def local_manifest(video_dir: Path, assets: list[str], metadata_csv: Optional[Pa
             paths += [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
         elif (video_dir / name).is_file():
             paths.append(video_dir / name)
-    out = [(p.relative_to(video_dir).as_posix(), p.stat().st_size, _crc32(p)) for p in paths]
+    out = [(p.relative_to(video_dir).as_posix(), p.stat().st_size, crc32_of(p)) for p in paths]
     if metadata_csv is not None and Path(metadata_csv).is_file():
-        out.append(("../../metadata.csv", Path(metadata_csv).stat().st_size, _crc32(Path(metadata_csv))))
+        out.append(("../../metadata.csv", Path(metadata_csv).stat().st_size, crc32_of(Path(metadata_csv))))
     return sorted(out)
 
 

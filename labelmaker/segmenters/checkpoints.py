@@ -10,7 +10,6 @@ checked as a prefix) and its licence. Checkpoints live in one folder: a model's 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from ..digests import sha256_of
 from ..errors import SetupError
 
 ENV_DIR = "LABELMAKER_CHECKPOINT_DIR"
@@ -92,14 +92,6 @@ def locate(spec: str, folder: Optional[str]) -> tuple[Path, Optional[CheckpointE
     if not path.is_file():
         raise CheckpointError(path, f"the file {path.name} is missing from {base}", fetch_command(entry, base))
     return path, entry
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: Path, entry: Optional[CheckpointEntry]) -> bool:
