@@ -147,20 +147,28 @@ def _consensus_miou_2d(ws, scene):
     return scores(conf).miou
 
 
-@pytest.mark.slow
-def test_refined_consensus_beats_plain_consensus_on_a_synthetic_scene(synth_scene_factory, tmp_path):
+def _segmented(synth_scene_factory, tmp_path, overrides):
+    """A synthetic scene imported and segmented by the simulated models: (scene, config, workspace)."""
     from labelmaker.config import load_config
-    from labelmaker.pipeline.label_stages import consensus_scene, segment_scene
-    from labelmaker.pipeline.mask_stages import masks_scene
+    from labelmaker.pipeline.label_stages import segment_scene
     from labelmaker.pipeline.stages import import_scene
     from labelmaker.workspace import Workspace
 
     scene = synth_scene_factory(seed=7, n_frames=24)
-    cfg = load_config(["progress=false", "models=simulated", "masks=simulated"])[0]
+    cfg = load_config(["progress=false", "models=simulated", *overrides])[0]
     ws = Workspace(tmp_path / "ws")
     import_scene(scene.video_dir, ws, cfg.data, progress=False)
     for name, model in cfg.segment.models.items():
         segment_scene(ws, name, model, progress=False)
+    return scene, cfg, ws
+
+
+@pytest.mark.slow
+def test_refined_consensus_beats_plain_consensus_on_a_synthetic_scene(synth_scene_factory, tmp_path):
+    from labelmaker.pipeline.label_stages import consensus_scene
+    from labelmaker.pipeline.mask_stages import masks_scene
+
+    scene, cfg, ws = _segmented(synth_scene_factory, tmp_path, ["masks=simulated"])
     done = masks_scene(ws, "sam", cfg.masks.models["sam"], progress=False).record
     assert done["summary"]["masks_per_frame"] > 3
     ids = ws.mask_shards("sam").read(0)["ids"]
@@ -185,18 +193,10 @@ def test_refined_consensus_beats_plain_consensus_on_a_synthetic_scene(synth_scen
 
 
 def test_refinement_without_its_mask_stage_is_a_dependency_error(synth_scene_factory, tmp_path):
-    from labelmaker.config import load_config
     from labelmaker.errors import StageDependencyError
-    from labelmaker.pipeline.label_stages import consensus_scene, segment_scene
-    from labelmaker.pipeline.stages import import_scene
-    from labelmaker.workspace import Workspace
+    from labelmaker.pipeline.label_stages import consensus_scene
 
-    scene = synth_scene_factory(seed=7, n_frames=24)
-    cfg = load_config(["progress=false", "models=simulated", "consensus.sam_refine.enabled=true"])[0]
-    ws = Workspace(tmp_path / "ws")
-    import_scene(scene.video_dir, ws, cfg.data, progress=False)
-    for name, model in cfg.segment.models.items():
-        segment_scene(ws, name, model, progress=False)
+    _, cfg, ws = _segmented(synth_scene_factory, tmp_path, ["consensus.sam_refine.enabled=true"])
     with pytest.raises(StageDependencyError, match="masks-sam"):
         consensus_scene(ws, cfg.segment.models, cfg.consensus, progress=False)
 
