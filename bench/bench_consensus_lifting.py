@@ -259,11 +259,19 @@ def measure_consensus(data: Path, max_frames: int) -> dict:
         counts, wins = (c if counts is None else [a + b for a, b in zip(counts, c)]), wins + w
     calibration = calibrate(counts, wins, maps, N_UNIFIED, cfg)
     for k in range(0, n, batch):
-        labels, conf = vote_calibrated([p[k:k + batch] for p in preds], maps, WEIGHTS, N_UNIFIED, calibration, cfg, ranks=cfg.ranks)
+        labels, conf = vote_calibrated(
+            [p[k : k + batch] for p in preds], maps, WEIGHTS, N_UNIFIED, calibration, cfg, ranks=cfg.ranks
+        )
     calibrated = (time.perf_counter() - t0) / n * 1000
-    return dict(frames=n, ms_per_frame=per_frame, ms_per_frame_batch16=batched, calibrated_ms_per_frame_batch16=calibrated, device=str(
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")), threads=torch.get_num_threads(),
-        rss_rise_mb=rss_mb() - base)
+    return dict(
+        frames=n,
+        ms_per_frame=per_frame,
+        ms_per_frame_batch16=batched,
+        calibrated_ms_per_frame_batch16=calibrated,
+        device=str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        threads=torch.get_num_threads(),
+        rss_rise_mb=rss_mb() - base,
+    )
 
 
 def measure_lift(data: Path) -> dict:
@@ -347,20 +355,32 @@ def main() -> None:
             c = _subprocess(["--measure", "consensus", "--data", str(data),
                              "--consensus-frames", str(args.consensus_frames)])
             li = _subprocess(["--measure", "lift", "--data", str(data)])
-            print(f"\n{case.name}  ({meta['n_vertices']:,} vertices, {meta['n_triangles']:,} triangles, "
-                  f"{meta['n_frames']} frames {meta['W']}x{meta['H']}, device {li['device']})")
-            print(f"  consensus, 3 predictions: {c['ms_per_frame']:.2f} ms/frame one frame per call, "
-                  f"{c['ms_per_frame_batch16']:.2f} ms/frame 16 frames per call ({c['frames']} frames); "
-                  f"calibrated (count pass + calibrated vote, the default) {c['calibrated_ms_per_frame_batch16']:.2f} ms/frame")
-            print(f"  lifting: {li['seconds']:.2f} s ({li['seconds'] / li['frames'] * 1000:.1f} ms/frame; "
-                  f"of which reading frames ~{li['read_frames_s']:.2f} s), "
-                  f"peak RSS {li['peak_rss_mb']:.0f} MB = {li['baseline_rss_mb']:.0f} MB after imports "
-                  f"+ {li['rise_mb']:.0f} MB")
-            print(f"  {li['votes_per_frame']:,.0f} vertex votes per frame, {li['seen'] * 100:.1f} % of vertices "
-                  f"seen, accuracy on seen vertices vs ground truth {li['accuracy_on_seen'] * 100:.2f} %", flush=True)
-        print("\n(The synthetic mesh keeps surfaces hidden behind flush objects -- the wall behind a door or a"
-              "\n picture -- within the depth tolerance of the visible one; those take the front object's label,"
-              "\n which caps the accuracy figure. It is a sanity check, not a quality score.)")
+            print(
+                f"\n{case.name}  ({meta['n_vertices']:,} vertices, {meta['n_triangles']:,} triangles, "
+                f"{meta['n_frames']} frames {meta['W']}x{meta['H']}, device {li['device']})"
+            )
+            print(
+                f"  consensus, 3 predictions: {c['ms_per_frame']:.2f} ms/frame one frame per call, "
+                f"{c['ms_per_frame_batch16']:.2f} ms/frame 16 frames per call ({c['frames']} frames); "
+                f"calibrated (count pass + calibrated vote, the default) {c['calibrated_ms_per_frame_batch16']:.2f} "
+                "ms/frame"
+            )
+            print(
+                f"  lifting: {li['seconds']:.2f} s ({li['seconds'] / li['frames'] * 1000:.1f} ms/frame; "
+                f"of which reading frames ~{li['read_frames_s']:.2f} s), "
+                f"peak RSS {li['peak_rss_mb']:.0f} MB = {li['baseline_rss_mb']:.0f} MB after imports "
+                f"+ {li['rise_mb']:.0f} MB"
+            )
+            print(
+                f"  {li['votes_per_frame']:,.0f} vertex votes per frame, {li['seen'] * 100:.1f} % of vertices "
+                f"seen, accuracy on seen vertices vs ground truth {li['accuracy_on_seen'] * 100:.2f} %",
+                flush=True,
+            )
+        print(
+            "\n(The synthetic mesh keeps surfaces hidden behind flush objects -- the wall behind a door or a"
+            "\n picture -- within the depth tolerance of the visible one; those take the front object's label,"
+            "\n which caps the accuracy figure. It is a sanity check, not a quality score.)"
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()

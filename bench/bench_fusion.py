@@ -28,7 +28,9 @@ from labelmaker.workspace import Workspace
 SEVEN_SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "7scenes_redkitchen_150"
 
 
-def bare_loop(files: list[tuple[Path, Path, np.ndarray]], K: np.ndarray, cfg: FusionConfig, invalid: int | None) -> float:
+def bare_loop(
+    files: list[tuple[Path, Path, np.ndarray]], K: np.ndarray, cfg: FusionConfig, invalid: int | None
+) -> float:
     """frames/s of: decode colour + depth, integrate, for every frame; then mesh extraction."""
     volume = TSDFVolume(cfg)
     t0 = time.perf_counter()
@@ -79,7 +81,12 @@ def synthetic_case(n_frames: int, cfg: FusionConfig, tmp: Path) -> None:
     t0 = time.perf_counter()
     import_scene(scene.video_dir, ws, importer.config(), progress=False)
     import_fps = ws.read_scene_meta()["n_frames"] / (time.perf_counter() - t0)
-    _report("256x192 synthetic ARKitScenes", bare_loop(files, truth["K"], cfg, invalid=None), *stage_loop(ws, cfg), import_fps)
+    _report(
+        "256x192 synthetic ARKitScenes",
+        bare_loop(files, truth["K"], cfg, invalid=None),
+        *stage_loop(ws, cfg),
+        import_fps,
+    )
 
 
 def _report(name: str, bare_fps: float, stage_fps: float, summary: dict, import_fps: float) -> None:
@@ -97,7 +104,10 @@ def main() -> None:
     parser.add_argument("--synthetic-frames", type=int, default=240)
     args = parser.parse_args()
     cfg = FusionConfig(voxel_size_m=args.voxel, depth_max_m=4.0, weight_threshold=1.0)
-    print(f"voxel {args.voxel} m, block resolution {cfg.block_resolution}, trunc {cfg.trunc_voxels} voxels, device {cfg.device}")
+    print(
+        f"voxel {args.voxel} m, block resolution {cfg.block_resolution}, trunc {cfg.trunc_voxels} voxels, device "
+        f"{cfg.device}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         seven_scenes_case(args.frames, cfg, Path(tmp))
         synthetic_case(args.synthetic_frames, cfg, Path(tmp))

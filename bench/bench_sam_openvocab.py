@@ -51,13 +51,23 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from tiny_models import TINY_CLIP, TINY_SAM
 
-        sam = SamConfig(model_type="custom", arch=TINY_SAM, checkpoint=None, points_per_side=min(args.points, 8), device=device,
-                        pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        sam = SamConfig(
+            model_type="custom",
+            arch=TINY_SAM,
+            checkpoint=None,
+            points_per_side=min(args.points, 8),
+            device=device,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+        )
         clip = OpenVocabConfig(clip_model="custom", clip_config=TINY_CLIP, checkpoint=None)
     color, upright = frames(args.frames)
-    print(f"device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} CPU threads'}), "
-          f"{len(color)} frames {color.shape[2]}x{color.shape[1]}, SAM {sam.model_type} {sam.points_per_side}x{sam.points_per_side} points, "
-          f"CLIP {clip.clip_model}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} CPU threads'}), "
+        f"{len(color)} frames {color.shape[2]}x{color.shape[1]}, SAM {sam.model_type} "
+        f"{sam.points_per_side}x{sam.points_per_side} points, "
+        f"CLIP {clip.clip_model}"
+    )
     print(f"{'model':<11} {'fp16':>5} {'flip':>5} {'frames/s':>9} {'s/frame':>8} {'masks/frame':>11} {'peak GB':>8}")
 
     def timed(fn):
@@ -71,20 +81,40 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, out
 
-    for fp16 in ((False, True) if cuda else (False,)):
-        masks = SamMasks("sam", MaskModelConfig(kind="sam", min_area_px=100, sam=SamConfig(**{**sam.__dict__, "fp16": fp16})))
-        dt, ids = timed(lambda n: [masks.generate_images(np.rot90(c, int(k))[None].copy())[0] for c, k in zip(color[:n], upright[:n])])
+    for fp16 in (False, True) if cuda else (False,):
+        masks = SamMasks(
+            "sam", MaskModelConfig(kind="sam", min_area_px=100, sam=SamConfig(**{**sam.__dict__, "fp16": fp16}))
+        )
+        dt, ids = timed(
+            lambda n: [
+                masks.generate_images(np.rot90(c, int(k))[None].copy())[0] for c, k in zip(color[:n], upright[:n])
+            ]
+        )
         per = np.mean([len(np.unique(f)) - 1 for f in ids])
-        print(f"{'sam':<11} {str(fp16):>5} {'-':>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} {per:>11.1f} {peak_memory_gb(device):>8.2f}", flush=True)
-    ov_cfg = ModelConfig(kind="open_vocab", label_space="unified", device=device,
-                         open_vocab=OpenVocabConfig(**{**clip.__dict__, "proposals": MaskModelConfig(kind="sam", min_area_px=100, sam=sam)}))
+        print(
+            f"{'sam':<11} {str(fp16):>5} {'-':>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} {per:>11.1f} "
+            f"{peak_memory_gb(device):>8.2f}",
+            flush=True,
+        )
+    ov_cfg = ModelConfig(
+        kind="open_vocab",
+        label_space="unified",
+        device=device,
+        open_vocab=OpenVocabConfig(
+            **{**clip.__dict__, "proposals": MaskModelConfig(kind="sam", min_area_px=100, sam=sam)}
+        ),
+    )
     segmenter = build_segmenter("open_vocab", ov_cfg)
     for fp16 in ((False, True) if cuda else (False,)):
         for flip in (False, True):
             runner = ImageRunner(segmenter, RunOptions(batch_size=1, flip_tta=flip, device=device, fp16=fp16))
             dt, _ = timed(lambda n: runner.run(color[:n], upright[:n], "bench"))
-            print(f"{'open_vocab':<11} {str(fp16):>5} {str(flip):>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} {'':>11} "
-                  f"{peak_memory_gb(device):>8.2f}", flush=True)
+            print(
+                f"{'open_vocab':<11} {str(fp16):>5} {str(flip):>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} "
+                f"{'':>11} "
+                f"{peak_memory_gb(device):>8.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

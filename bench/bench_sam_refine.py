@@ -46,7 +46,9 @@ def refine_ms_per_frame(ws: Workspace, cfg) -> float:
         c = ws.consensus_shards.read(i, ("labels", "confidence", "more_labels"))
         ids = ws.mask_shards(cfg.masks).read(i, ("ids",))["ids"]
         t0 = time.perf_counter()
-        refine_with_masks(c["labels"], c["confidence"], ids, cfg, device="auto", runners_up=np.moveaxis(c["more_labels"], 1, 0))
+        refine_with_masks(
+            c["labels"], c["confidence"], ids, cfg, device="auto", runners_up=np.moveaxis(c["more_labels"], 1, 0)
+        )
         seconds += time.perf_counter() - t0
         frames += len(ids)
     return 1000 * seconds / max(frames, 1)
@@ -54,7 +56,9 @@ def refine_ms_per_frame(ws: Workspace, cfg) -> float:
 
 def noise_sweep(ws: Workspace, scene, cfg) -> dict[str, list[float]]:
     """2D consensus mIoU: plain, then refined with masks having one kind of error at a time."""
-    plain_cfg = dataclasses.replace(cfg.consensus, sam_refine=dataclasses.replace(cfg.consensus.sam_refine, enabled=False))
+    plain_cfg = dataclasses.replace(
+        cfg.consensus, sam_refine=dataclasses.replace(cfg.consensus.sam_refine, enabled=False)
+    )
     consensus_scene(ws, cfg.segment.models, plain_cfg, progress=False)
     gt = GroundTruth(scene.gt_dir, scene.video_id)
     n = len(unified_space().ids)
@@ -71,18 +75,39 @@ def noise_sweep(ws: Workspace, scene, cfg) -> dict[str, list[float]]:
 
     model = cfg.masks.models[cfg.consensus.sam_refine.masks]
     noise = model.noise
-    variants = {"perfect": dict(miss_rate=0, split_rate=0, merge_rate=0, boundary_px=0), "missed": dict(split_rate=0, merge_rate=0, boundary_px=0),
-                "split": dict(miss_rate=0, merge_rate=0, boundary_px=0), "merged": dict(miss_rate=0, split_rate=0, boundary_px=0),
-                "outlines": dict(miss_rate=0, split_rate=0, merge_rate=0), "all": {}}
+    variants = {
+        "perfect": dict(miss_rate=0, split_rate=0, merge_rate=0, boundary_px=0),
+        "missed": dict(split_rate=0, merge_rate=0, boundary_px=0),
+        "split": dict(miss_rate=0, merge_rate=0, boundary_px=0),
+        "merged": dict(miss_rate=0, split_rate=0, boundary_px=0),
+        "outlines": dict(miss_rate=0, split_rate=0, merge_rate=0),
+        "all": {},
+    }
     out = {"plain": [miou([s[1].astype(np.int64) for s in shards])]}
     for name, change in variants.items():
         nz = dataclasses.replace(noise, **change)
-        masks = [np.stack([simulate_masks(inst, nz, np.random.default_rng([model.seed, zlib.crc32(f.encode())]), model.min_area_px)
-                           for f, inst in zip(s[0], s[5])]) for s in shards]
+        masks = [
+            np.stack(
+                [
+                    simulate_masks(
+                        inst, nz, np.random.default_rng([model.seed, zlib.crc32(f.encode())]), model.min_area_px
+                    )
+                    for f, inst in zip(s[0], s[5])
+                ]
+            )
+            for s in shards
+        ]
         row = []
         for vote in (True, False):
             rc = dataclasses.replace(cfg.consensus.sam_refine, enabled=True, require_vote=vote)
-            row.append(miou([refine_with_masks(s[1], s[2], m, rc, "auto", runners_up=s[3]).labels.cpu().numpy() for s, m in zip(shards, masks)]))
+            row.append(
+                miou(
+                    [
+                        refine_with_masks(s[1], s[2], m, rc, "auto", runners_up=s[3]).labels.cpu().numpy()
+                        for s, m in zip(shards, masks)
+                    ]
+                )
+            )
         out[name] = row
     return out
 
@@ -92,14 +117,22 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--sweep", action="store_true", help="also: 2D mIoU per kind of mask error, with/without require_vote")
+    ap.add_argument(
+        "--sweep", action="store_true", help="also: 2D mIoU per kind of mask error, with/without require_vote"
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_sam_refine_"))
     rows, sweeps = [], {}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        base = ["progress=false", "models=simulated", "masks=simulated", f"synth.seed={seed}", f"synth.n_frames={args.frames}",
-                *args.overrides]
+        base = [
+            "progress=false",
+            "models=simulated",
+            "masks=simulated",
+            f"synth.seed={seed}",
+            f"synth.n_frames={args.frames}",
+            *args.overrides,
+        ]
         scene = make_scene(load_config(base)[0].synth, work / f"raw{seed}", progress=False)
         ws = Workspace(work / f"ws{seed}")
         row = {"seed": seed}
@@ -121,7 +154,9 @@ def main() -> None:
               f"3D mIoU {row['3d plain']:.4f} -> {row['3d refined']:.4f}", flush=True)
 
     cols = ["seed", "2d plain", "2d refined", "3d plain", "3d refined", "refined px", "masks/frame", "ms/frame"]
-    print(f"\n{args.frames} frames per scene, overrides: {' '.join(args.overrides) or '(none)'}; workspaces under {work}")
+    print(
+        f"\n{args.frames} frames per scene, overrides: {' '.join(args.overrides) or '(none)'}; workspaces under {work}"
+    )
     print(" | ".join(f"{c:>11}" for c in cols))
     for r in rows:
         print(" | ".join(f"{r[c]:>11.4f}" if isinstance(r[c], float) else f"{r[c]:>11}" for c in cols))
@@ -129,7 +164,10 @@ def main() -> None:
         gain = np.array([r[f"{dim} refined"] - r[f"{dim} plain"] for r in rows])
         print(f"{dim.upper()} mIoU gain: mean {gain.mean():+.4f} (min {gain.min():+.4f}, max {gain.max():+.4f})")
     for seed, sweep in sweeps.items():
-        print(f"\nseed {seed}: 2D consensus mIoU by kind of mask error (refined with require_vote / without); plain {sweep.pop('plain')[0]:.4f}")
+        print(
+            f"\nseed {seed}: 2D consensus mIoU by kind of mask error (refined with require_vote / without); plain "
+            f"{sweep.pop('plain')[0]:.4f}"
+        )
         for name, (with_vote, without) in sweep.items():
             print(f"  {name:<9} {with_vote:.4f} / {without:.4f}")
 

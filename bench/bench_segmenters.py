@@ -62,8 +62,11 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     color, upright = frames(args.frames)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} CPU threads'}), "
-          f"{len(color)} frames {color.shape[2]}x{color.shape[1]}, batch {args.batch}")
+    print(
+        f"device {device} "
+        f"({torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} CPU threads'}), "
+        f"{len(color)} frames {color.shape[2]}x{color.shape[1]}, batch {args.batch}"
+    )
     print(f"{'model':<8} {'input':>5} {'fp16':>5} {'flip':>5} {'frames/s':>9} {'s/frame':>8} {'peak GB':>8}")
     for key in args.models.split(","):
         config, size = MODELS[key]
@@ -74,7 +77,9 @@ def main() -> None:
         segmenter = build_segmenter(key, cfg)
         for fp16 in ((False, True) if device.startswith("cuda") else (False,)):
             for flip in (False, True):
-                runner = ImageRunner(segmenter, RunOptions(batch_size=args.batch, flip_tta=flip, device=device, fp16=fp16))
+                runner = ImageRunner(
+                    segmenter, RunOptions(batch_size=args.batch, flip_tta=flip, device=device, fp16=fp16)
+                )
                 runner.run(color[:1], upright[:1], "bench")  # warm-up (cudnn autotune, lazy init)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
@@ -84,8 +89,11 @@ def main() -> None:
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
-                print(f"{key:<8} {size:>5} {str(fp16):>5} {str(flip):>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} "
-                      f"{peak_memory_gb(device):>8.2f}", flush=True)
+                print(
+                    f"{key:<8} {size:>5} {str(fp16):>5} {str(flip):>5} {len(color) / dt:>9.3f} {dt / len(color):>8.2f} "
+                    f"{peak_memory_gb(device):>8.2f}",
+                    flush=True,
+                )
         del segmenter
 
 

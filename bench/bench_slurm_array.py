@@ -98,8 +98,11 @@ def main() -> None:
     assert results == list(range(args.tasks))
     t_results = time.perf_counter() - t0
     t_gone = wait_gone(jobs[0].job_id.split("_")[0]) - t0
-    print(f"submitit map_array, {args.tasks} no-op tasks:  {t_results:6.2f} s to all results (submit {submit * 1e3:.0f} ms; "
-          f"queue empty at {t_gone:.2f} s), {t_gone * slots / args.tasks:5.2f} s of a slot per task")
+    print(
+        f"submitit map_array, {args.tasks} no-op tasks:  {t_results:6.2f} s to all results (submit {submit * 1e3:.0f} "
+        "ms; "
+        f"queue empty at {t_gone:.2f} s), {t_gone * slots / args.tasks:5.2f} s of a slot per task"
+    )
 
 
 if __name__ == "__main__":

@@ -49,15 +49,34 @@ def generate(root: Path, n: int, seed: int = 0) -> None:
         records = {}
         for k, spec in enumerate(graph[: stop + 1] if stop < len(graph) else graph):
             config = stage_config(spec, cfg)
-            rec = {"stage": spec.name, "scene": name, "attempt": 1, "config": config, "config_hash": stable_hash(config),
-                   "input_hash": expected_input_hash(spec, cfg, records) or "raw", "versions": versions, "host": "node01",
-                   "pid": 1000 + i, "started": "2026-11-21T10:00:00+00:00"}
+            rec = {
+                "stage": spec.name,
+                "scene": name,
+                "attempt": 1,
+                "config": config,
+                "config_hash": stable_hash(config),
+                "input_hash": expected_input_hash(spec, cfg, records) or "raw",
+                "versions": versions,
+                "host": "node01",
+                "pid": 1000 + i,
+                "started": "2026-11-21T10:00:00+00:00",
+            }
             if k < stop:
-                rec.update(status="done", ended="2026-11-21T10:01:00+00:00", seconds=60.0,
-                           summary={"n_frames": int(rng.integers(100, 5000)), "shards": 20}, output_hash=f"{name}-{spec.name}")
+                rec.update(
+                    status="done",
+                    ended="2026-11-21T10:01:00+00:00",
+                    seconds=60.0,
+                    summary={"n_frames": int(rng.integers(100, 5000)), "shards": 20},
+                    output_hash=f"{name}-{spec.name}",
+                )
             elif fate < 0.95:
-                rec.update(status="failed", ended="2026-11-21T10:01:00+00:00", seconds=3.0, error_class="bad_input",
-                           error=f"scene '{name}': file '/data/raw/{name}/lowres_wide.traj': 3 poses are NaN. Fix: re-export")
+                rec.update(
+                    status="failed",
+                    ended="2026-11-21T10:01:00+00:00",
+                    seconds=3.0,
+                    error_class="bad_input",
+                    error=f"scene '{name}': file '/data/raw/{name}/lowres_wide.traj': 3 poses are NaN. Fix: re-export",
+                )
             else:
                 rec.update(status="running")
             records[spec.name] = rec

@@ -2,7 +2,8 @@
 
 1. plan + submit: N scenes whose import is done (generated stage records, no data, frame counts
    100..5000) -> one controller round plans the next stage (consensus; no models, lifting onto
-   given meshes, so one task per scene) and submits it as job arrays grouped by length. `--executor dry` records the arrays without a scheduler;
+   given meshes, so one task per scene) and submits it as job arrays grouped by length.
+   `--executor dry` records the arrays without a scheduler;
    `--executor slurm` submits them to the running SLURM cluster held (`--hold`, nothing runs),
    then cancels them.
 2. `--overhead K` (SLURM): an array of K tasks that do nothing, and an array of K StageTasks whose
@@ -61,12 +62,26 @@ def generate(root: Path, n: int, cfg, fused: bool = False) -> list[SceneInput]:
         name = f"scene{i:05d}"
         ws = Workspace(root / name)
         ws.create()
-        rec = {"stage": "import", "status": "done", "attempt": 1, "config_hash": stable_hash(stage_config(specs["import"], cfg)),
-               "input_hash": "raw", "output_hash": f"{name}-import", "summary": {"n_frames": int(rng.integers(100, 5000))}}
+        rec = {
+            "stage": "import",
+            "status": "done",
+            "attempt": 1,
+            "config_hash": stable_hash(stage_config(specs["import"], cfg)),
+            "input_hash": "raw",
+            "output_hash": f"{name}-import",
+            "summary": {"n_frames": int(rng.integers(100, 5000))},
+        }
         (ws.root / "state" / "import.json").write_text(json.dumps(rec))
         if fused:
-            fuse = {"stage": "fuse", "status": "done", "attempt": 1, "config_hash": stable_hash(stage_config(specs["fuse"], cfg)),
-                    "input_hash": f"{name}-import", "output_hash": f"{name}-fuse", "summary": {}}
+            fuse = {
+                "stage": "fuse",
+                "status": "done",
+                "attempt": 1,
+                "config_hash": stable_hash(stage_config(specs["fuse"], cfg)),
+                "input_hash": f"{name}-import",
+                "output_hash": f"{name}-fuse",
+                "summary": {},
+            }
             (ws.root / "state" / "fuse.json").write_text(json.dumps(fuse))
         scenes.append(SceneInput(name, f"/data/raw/{name}", str(ws.root)))
     return scenes
@@ -89,7 +104,10 @@ def bench_plan_submit(args, cfg) -> None:
         if args.executor == "slurm" and jobs:
             subprocess.run(["scancel", *sorted({j.split("_")[0] for j in jobs})], check=False)
     arrays = len({j.split("_")[0] for j in jobs})
-    print(f"plan + submit ({args.executor}): {rep.submitted} tasks of {args.scenes} scenes in {arrays} arrays: {seconds:.2f}s")
+    print(
+        f"plan + submit ({args.executor}): {rep.submitted} tasks of {args.scenes} scenes in {arrays} arrays: "
+        f"{seconds:.2f}s"
+    )
 
 
 def _noop() -> int:
@@ -109,10 +127,19 @@ def bench_overhead(args, cfg) -> None:
     cfg, _ = load_config(["models=none", "progress=false", "cluster=slurm"])
     scenes = generate(root, args.overhead, cfg, fused=True)
     spec = next(s for s in scene_graph(cfg) if s.name == "fuse")
-    for title, fn, items in (("no-op python function", _noop, None), ("StageTask, stage up to date", StageTask(cfg, spec), scenes)):
+    for title, fn, items in (
+        ("no-op python function", _noop, None),
+        ("StageTask, stage up to date", StageTask(cfg, spec), scenes),
+    ):
         ex = submitit.SlurmExecutor(folder=folder / title.split()[0])
-        ex.update_parameters(partition=cfg.cluster.cpu_partition, time=5, cpus_per_task=1, mem="1000M", signal_delay_s=30,
-                             array_parallelism=args.overhead)
+        ex.update_parameters(
+            partition=cfg.cluster.cpu_partition,
+            time=5,
+            cpus_per_task=1,
+            mem="1000M",
+            signal_delay_s=30,
+            array_parallelism=args.overhead,
+        )
         t0 = time.perf_counter()
         if items is None:
             jobs = ex.map_array(lambda _: _noop(), range(args.overhead))
@@ -120,11 +147,18 @@ def bench_overhead(args, cfg) -> None:
             jobs = ex.map_array(fn, [Task(s.scene, None, s.workspace) for s in items])
         [j.result() for j in jobs]
         wall = time.perf_counter() - t0
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw", "-j", jobs[0].job_id.split("_")[0]],
-                             capture_output=True, text=True).stdout
-        elapsed = [int(line.split("|")[1]) for line in out.splitlines() if line.strip() and line.split("|")[1].isdigit()]
-        print(f"{args.overhead} array tasks, {title}: {wall:.1f}s from submission to the last result; "
-              f"task elapsed mean {np.mean(elapsed) if elapsed else float('nan'):.1f}s (SLURM's 1 s resolution)")
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw", "-j", jobs[0].job_id.split("_")[0]],
+            capture_output=True,
+            text=True,
+        ).stdout
+        elapsed = [
+            int(line.split("|")[1]) for line in out.splitlines() if line.strip() and line.split("|")[1].isdigit()
+        ]
+        print(
+            f"{args.overhead} array tasks, {title}: {wall:.1f}s from submission to the last result; "
+            f"task elapsed mean {np.mean(elapsed) if elapsed else float('nan'):.1f}s (SLURM's 1 s resolution)"
+        )
 
 
 def main() -> None:

@@ -60,14 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check CUDA, packages, mmcv ops and checkpoints of the configured models")
     doctor.add_argument("overrides", nargs="*", help="config overrides, e.g. models=mask2former checkpoints.dir=/ckpt")
     dl = sub.add_parser("download", help="fetch one ARKitScenes video's raw assets (resumable)")
-    dl.add_argument("video_id", help="a video id, or a file listing them (the dataset's *_splits.csv, or one id per line)")
+    dl.add_argument(
+        "video_id", help="a video id, or a file listing them (the dataset's *_splits.csv, or one id per line)"
+    )
     dl.add_argument("out_dir", help="gets raw/<split>/<video_id>/ and raw/metadata.csv")
     dl.add_argument("overrides", nargs="*")
-    batch = sub.add_parser("batch", help="many scenes through every stage as jobs (local processes or SLURM), resumable")
-    batch.add_argument("scenes", help="a folder of capture folders, or a list file with one capture folder per line; "
-                       "with --download: ARKitScenes video ids (the dataset's *_splits.csv, or one id per line)")
-    batch.add_argument("--download", action="store_true",
-                       help="fetch each listed video first (a download stage) into <download.root or out_root>/raw/<split>/<id>")
+    batch = sub.add_parser(
+        "batch", help="many scenes through every stage as jobs (local processes or SLURM), resumable"
+    )
+    batch.add_argument(
+        "scenes",
+        help="a folder of capture folders, or a list file with one capture folder per line; "
+        "with --download: ARKitScenes video ids (the dataset's *_splits.csv, or one id per line)",
+    )
+    batch.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch each listed video first (a download stage) into <download.root or out_root>/raw/<split>/<id>",
+    )
     batch.add_argument("out_root", help="workspaces go to <out_root>/<scene>; the batch's journal to <out_root>/_batch")
     batch.add_argument("overrides", nargs="*")
 
@@ -79,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
     retry = sub.add_parser("retry", help="run failed or unfinished scenes of a batch again")
     retry.add_argument("out_root")
-    retry.add_argument("--error-class", default=None, help="only scenes that failed with this class (bad_input, timeout, ...)")
+    retry.add_argument(
+        "--error-class", default=None, help="only scenes that failed with this class (bad_input, timeout, ...)"
+    )
     retry.add_argument("overrides", nargs="*")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
@@ -116,7 +128,8 @@ def cmd_import(args) -> None:
     _record_run(ws.root, "import", raw, args.overrides)
     s = outcome.record["summary"]
     _print_summary(
-        f"import {'skipped (up to date)' if outcome.skipped else 'done'}: scene {s['scene']} in {time.perf_counter() - t0:.1f}s",
+        f"import {'skipped (up to date)' if outcome.skipped else 'done'}: scene {s['scene']} in "
+        f"{time.perf_counter() - t0:.1f}s",
         {
             "frames": f"{s['n_frames']} kept of {s['n_frames_indexed']} with pose and depth",
             "dropped": ", ".join(f"{k}={v}" for k, v in s["dropped"].items()) or "none",
@@ -138,7 +151,8 @@ def cmd_fuse(args) -> None:
     _record_run(ws.root, "fuse", raw, args.overrides)
     s = outcome.record["summary"]
     _print_summary(
-        f"fuse {'skipped (up to date)' if outcome.skipped else 'done'}: scene {ws.scene} in {time.perf_counter() - t0:.1f}s",
+        f"fuse {'skipped (up to date)' if outcome.skipped else 'done'}: scene {ws.scene} in "
+        f"{time.perf_counter() - t0:.1f}s",
         {
             "frames": s["frames_integrated"],
             "mesh": f"{s['vertices']} vertices, {s['triangles']} triangles ({s['device']})",
@@ -167,8 +181,12 @@ def _precomputed_models(preds: list[str]) -> dict:
     for i, spec in enumerate(preds, start=1):
         space, sep, folder = spec.partition("=")
         if not sep or not space or not folder:
-            raise LabelmakerError(f"--pred {spec!r}: expected SPACE=FOLDER, e.g. --pred ade20k=/preds/mask2former/scene0")
-        models[f"pred{i}_{space}"] = ModelConfig(kind="precomputed", label_space=space, path=str(Path(folder).resolve()))
+            raise LabelmakerError(
+                f"--pred {spec!r}: expected SPACE=FOLDER, e.g. --pred ade20k=/preds/mask2former/scene0"
+            )
+        models[f"pred{i}_{space}"] = ModelConfig(
+            kind="precomputed", label_space=space, path=str(Path(folder).resolve())
+        )
     return models
 
 
@@ -182,7 +200,9 @@ def cmd_run(args) -> None:
     t0 = time.perf_counter()
     done = run_scene(cfg, args.input, ws)
     _record_run(ws.root, "run", raw, [*(f"--pred {p}" for p in args.pred), *overrides])
-    lines = {stage: "up to date" if o.skipped else f"done in {o.record.get('seconds', 0):.1f}s" for stage, o in done.items()}
+    lines = {
+        stage: "up to date" if o.skipped else f"done in {o.record.get('seconds', 0):.1f}s" for stage, o in done.items()
+    }
     if "evaluate" in done:
         lines["3D mIoU"] = done["evaluate"].record["summary"]["miou_3d"]
     for key in ("labels_ply", "labels_scannet200", "pointcept", "preview"):
@@ -227,7 +247,9 @@ def cmd_download(args) -> None:
         lines.update({f"failed {vid}": msg for vid, msg in failed.items()})
         _print_summary(f"download {'done' if not failed else 'incomplete'}: {args.video_id}", lines)
         if failed:
-            raise LabelmakerError(f"{len(failed)} of {len(videos)} videos failed; run the same command again to resume them")
+            raise LabelmakerError(
+                f"{len(failed)} of {len(videos)} videos failed; run the same command again to resume them"
+            )
         return
     summary = download_video(args.video_id, Path(args.out_dir), cfg.download, progress=cfg.progress)
     counts = {}
@@ -297,8 +319,18 @@ def _configure_job_logging(cfg) -> None:
         logging.getLogger("labelmaker").setLevel(logging.INFO)
 
 
-COMMANDS = {"import": cmd_import, "fuse": cmd_fuse, "run": cmd_run, "synth": cmd_synth, "demo": cmd_demo,
-            "doctor": cmd_doctor, "download": cmd_download, "batch": cmd_batch, "status": cmd_status, "retry": cmd_retry}
+COMMANDS = {
+    "import": cmd_import,
+    "fuse": cmd_fuse,
+    "run": cmd_run,
+    "synth": cmd_synth,
+    "demo": cmd_demo,
+    "doctor": cmd_doctor,
+    "download": cmd_download,
+    "batch": cmd_batch,
+    "status": cmd_status,
+    "retry": cmd_retry,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

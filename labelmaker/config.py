@@ -40,7 +40,8 @@ class LabelmakerConfig:
     data: Any = MISSING  # an ImportConfig subclass, chosen by the `data` group
     fusion: FusionConfig = field(default_factory=FusionConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-    masks: MasksConfig = field(default_factory=MasksConfig)  # class-agnostic mask models (SAM), chosen by the `masks` group
+    # class-agnostic mask models (SAM), chosen by the `masks` group
+    masks: MasksConfig = field(default_factory=MasksConfig)
     checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
     lift: LiftStageConfig = field(default_factory=LiftStageConfig)

@@ -80,7 +80,9 @@ def _as_long(x: Any, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(a).to(device)
 
 
-def _mapping_arrays(mapping: Any, index: int, n_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _mapping_arrays(
+    mapping: Any, index: int, n_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     def as_long(x: Any) -> torch.Tensor:
         if isinstance(x, torch.Tensor):
             return x.to(device=device, dtype=torch.int64).reshape(-1)
@@ -217,7 +219,9 @@ def _plain_scorer(predictions, mappings, weights, n_classes: int, cfg: Consensus
     return _Scorer(shape, inverse, n_unique, tuple_ids, sizes, classes, scores, device)
 
 
-def _add_rows(out: torch.Tensor, start: int, stop: int, tuple_ids, tables, nonempty, weights) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_rows(
+    out: torch.Tensor, start: int, stop: int, tuple_ids, tables, nonempty, weights
+) -> tuple[torch.Tensor, torch.Tensor]:
     """out += sum over predictions of weight x its table's row for each tuple's source id (tuples
     start..stop); returns (out, the cast weight per tuple: predictions whose id maps somewhere)."""
     total = torch.zeros(stop - start, dtype=torch.float32, device=out.device)
@@ -289,7 +293,8 @@ def _decide(scorer: _Scorer, cfg: ConsensusConfig, ranks: int) -> tuple[torch.Te
     rules of `vote`, gathered back to the pixels."""
     if scorer.scores is None:
         return _empty(scorer.shape, scorer.device, ranks)
-    scores, n_unique, inverse, classes, shape = scorer.scores, scorer.n_unique, scorer.inverse, scorer.classes, scorer.shape
+    scores, n_unique, inverse = scorer.scores, scorer.n_unique, scorer.inverse
+    classes, shape = scorer.classes, scorer.shape
     device = inverse.device
     n_active = int(classes.numel())
     padded = n_active < 2
@@ -310,7 +315,8 @@ def _decide(scorer: _Scorer, cfg: ConsensusConfig, ranks: int) -> tuple[torch.Te
         margin = (best - second) / safe_total
         unknown = (total <= 0) | (best <= 0) | (total < cfg.min_votes) | (support < cfg.min_support) \
             | (margin < cfg.min_margin)
-        labels_u[0, start:stop] = torch.where(unknown, torch.zeros_like(winner), classes[winner.clamp(max=n_active - 1)])
+        winner_class = classes[winner.clamp(max=n_active - 1)]
+        labels_u[0, start:stop] = torch.where(unknown, torch.zeros_like(winner), winner_class)
         conf_u[0, start:stop] = torch.where(unknown, torch.zeros_like(support), support.clamp(max=1.0))
         rest, pick = votes, winner
         for r in range(1, ranks):
@@ -380,7 +386,8 @@ def calibrate(counts: Sequence[np.ndarray], wins: np.ndarray, mappings: Sequence
     for i, (c, mapping) in enumerate(zip(counts, mappings)):
         off, tgt = _mapping_arrays(mapping, i, n_classes, cpu)
         if np.shape(c) != (off.numel() - 1, n_classes):
-            raise ValueError(f"count table {i} has shape {np.shape(c)}, its mapping needs {(off.numel() - 1, n_classes)}")
+            raise ValueError(f"count table {i} has shape {np.shape(c)}, its mapping needs "
+                             f"{(off.numel() - 1, n_classes)}")
         meaning = dense_mapping(off, tgt, n_classes, cfg.split, prior_t).numpy()[:, classes].astype(np.float64)
         meaning += 1e-3 * max(float(meaning.max(initial=0.0)), 1.0)
         meaning /= meaning.sum(0, keepdims=True)
@@ -411,7 +418,8 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
         raise ValueError(f"the calibration covers {len(calibration.log_likelihood)} predictions, got {len(flat)}")
     for i, (table, size) in enumerate(zip(calibration.log_likelihood, sizes)):
         if np.shape(table) != (size, len(calibration.classes)):
-            raise ValueError(f"calibration table {i} has shape {np.shape(table)}, expected {(size, len(calibration.classes))}")
+            raise ValueError(f"calibration table {i} has shape {np.shape(table)}, expected "
+                             f"{(size, len(calibration.classes))}")
     classes = torch.as_tensor(np.asarray(calibration.classes, dtype=np.int64), device=device)
     if flat[0].numel() == 0 or classes.numel() == 0:
         return _Scorer(shape, None, 0, [], sizes, classes, None, device)
@@ -422,7 +430,8 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
     log_prior = torch.as_tensor(np.asarray(calibration.log_prior, dtype=np.float32), device=device)
 
     def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        log_post, total = _add_rows(log_prior.expand(stop - start, -1).clone(), start, stop, tuple_ids, tables, nonempty, w)
+        prior_rows = log_prior.expand(stop - start, -1).clone()
+        log_post, total = _add_rows(prior_rows, start, stop, tuple_ids, tables, nonempty, w)
         return torch.softmax(log_post, dim=1) * total.unsqueeze(1), total
 
     return _Scorer(shape, inverse, n_unique, tuple_ids, sizes, classes, scores, device)
@@ -442,8 +451,10 @@ def class_counts(predictions: Sequence[Any], mappings: Sequence[Any], weights: S
     synthetic room, with or without a class prior); counting winners keeps the classes the plain
     vote already believes in.
     """
-    scorer = _calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg) if calibration is not None \
-        else _plain_scorer(predictions, mappings, weights, n_classes, cfg, prior)
+    if calibration is not None:
+        scorer = _calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg)
+    else:
+        scorer = _plain_scorer(predictions, mappings, weights, n_classes, cfg, prior)
     sizes = scorer.sizes
     out = [np.zeros((size, int(n_classes)), np.float64) for size in sizes]
     wins = np.zeros(int(n_classes), np.int64)

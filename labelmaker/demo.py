@@ -73,6 +73,7 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
     return {
         "workspace": ws.root,
         "title": f"demo done in {time.perf_counter() - t0:.1f}s: synthetic scene {scene.video_id} "
-        f"(seed {cfg.synth.seed}, sky {cfg.synth.sky_direction}) -> labelled mesh with {len(cfg.segment.models)} simulated models",
+        f"(seed {cfg.synth.seed}, sky {cfg.synth.sky_direction}) -> labelled mesh with {len(cfg.segment.models)} "
+        "simulated models",
         "lines": lines,
     }

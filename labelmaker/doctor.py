@@ -58,7 +58,11 @@ def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
     any config section with a `checkpoint` (and optionally `checkpoint_dir`) field."""
     found = {}
     for name, entry in (getattr(getattr(cfg, "masks", None), "models", None) or {}).items():
-        for section in [entry, *(getattr(entry, f.name) for f in dataclasses.fields(entry))] if dataclasses.is_dataclass(entry) else []:
+        for section in (
+            [entry, *(getattr(entry, f.name) for f in dataclasses.fields(entry))]
+            if dataclasses.is_dataclass(entry)
+            else []
+        ):
             if dataclasses.is_dataclass(section) and getattr(section, "checkpoint", None):
                 folder = getattr(section, "checkpoint_dir", None) or getattr(entry, "checkpoint_dir", None)
                 found[name] = (section.checkpoint, folder)
@@ -66,7 +70,9 @@ def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
     return found
 
 
-def run_checks(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
+def run_checks(
+    models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None
+) -> list[Check]:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -84,7 +90,9 @@ def run_checks(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[s
     for package in MMSEG_PACKAGES:
         v = version(package)
         if v or package not in ("mmcv", "mmcv-lite"):
-            checks.append(Check(package, v is not None, v or "not installed (pip install -e '.[mmseg]')", required=bool(m2f)))
+            checks.append(
+                Check(package, v is not None, v or "not installed (pip install -e '.[mmseg]')", required=bool(m2f))
+            )
     if m2f or version("mmcv") or version("mmcv-lite"):
         checks.append(_mmcv_ops_check(m2f, cuda))
     needs_torchvision = bool(extra) or any(m.kind == "open_vocab" for m in models.values())  # SAM, open_clip
@@ -105,11 +113,21 @@ def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
     if status == "compiled":
         return Check("mmcv ops", True, "compiled (mmcv._ext)", required=bool(m2f))
     stand_in_ok = not cuda and bool(m2f) and all(m.mask2former.allow_cpu_ops_stand_in for m in m2f.values())
-    detail = {"stand-in": "CPU stand-in loaded", "missing": "not compiled (mmcv-lite)", "no mmcv": "mmcv not installed"}[status]
+    detail = {
+        "stand-in": "CPU stand-in loaded",
+        "missing": "not compiled (mmcv-lite)",
+        "no mmcv": "mmcv not installed",
+    }[status]
     if stand_in_ok:
-        return Check("mmcv ops", True, f"{detail}: CPU stand-in allowed (pure-PyTorch deformable attention)", required=True)
-    fix = ("install full mmcv==2.1.0 built for this torch (docker/)" if cuda else
-           "install full mmcv==2.1.0, or on this CPU-only machine allow the stand-in (mask2former.allow_cpu_ops_stand_in=true)")
+        return Check(
+            "mmcv ops", True, f"{detail}: CPU stand-in allowed (pure-PyTorch deformable attention)", required=True
+        )
+    fix = (
+        "install full mmcv==2.1.0 built for this torch (docker/)"
+        if cuda
+        else "install full mmcv==2.1.0, or on this CPU-only machine allow the stand-in "
+             "(mask2former.allow_cpu_ops_stand_in=true)"
+    )
     return Check("mmcv ops", False, f"{detail}: {fix}", required=bool(m2f))
 
 
@@ -135,7 +153,9 @@ def _checkpoint_check(model: str, spec: str, folder: Optional[str]) -> Check:
     except CheckpointError as err:
         return Check(name, False, str(err), required=True)
     size = path.stat().st_size / 2**20
-    return Check(name, True, f"{path} ({size:.0f} MiB, {'sha256 matches' if verified else 'no published sha256'})", required=True)
+    return Check(
+        name, True, f"{path} ({size:.0f} MiB, {'sha256 matches' if verified else 'no published sha256'})", required=True
+    )
 
 
 def format_table(checks: list[Check]) -> str:
@@ -156,7 +176,9 @@ def doctor(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, 
     print(format_table(checks))
     failed = [c.name for c in checks if c.required and not c.ok]
     if failed:
-        raise DoctorFailed(f"{len(failed)} required check(s) failed: {', '.join(failed)} (see the table above for the fix)")
+        raise DoctorFailed(
+            f"{len(failed)} required check(s) failed: {', '.join(failed)} (see the table above for the fix)"
+        )
     print("all required checks passed")
     return checks
 

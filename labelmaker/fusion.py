@@ -60,7 +60,9 @@ class TSDFVolume:
         )
         self.frames_integrated = 0
 
-    def integrate(self, depth_mm: np.ndarray, color: np.ndarray, K_depth: np.ndarray, K_color: np.ndarray, T_cw: np.ndarray) -> None:
+    def integrate(
+        self, depth_mm: np.ndarray, color: np.ndarray, K_depth: np.ndarray, K_color: np.ndarray, T_cw: np.ndarray
+    ) -> None:
         o3d, o3c, cfg = self._o3d, self._o3c, self.cfg
         depth = np.where(depth_mm < cfg.depth_min_m * 1000.0, 0, depth_mm).astype(np.uint16)
         depth_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth))).to(self.device)
@@ -71,7 +73,9 @@ class TSDFVolume:
         blocks = self.grid.compute_unique_block_coordinates(
             depth_img, Kd, extrinsic, 1000.0, float(cfg.depth_max_m), float(cfg.trunc_voxels)
         )
-        self.grid.integrate(blocks, depth_img, color_img, Kd, Kc, extrinsic, 1000.0, float(cfg.depth_max_m), float(cfg.trunc_voxels))
+        self.grid.integrate(
+            blocks, depth_img, color_img, Kd, Kc, extrinsic, 1000.0, float(cfg.depth_max_m), float(cfg.trunc_voxels)
+        )
         self.frames_integrated += 1
 
     @property
@@ -79,7 +83,9 @@ class TSDFVolume:
         return int(self.grid.hashmap().size())
 
     def extract_mesh(self) -> MeshArrays:
-        mesh = self.grid.extract_triangle_mesh(weight_threshold=float(self.cfg.weight_threshold)).to(self._o3c.Device("CPU:0"))
+        mesh = self.grid.extract_triangle_mesh(weight_threshold=float(self.cfg.weight_threshold)).to(
+            self._o3c.Device("CPU:0")
+        )
         if "positions" not in mesh.vertex or mesh.vertex.positions.shape[0] == 0:
             return empty_mesh()
         colors = mesh.vertex.colors.numpy()
@@ -93,7 +99,9 @@ class TSDFVolume:
         ))
 
 
-def iter_frames(batches: Iterable[FrameBatch], step: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def iter_frames(
+    batches: Iterable[FrameBatch], step: int = 1
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(depth, color, K_depth, K_color, T_cw) for every `step`-th frame across batches."""
     index = 0
     for batch in batches:

@@ -42,7 +42,12 @@ def canonical_order(mesh: MeshArrays) -> MeshArrays:
 
 
 def empty_mesh() -> MeshArrays:
-    return MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.float32))
+    return MeshArrays(
+        np.zeros((0, 3), np.float32),
+        np.zeros((0, 3), np.int32),
+        np.zeros((0, 3), np.uint8),
+        np.zeros((0, 3), np.float32),
+    )
 
 
 _PLY_TYPES = {

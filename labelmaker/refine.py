@@ -32,7 +32,8 @@ class SamRefineConfig:
     min_area_px: int = 0  # masks smaller than this are left alone
     weight_by_confidence: bool = True  # a pixel votes with its consensus confidence (else 1)
     fill_unknown: bool = True  # unknown pixels inside a refined mask take its class too
-    require_vote: bool = True  # a pixel takes the mask's class only if some model voted for it there (one of its ranked classes)
+    # a pixel takes the mask's class only if some model voted for it there (one of its ranked classes)
+    require_vote: bool = True
     keep_confident: float = 0.99  # pixels whose consensus confidence is at least this keep their label (> 1: none do)
 
 
@@ -52,7 +53,9 @@ def _as_tensor(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np_dtype)).to(device)  # a copy: torch wants writable memory
 
 
-def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device: str = "auto", runners_up=None) -> Refined:
+def refine_with_masks(
+    labels, confidence, mask_ids, cfg: SamRefineConfig, device: str = "auto", runners_up=None
+) -> Refined:
     """Refine consensus `labels` ((N,H,W) or (H,W) ints, 0 = unknown) with `mask_ids` (same shape,
     0 = no mask; ids are per frame). `confidence` (same shape, floats in [0,1]) weighs each pixel's
     vote when cfg.weight_by_confidence.
@@ -77,7 +80,10 @@ def refine_with_masks(labels, confidence, mask_ids, cfg: SamRefineConfig, device
         raise ValueError("require_vote needs the runners-up (the consensus's ranked classes)")
     others = _as_tensor(runners_up, dev, torch.int64).reshape(-1, lab.numel()) if cfg.require_vote else None
     if not (lab.shape == conf.shape == ids.shape):
-        raise ValueError(f"labels {tuple(lab.shape)}, confidence {tuple(conf.shape)} and mask ids {tuple(ids.shape)} must have one shape")
+        raise ValueError(
+            f"labels {tuple(lab.shape)}, confidence {tuple(conf.shape)} and mask ids {tuple(ids.shape)} must have one "
+            "shape"
+        )
     if lab.numel() and (int(lab.min()) < 0 or int(ids.min()) < 0):
         raise ValueError("labels and mask ids must be >= 0")
     shape = lab.shape

@@ -149,8 +149,21 @@ def test_subsampling_and_vga_option_validation(synth_scene_factory, tmp_path):
     ws = Workspace(tmp_path / "ws")
     s = import_scene(scene.video_dir, ws, ArkitScenesConfig(subsample_every=3), progress=False).record["summary"]
     assert s["n_frames"] == len(range(0, s["n_frames_indexed"], 3))
-    assert main(["import", "arkitscenes", str(scene.video_dir), str(tmp_path / "v"), "data.color=vga_wide", "progress=false"]) == 2
-    assert main(["import", "arkitscenes", str(scene.video_dir), str(tmp_path / "v"), "data.colr=x"]) == 2  # typo in a key
+    assert (
+        main(
+            [
+                "import",
+                "arkitscenes",
+                str(scene.video_dir),
+                str(tmp_path / "v"),
+                "data.color=vga_wide",
+                "progress=false",
+            ]
+        )
+        == 2
+    )
+    # typo in a key
+    assert main(["import", "arkitscenes", str(scene.video_dir), str(tmp_path / "v"), "data.colr=x"]) == 2
 
 
 def test_vga_colour_stream_with_depth_resampled(synth_scene_factory, tmp_path):
@@ -167,12 +180,16 @@ def test_vga_colour_stream_with_depth_resampled(synth_scene_factory, tmp_path):
         stem, ts = png.stem.rsplit("_", 1)
         shifted = f"{stem}_{float(ts) + 0.004:.3f}"  # the vga stream is stamped a little apart
         Image.open(png).resize((640, 480), Image.Resampling.BILINEAR).save(vga / f"{shifted}.png")
-        w, h, fx, fy, cx, cy = map(float, (scene.video_dir / "lowres_wide_intrinsics" / f"{png.stem}.pincam").read_text().split())
+        w, h, fx, fy, cx, cy = map(
+            float, (scene.video_dir / "lowres_wide_intrinsics" / f"{png.stem}.pincam").read_text().split()
+        )
         K = scale_intrinsics(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), (256, 192), (640, 480))
         (vga_k / f"{shifted}.pincam").write_text(f"640 480 {K[0, 0]} {K[1, 1]} {K[0, 2]} {K[1, 2]}\n")
 
     ws = Workspace(tmp_path / "ws")
-    s = import_scene(scene.video_dir, ws, ArkitScenesConfig(color="vga_wide", resize_depth_to_color=True), progress=False)
+    s = import_scene(
+        scene.video_dir, ws, ArkitScenesConfig(color="vga_wide", resize_depth_to_color=True), progress=False
+    )
     summary = s.record["summary"]
     assert summary["color_size"] == [640, 480] and summary["depth_size"] == [640, 480]
     batch = ws.read_frame_shard(0)

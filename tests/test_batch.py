@@ -27,7 +27,9 @@ def captures(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("captures") / "raw"
     for i in range(3):
-        make_scene(SynthConfig(seed=i, video_id=f"s{i}", n_frames=16, width=128, height=96, fx=106.0), root, progress=False)
+        make_scene(
+            SynthConfig(seed=i, video_id=f"s{i}", n_frames=16, width=128, height=96, fx=106.0), root, progress=False
+        )
     return root
 
 
@@ -70,7 +72,10 @@ def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
 
     # a changed export option reruns export only
     before = submissions(out)
-    assert main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL, "export.pointcept=false"]) == 0
+    assert (
+        main(["batch", str(raw), str(out), "cluster=inprocess", "models=simulated", *SMALL, "export.pointcept=false"])
+        == 0
+    )
     assert set((submissions(out) - before)) == {(s, "export") for s in ("s0", "s1", "s2")}
 
 
@@ -131,8 +136,18 @@ def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_pat
     raw, frame, good = _copy_with_corrupt_frame(captures, tmp_path)
     out = tmp_path / "out"
     (tmp_path / "scenes.txt").write_text("# a list file: capture folders relative to it\nraw/s0\nraw/s1\n")
-    args = ["batch", str(tmp_path / "scenes.txt"), str(out), "cluster=local", "cluster.max_in_flight=3", *ONE_MODEL, *SMALL]
-    proc = subprocess.Popen([sys.executable, "-m", "labelmaker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "batch",
+        str(tmp_path / "scenes.txt"),
+        str(out),
+        "cluster=local",
+        "cluster.max_in_flight=3",
+        *ONE_MODEL,
+        *SMALL,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelmaker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     # kill the controller while jobs are in flight (after their ids were journaled)
     while time.monotonic() < deadline and proc.poll() is None:
@@ -144,7 +159,9 @@ def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_pat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     events = _journal_events(out)
-    in_flight = sum(len(e["scenes"]) for e in events if e["event"] == "submit") > sum(e["event"] == "outcome" for e in events)
+    in_flight = sum(len(e["scenes"]) for e in events if e["event"] == "submit") > sum(
+        e["event"] == "outcome" for e in events
+    )
     assert in_flight, "the kill should land while jobs run"
 
     assert main(args) == 1  # restarted: finishes what it can; s1 has bad input
@@ -170,8 +187,22 @@ def test_run_pdb_stops_in_the_debugger_with_the_traceback(synth_scene_factory, t
     scene = synth_scene_factory(seed=2, n_frames=16)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-m", "labelmaker", "run", str(scene.video_dir), str(blocker / "ws"), "--pdb",
-                           "progress=false"], input="p 'in pdb'\nq\n", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labelmaker",
+            "run",
+            str(scene.video_dir),
+            str(blocker / "ws"),
+            "--pdb",
+            "progress=false",
+        ],
+        input="p 'in pdb'\nq\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert "Traceback (most recent call last)" in out and "NotADirectoryError" in out
     assert "(Pdb)" in out and "'in pdb'" in out and proc.returncode == 1

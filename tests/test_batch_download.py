@@ -28,7 +28,9 @@ FETCH_ONLY = ["batch.skip=[consensus,fuse,lift,export,evaluate,report]"]  # down
 def _synth(root, vid, seed):
     from labelmaker.synthetic import SynthConfig, make_scene
 
-    return make_scene(SynthConfig(seed=seed, video_id=vid, n_frames=16, width=128, height=96, fx=106.0), root, progress=False)
+    return make_scene(
+        SynthConfig(seed=seed, video_id=vid, n_frames=16, width=128, height=96, fx=106.0), root, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,11 @@ def test_downloading_batch_faults_bad_id_rerun_and_retry(release, tmp_path, caps
         for vid in VIDEOS:
             recs = Workspace(out / vid).read_states(list(specs))
             assert recs["download"]["config_hash"] == stable_hash(stage_config(specs["download"], cfg))
-            assert expected_input_hash(specs["import"], cfg, recs) == recs["import"]["input_hash"] == recs["download"]["output_hash"]
+            assert (
+                expected_input_hash(specs["import"], cfg, recs)
+                == recs["import"]["input_hash"]
+                == recs["download"]["output_hash"]
+            )
             assert StateReader(cfg, graph).scene(vid, str(out / vid)).status == "done"
 
         # the same command again: nothing fetched, nothing submitted; status shows the download stage

@@ -44,7 +44,9 @@ def slurm_conf():
     """Start the local cluster (idempotent; never stopped here: others may use it)."""
     if shutil.which("sbatch") is None and os.geteuid() != 0:
         pytest.fail("the SLURM test needs root to install and start slurm/local (see slurm/README.md)")
-    proc = subprocess.run(["bash", str(REPO / "slurm" / "local" / "start.sh"), "--quiet"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "local" / "start.sh"), "--quiet"], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     conf = [ln.split("=", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("export SLURM_CONF=")][-1]
     os.environ["SLURM_CONF"] = conf
@@ -54,8 +56,16 @@ def slurm_conf():
 def _small_resources() -> list[str]:
     out = []
     for kind in ("import", "segment", "consensus", "fuse", "lift", "export", "evaluate", "report"):
-        out += [f"batch.resources.{kind}.{k}={v}" for k, v in
-                (("cpus", 1), ("mem_gb", 1), ("mem_gb_per_1k_frames", 0), ("minutes", 10), ("minutes_per_1k_frames", 0))]
+        out += [
+            f"batch.resources.{kind}.{k}={v}"
+            for k, v in (
+                ("cpus", 1),
+                ("mem_gb", 1),
+                ("mem_gb_per_1k_frames", 0),
+                ("minutes", 10),
+                ("minutes_per_1k_frames", 0),
+            )
+        ]
     return out
 
 
@@ -89,7 +99,9 @@ def test_slurm_batch_with_cancel_timeout_kill_and_bad_input(slurm_conf, tmp_path
 
     raw = tmp_path / "raw"
     for i in range(12):
-        make_scene(SynthConfig(seed=i, video_id=f"s{i:02d}", n_frames=16, width=128, height=96, fx=106.0), raw, progress=False)
+        make_scene(
+            SynthConfig(seed=i, video_id=f"s{i:02d}", n_frames=16, width=128, height=96, fx=106.0), raw, progress=False
+        )
     frame = sorted((raw / "s01" / "lowres_wide").iterdir())[3]
     good = frame.read_bytes()
     frame.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
@@ -102,15 +114,39 @@ def test_slurm_batch_with_cancel_timeout_kill_and_bad_input(slurm_conf, tmp_path
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITE)
-    env = dict(os.environ, LM_TEST_FAULTS=json.dumps(faults), PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(
+        os.environ,
+        LM_TEST_FAULTS=json.dumps(faults),
+        PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
 
     out = tmp_path / "out"
-    args = ["batch", str(raw), str(out), "cluster=slurm", "progress=false", "models=simulated", "~segment.models.sim_nyu40",
-            "~segment.models.sim_scannet200", "data.shard_size=8", "fusion.voxel_size_m=0.05",
-            "batch.skip=[evaluate,report]", "batch.poll_s=1", "batch.backoff_s=1", "cluster.signal_delay_s=50",  # USR2 after ~70 s: Python must be up by then
-            *_small_resources(), "batch.resources.consensus.minutes=2"]
-    controller = subprocess.Popen([sys.executable, "-m", "labelmaker", *args], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "batch",
+        str(raw),
+        str(out),
+        "cluster=slurm",
+        "progress=false",
+        "models=simulated",
+        "~segment.models.sim_nyu40",
+        "~segment.models.sim_scannet200",
+        "data.shard_size=8",
+        "fusion.voxel_size_m=0.05",
+        # USR2 after ~70 s: Python must be up by then
+        "batch.skip=[evaluate,report]",
+        "batch.poll_s=1",
+        "batch.backoff_s=1",
+        "cluster.signal_delay_s=50",
+        *_small_resources(),
+        "batch.resources.consensus.minutes=2",
+    ]
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "labelmaker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     cancelled = killed = False
     deadline = time.monotonic() + 900
     while controller.poll() is None and time.monotonic() < deadline:
@@ -138,13 +174,18 @@ def test_slurm_batch_with_cancel_timeout_kill_and_bad_input(slurm_conf, tmp_path
     (failure,) = status["failures"]
     assert failure["error_class"] == "bad_input" and frame.name in failure["error"]
 
-    outcomes = [(e["scene"], e["stage"], e.get("error_class")) for e in _events(out) if e["event"] == "outcome" and e["status"] == "failed"]
+    outcomes = [
+        (e["scene"], e["stage"], e.get("error_class"))
+        for e in _events(out)
+        if e["event"] == "outcome" and e["status"] == "failed"
+    ]
     assert ("s05", "segment-sim_ade20k", "cancelled") in outcomes, outcomes  # cancelled, then retried
     assert ("s07", "lift", "crashed") in outcomes, outcomes  # node process killed, then retried
     # the one over its time limit was requeued by submitit's checkpoint (or, failing that, retried)
     timeout_job = _job_of(out, "s03", "consensus")
-    assert ("s03", "consensus", "timeout") in outcomes or any(s in ("REQUEUED", "TIMEOUT", "PREEMPTED") for s in _sacct_all(timeout_job)), \
-        _sacct_all(timeout_job)
+    assert ("s03", "consensus", "timeout") in outcomes or any(
+        s in ("REQUEUED", "TIMEOUT", "PREEMPTED") for s in _sacct_all(timeout_job)
+    ), _sacct_all(timeout_job)
 
     frame.write_bytes(good)
     assert main(["retry", str(out), "--error-class", "bad_input"]) == 0

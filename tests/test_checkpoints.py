@@ -10,7 +10,14 @@ import torch
 from labelmaker.cli import main
 from labelmaker.segmenters import checkpoints
 from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig
-from labelmaker.segmenters.checkpoints import CheckpointEntry, CheckpointError, load_checkpoint, locate, manifest, verify
+from labelmaker.segmenters.checkpoints import (
+    CheckpointEntry,
+    CheckpointError,
+    load_checkpoint,
+    locate,
+    manifest,
+    verify,
+)
 from labelmaker.segmenters.download import download
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
@@ -60,7 +67,11 @@ def test_a_checksum_mismatch_is_an_error(published, tmp_path, fake_manifest):
     path, found = locate("toy", str(tmp_path))
     assert found == entry and verify(path, entry) is True
     (tmp_path / "toy.pth").write_bytes(PAYLOAD[:-1] + b"x")
-    with pytest.raises(CheckpointError, match=r"does not match the published .*Fix: delete it and fetch it again: python scripts/download_checkpoints.py toy"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match the published .*Fix: delete it and fetch it again: python "
+              r"scripts/download_checkpoints.py toy",
+    ):
         verify(path, entry)
 
 
@@ -203,7 +214,9 @@ def test_doctor_checks_torchvision_where_sam_or_open_clip_need_it(tmp_path, caps
     assert checks["torchvision"].ok and checks["torchvision"].required  # the tests' opt-in makes it import
 
     def broken():
-        raise RuntimeError("torchvision cannot load its compiled ops next to torch ... Fix: install the torchvision build")
+        raise RuntimeError(
+            "torchvision cannot load its compiled ops next to torch ... Fix: install the torchvision build"
+        )
 
     monkeypatch.setattr(torchvision_cpu, "import_torchvision", broken)
     with pytest.raises(DoctorFailed, match="torchvision"):

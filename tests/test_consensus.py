@@ -246,7 +246,9 @@ from labelmaker.consensus import calibrate, class_counts, vote_calibrated  # noq
 def test_class_counts_count_winners_per_source_class():
     # pixel 0: both say 1; pixel 1: 1 against 2 (a tie: 1 wins by the tie rule); pixel 2: nothing maps
     preds = [np.array([[1, 1, 0]]), np.array([[1, 2, 0]])]
-    counts, wins = class_counts(preds, [identity()] * 2, [1.0, 1.0], N_CLASSES, ConsensusConfig(device="cpu", split="share"))
+    counts, wins = class_counts(
+        preds, [identity()] * 2, [1.0, 1.0], N_CLASSES, ConsensusConfig(device="cpu", split="share")
+    )
     assert counts[0].shape == (N_CLASSES, N_CLASSES)
     assert counts[0][1, 1] == 2 and counts[0].sum() == 2
     assert counts[1][1, 1] == 1 and counts[1][2, 1] == 1 and counts[1].sum() == 2

@@ -68,7 +68,9 @@ def test_clean_download_matches_the_capture_and_imports(release, tmp_path):
     assert (tmp_path / "data" / "raw" / "metadata.csv").exists()
     ws = Workspace(tmp_path / "ws")
     got = import_scene(video, ws, ArkitScenesConfig(), progress=False).record["summary"]
-    want = import_scene(scene.video_dir, Workspace(tmp_path / "ws_direct"), ArkitScenesConfig(), progress=False).record["summary"]
+    want = import_scene(scene.video_dir, Workspace(tmp_path / "ws_direct"), ArkitScenesConfig(), progress=False).record[
+        "summary"
+    ]
     assert got["n_frames"] == want["n_frames"] > 0
     assert got["sky_direction_metadata"] == want["sky_direction_metadata"] is not None  # metadata.csv found
 
@@ -311,17 +313,23 @@ def test_download_stage_records_mirror_the_planner_resume_a_killed_run_and_make_
         assert reader.scene(vid, str(ws.root)).stages["download"].error_class == "crashed"  # the controller retries it
         fetched = run_graph_stage(cfg, specs["download"], str(video), ws).record
         assert server.requests_for("lowres_wide.zip")[0][1] == f"bytes={len(archive) // 2}-"
-        assert fetched["attempt"] == 2 and fetched["summary"]["fetched"]["lowres_wide/ (from lowres_wide.zip)"] == "resumed"
+        assert (
+            fetched["attempt"] == 2
+            and fetched["summary"]["fetched"]["lowres_wide/ (from lowres_wide.zip)"] == "resumed"
+        )
         imported = run_graph_stage(cfg, specs["import"], str(video), ws).record
 
         # the mirrors: config hashes, and import's input = the download's output
         records = ws.read_states(list(specs))
         assert fetched["config_hash"] == stable_hash(stage_config(specs["download"], cfg))
-        assert expected_input_hash(specs["download"], cfg, records) is None  # the video and split are in the scene's path
+        # the video and split are in the scene's path
+        assert expected_input_hash(specs["download"], cfg, records) is None
         assert imported["input_hash"] == fetched["output_hash"] == expected_input_hash(specs["import"], cfg, records)
         assert reader.scene(vid, str(ws.root)).status == "done"
         # how it fetches is not what it fetches; where from, and what, is
-        how = _stage_cfg(server, "download.retries=9", "download.timeout_s=1", "download.chunk_bytes=7", "download.keep_zip=true")
+        how = _stage_cfg(
+            server, "download.retries=9", "download.timeout_s=1", "download.chunk_bytes=7", "download.keep_zip=true"
+        )
         assert StateReader(how, graph).scene(vid, str(ws.root)).status == "done"
         assert StateReader(_stage_cfg(server, "download.assets=[lowres_wide]"), graph).scene(vid, str(ws.root)).stages[
             "download"].status == "stale"
@@ -359,6 +367,8 @@ def test_metadata_csv_is_shared_by_parallel_downloads(release, tmp_path):
             dl.fetch_file(url, final, _cfg(server, retries=1), progress=False, shared=True)
         assert not final.exists() and not list(final.parent.iterdir())
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: dl.fetch_file(url, final, _cfg(server), progress=False, shared=True), range(4)))
+            results = list(
+                pool.map(lambda _: dl.fetch_file(url, final, _cfg(server), progress=False, shared=True), range(4))
+            )
     assert final.read_bytes() == source and [p.name for p in final.parent.iterdir()] == ["metadata.csv"]
     assert {r.status for r in results} <= {"downloaded", "present"}

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mmseg", reason="needs the mmseg extra (pip install -e '.[mmseg-cpu]'); scripts/test.sh installs it")
+pytest.importorskip(
+    "mmseg", reason="needs the mmseg extra (pip install -e '.[mmseg-cpu]'); scripts/test.sh installs it"
+)
 
 from labelmaker.consensus import ConsensusConfig  # noqa: E402
 from labelmaker.io.arkitscenes import ArkitScenesConfig  # noqa: E402
 from labelmaker.labels import label_space  # noqa: E402
 from labelmaker.pipeline.label_stages import consensus_scene, model_votes, segment_scene  # noqa: E402
 from labelmaker.pipeline.stages import import_scene  # noqa: E402
-from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig, build_segmenter, clear_segmenter_cache  # noqa: E402
+# noqa: E402
+from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig, build_segmenter, clear_segmenter_cache
 from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.mask2former import build_model  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402

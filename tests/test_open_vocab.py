@@ -48,7 +48,10 @@ def test_clip_checkpoint_forms_load_with_every_key_and_give_the_same_embeddings(
         assert torch.allclose(clip.encode_text(tokens), seg.model.encode_text(tokens))
     # a training checkpoint (state_dict + DDP "module." prefixes) and a CLIP inside a bigger model
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in ref.items()}}, tmp_path / "train.pt")
-    torch.save({**{f"clip_adapter.clip_model.{k}": v for k, v in ref.items()}, "sem_seg_head.w": torch.zeros(2)}, tmp_path / "ovseg.pth")
+    torch.save(
+        {**{f"clip_adapter.clip_model.{k}": v for k, v in ref.items()}, "sem_seg_head.w": torch.zeros(2)},
+        tmp_path / "ovseg.pth",
+    )
     for name, prefix in (("train.pt", ""), ("ovseg.pth", "clip_adapter.clip_model.")):
         other = OpenVocabSegmenter("ov", _model_cfg(folder, checkpoint=str(tmp_path / name), checkpoint_prefix=prefix))
         assert all(torch.equal(ref[k], v) for k, v in other.model.state_dict().items())
@@ -74,7 +77,9 @@ def test_prompts_come_from_names_synonyms_and_templates():
     from labelmaker.labels import unified_space
     from labelmaker.segmenters.open_vocab import prompts, vocabulary
 
-    cfg = OpenVocabConfig(classes=["couch", "radiator"], synonyms={"radiator": ["heating radiator"]}, templates=["a {}.", "the {} here."])
+    cfg = OpenVocabConfig(
+        classes=["couch", "radiator"], synonyms={"radiator": ["heating radiator"]}, templates=["a {}.", "the {} here."]
+    )
     ids, words = vocabulary(cfg)
     assert ids.tolist() == [unified_space().id_of("couch"), unified_space().id_of("radiator")]
     assert words[0][:2] == ["couch", "sofa"] and words[1] == ["radiator", "heater", "heating radiator"]
@@ -138,12 +143,23 @@ def test_presets_compose_into_typed_configs(tmp_path):
     from labelmaker.masks import MaskModelConfig
     from labelmaker.segmenters.checkpoints import manifest
 
-    cfg = load_config(["models=open_vocab", "masks=sam", f"checkpoints.dir={tmp_path}", "consensus.sam_refine.enabled=true",
-                       "segment.models.open_vocab.open_vocab.unknown_threshold=0.5"])[0]
+    cfg = load_config(
+        [
+            "models=open_vocab",
+            "masks=sam",
+            f"checkpoints.dir={tmp_path}",
+            "consensus.sam_refine.enabled=true",
+            "segment.models.open_vocab.open_vocab.unknown_threshold=0.5",
+        ]
+    )[0]
     ov = cfg.segment.models["open_vocab"]
     assert isinstance(ov.open_vocab, OpenVocabConfig) and isinstance(ov.open_vocab.proposals, MaskModelConfig)
     assert ov.open_vocab.unknown_threshold == 0.5 and len(ov.open_vocab.templates) == 8
     assert ov.open_vocab.proposals.sam.checkpoint_dir == str(tmp_path) == cfg.masks.models["sam"].sam.checkpoint_dir
-    for spec in (ov.open_vocab.checkpoint, ov.open_vocab.proposals.sam.checkpoint, cfg.masks.models["sam"].sam.checkpoint):
+    for spec in (
+        ov.open_vocab.checkpoint,
+        ov.open_vocab.proposals.sam.checkpoint,
+        cfg.masks.models["sam"].sam.checkpoint,
+    ):
         assert spec in manifest()
     assert model_checkpoints(ov) == ["clip_vit_l_14_laion2b", "sam_vit_h"]  # doctor checks the SAM proposals too

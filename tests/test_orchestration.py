@@ -57,14 +57,47 @@ def test_slurm_parameters_and_states():
     assert gpu["partition"] == "gpux" and gpu["gpus_per_node"] == 1
     assert cpu["partition"] == "cpux" and "gpus_per_node" not in cpu
     assert gpu["time"] == scale(cfg.batch.resources["segment"], 2000).minutes
-    assert [job_state(s) for s in ("PENDING", "RUNNING", "COMPLETED", "FAILED", "TIMEOUT", "PREEMPTED",
-                                   "CANCELLED by 0", "OUT_OF_MEMORY", "NODE_FAIL", "REQUEUED")] == [
-        "pending", "running", "finished", "finished", "timeout", "preempted", "cancelled", "out_of_memory", "crashed", "pending"]
+    assert [
+        job_state(s)
+        for s in (
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "TIMEOUT",
+            "PREEMPTED",
+            "CANCELLED by 0",
+            "OUT_OF_MEMORY",
+            "NODE_FAIL",
+            "REQUEUED",
+        )
+    ] == [
+        "pending",
+        "running",
+        "finished",
+        "finished",
+        "timeout",
+        "preempted",
+        "cancelled",
+        "out_of_memory",
+        "crashed",
+        "pending",
+    ]
 
 
 def _done(ws, spec, cfg, input_hash="in", output_hash=None):
-    ws.write_state(spec.name, {"stage": spec.name, "status": "done", "attempt": 1, "config_hash": stable_hash(stage_config(spec, cfg)),
-                               "input_hash": input_hash, "output_hash": output_hash or f"out-{spec.name}", "summary": {"n_frames": 10}})
+    ws.write_state(
+        spec.name,
+        {
+            "stage": spec.name,
+            "status": "done",
+            "attempt": 1,
+            "config_hash": stable_hash(stage_config(spec, cfg)),
+            "input_hash": input_hash,
+            "output_hash": output_hash or f"out-{spec.name}",
+            "summary": {"n_frames": 10},
+        },
+    )
 
 
 def test_state_done_stale_failed_crashed_and_dependency(tmp_path):
@@ -94,7 +127,9 @@ def test_state_done_stale_failed_crashed_and_dependency(tmp_path):
         st = StateReader(cfg, graph).scene("a", ws.root)
         assert st.stages["fuse"].status == "stale" and st.stages["import"].status == "done"
     # a failed record, and what it blocks
-    ws.write_state("consensus", {"status": "failed", "attempt": 2, "error_class": "bad_input", "error": "scene 'a': file 'x': bad"})
+    ws.write_state(
+        "consensus", {"status": "failed", "attempt": 2, "error_class": "bad_input", "error": "scene 'a': file 'x': bad"}
+    )
     st = reader.scene("a", ws.root)
     assert st.stages["consensus"].status == "failed" and st.stages["consensus"].error_class == "bad_input"
     assert st.stages["lift"].status == "dependency_failed" and st.status == "failed"
@@ -153,8 +188,10 @@ class ScriptedExecutor:
             if outcome == "done":
                 _done(ws, spec, cfg, input_hash=None)
             else:
-                ws.write_state(spec.name, {"status": "failed", "attempt": 1, "error_class": outcome, "error": f"{outcome}!",
-                                           "ended": _now()})
+                ws.write_state(
+                    spec.name,
+                    {"status": "failed", "attempt": 1, "error_class": outcome, "error": f"{outcome}!", "ended": _now()},
+                )
             ids.append(str(self.n))
         return ids
 
@@ -181,7 +218,9 @@ def test_controller_retries_transient_with_more_memory_not_bad_input(tmp_path, m
     states = {st.scene: st for st in ctl.run(progress=False)}
     assert states["s0"].status == "done"
     fuse_mem = [mem for scene, stage, mem in ex.calls if (scene, stage) == ("s0", "fuse")]
-    assert len(fuse_mem) == 3 and fuse_mem[1] == pytest.approx(fuse_mem[0] * 1.5, rel=1e-2) and fuse_mem[2] > fuse_mem[1]
+    assert (
+        len(fuse_mem) == 3 and fuse_mem[1] == pytest.approx(fuse_mem[0] * 1.5, rel=1e-2) and fuse_mem[2] > fuse_mem[1]
+    )
     # bad input: tried once, then left for `retry`; nothing downstream submitted
     assert [c for c in ex.calls if c[0] == "s1"] == [("s1", "import", ex.calls[0][2])]
     assert states["s1"].stages["import"].error_class == "bad_input"
@@ -328,12 +367,23 @@ def test_downloading_graph_scenes_and_hashes(tmp_path):
     from dataclasses import replace
     from types import SimpleNamespace
 
-    hashed = lambda **kw: stable_hash(stage_config(specs["download"], SimpleNamespace(download=replace(cfg.download, **kw))))
+    def hashed(**kw):
+        return stable_hash(stage_config(specs["download"], SimpleNamespace(download=replace(cfg.download, **kw))))
+
     assert hashed() == stable_hash(stage_config(specs["download"], cfg))
-    assert hashed() == hashed(retries=1, backoff_s=9, backoff_max_s=1, timeout_s=3, chunk_bytes=5, keep_zip=True) == hashed(
-        base_url=cfg.download.base_url + "/")
-    for changed in (dict(base_url="http://mirror"), dict(split="Training"), dict(assets=["lowres_wide"]), dict(metadata=False),
-                    dict(checksums="/x.sha256"), dict(root="/data")):
+    assert (
+        hashed()
+        == hashed(retries=1, backoff_s=9, backoff_max_s=1, timeout_s=3, chunk_bytes=5, keep_zip=True)
+        == hashed(base_url=cfg.download.base_url + "/")
+    )
+    for changed in (
+        dict(base_url="http://mirror"),
+        dict(split="Training"),
+        dict(assets=["lowres_wide"]),
+        dict(metadata=False),
+        dict(checksums="/x.sha256"),
+        dict(root="/data"),
+    ):
         assert hashed(**changed) != hashed(), changed
 
     listing = tmp_path / "Validation_splits.csv"  # as the dataset publishes them (ids sometimes as floats)
@@ -347,7 +397,11 @@ def test_downloading_graph_scenes_and_hashes(tmp_path):
     ids.write_text("# ids\n41069021\n")
     elsewhere = _cfg("batch.download=true", f"download.root={tmp_path / 'data'}", "download.split=Training").download
     assert download_scenes(ids, out, elsewhere)[0].input_dir == str(tmp_path / "data/raw/Training/41069021")
-    for text, problem in (("41069021\n41069021\n", "listed twice"), ("../etc\n", "not a video id"), ("# none\n", "no videos")):
+    for text, problem in (
+        ("41069021\n41069021\n", "listed twice"),
+        ("../etc\n", "not a video id"),
+        ("# none\n", "no videos"),
+    ):
         ids.write_text(text)
         with pytest.raises(BadInputError, match=problem):
             download_scenes(ids, out, cfg.download)

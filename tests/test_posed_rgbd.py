@@ -20,7 +20,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 SUFFIXES = ("color.jpg", "depth.png", "pose.txt")
 SIDE_FILES = ("camera-intrinsics.txt", "gravity-direction.txt")
 
-needs_kitchen = pytest.mark.skipif(not KITCHEN.is_dir() and not os.environ.get("CI"), reason=f"7-Scenes frames not found at {KITCHEN}")
+needs_kitchen = pytest.mark.skipif(
+    not KITCHEN.is_dir() and not os.environ.get("CI"), reason=f"7-Scenes frames not found at {KITCHEN}"
+)
 
 
 def _frame_folder(dest: Path, frames, copy: bool = False) -> Path:
@@ -65,7 +67,10 @@ def test_fused_mesh_predicts_held_out_depth(tmp_path):
     t0 = time.perf_counter()
     summary = import_scene(folder, ws, PosedRgbdConfig(), progress=False).record["summary"]
     seconds = time.perf_counter() - t0
-    print(f"\n7-Scenes import: {summary['n_frames']} frames in {seconds:.2f}s = {summary['n_frames'] / seconds:.1f} frames/s")
+    print(
+        f"\n7-Scenes import: {summary['n_frames']} frames in {seconds:.2f}s = {summary['n_frames'] / seconds:.1f} "
+        "frames/s"
+    )
     assert summary["n_frames"] == 108
     fuse_scene(ws, FusionConfig(voxel_size_m=0.02, depth_max_m=4.0), progress=False)
 
@@ -117,7 +122,9 @@ def test_world_up_from_gravity_file_and_upright(tmp_path):
 @needs_kitchen
 def test_configured_world_up_wins_and_default_is_z(tmp_path):
     folder = _frame_folder(tmp_path / "kitchen", range(2))
-    summary = import_scene(folder, Workspace(tmp_path / "a"), PosedRgbdConfig(world_up=[0, -2, 0]), progress=False).record["summary"]
+    summary = import_scene(
+        folder, Workspace(tmp_path / "a"), PosedRgbdConfig(world_up=[0, -2, 0]), progress=False
+    ).record["summary"]
     assert summary["world_up"] == [0, -1, 0] and summary["world_up_from"] == "config"
     (folder / "gravity-direction.txt").unlink()
     summary = import_scene(folder, Workspace(tmp_path / "b"), PosedRgbdConfig(), progress=False).record["summary"]
@@ -153,7 +160,9 @@ def test_scannet_style_intrinsics_folder(tmp_path):
     np.savetxt(folder / "intrinsic" / "intrinsic_color.txt", K4_color)
     ws = Workspace(tmp_path / "ws")
     summary = import_scene(folder, ws, PosedRgbdConfig(), progress=False).record["summary"]
-    assert summary["intrinsics_files"] == [str(folder / "intrinsic" / n) for n in ("intrinsic_depth.txt", "intrinsic_color.txt")]
+    assert summary["intrinsics_files"] == [
+        str(folder / "intrinsic" / n) for n in ("intrinsic_depth.txt", "intrinsic_color.txt")
+    ]
     batch = ws.read_frame_shard(0)
     np.testing.assert_allclose(batch.K_depth[0], K4[:3, :3])
     np.testing.assert_allclose(batch.K_color[0], K4_color[:3, :3])

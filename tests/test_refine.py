@@ -10,7 +10,9 @@ from labelmaker.refine import SamRefineConfig, refine_with_masks
 
 
 def _cfg(**kw):
-    return SamRefineConfig(enabled=True, **({"keep_confident": 1.01, "min_share": 0.6, "min_known": 0.3, "require_vote": False} | kw))
+    return SamRefineConfig(
+        enabled=True, **({"keep_confident": 1.01, "min_share": 0.6, "min_known": 0.3, "require_vote": False} | kw)
+    )
 
 
 def test_mask_with_clear_majority_takes_its_class_and_removes_speckle():
@@ -54,7 +56,9 @@ def test_confidence_weighting_unknown_fill_and_min_known():
     by_conf = refine_with_masks(labels, conf, ids, _cfg(min_share=0.6), device="cpu")
     assert (by_conf.labels.numpy() == 1).all()
     assert np.isclose(by_conf.confidence.numpy()[0, 2], 0.9)  # changed pixels: mean confidence of the agreeing pixels
-    by_count = refine_with_masks(labels, conf, ids, _cfg(min_share=0.6, weight_by_confidence=False, fill_unknown=False), device="cpu")
+    by_count = refine_with_masks(
+        labels, conf, ids, _cfg(min_share=0.6, weight_by_confidence=False, fill_unknown=False), device="cpu"
+    )
     assert by_count.labels.numpy().tolist() == [[2, 2, 2, 2, 2, 0]]
     mostly_unknown = np.array([[1, 0, 0, 0, 0, 0]])
     left = refine_with_masks(mostly_unknown, np.ones((1, 6), np.float32), ids, _cfg(min_known=0.3), device="cpu")
@@ -71,7 +75,9 @@ def test_a_mask_changes_only_pixels_where_some_model_voted_for_its_class():
     runners_up[0, 0, 4, 4] = 4
     ids = np.ones((1, 6, 6), np.int64)
     conf = np.full((1, 6, 6), 0.6, np.float32)
-    out = refine_with_masks(labels, conf, ids, _cfg(require_vote=True), device="cpu", runners_up=runners_up).labels.numpy()
+    out = refine_with_masks(
+        labels, conf, ids, _cfg(require_vote=True), device="cpu", runners_up=runners_up
+    ).labels.numpy()
     assert (out[0, :2, :2] == 7).all() and out[0, 4, 4] == 4
     with pytest.raises(ValueError, match="runners-up"):
         refine_with_masks(labels, conf, ids, _cfg(require_vote=True), device="cpu")

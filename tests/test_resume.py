@@ -24,7 +24,9 @@ def _sorted_vertices(mesh):
 
 def _run_and_kill(args, ws_dir, stage, delay):
     """Start the command, wait until the stage is under way, then kill -9 it after `delay`."""
-    proc = subprocess.Popen([sys.executable, "-m", "labelmaker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labelmaker", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ws, deadline = Workspace(ws_dir), time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         record = ws.read_state(stage)

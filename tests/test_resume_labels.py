@@ -19,7 +19,9 @@ OUTPUTS = ("labels", "confidence", "labels_scannet200", "labels_nyu40")
 
 def _run(args) -> float:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "labelmaker", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "labelmaker", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.monotonic() - t0
 
 

@@ -90,7 +90,9 @@ def test_bad_checkpoints_and_small_images_are_clear_errors(tiny_sam, tmp_path):
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_sam(_tiny_cfg(tmp_path).sam)
     wrong = dataclasses.replace(TINY, encoder_depth=3, encoder_global_attn_indexes=[2])
-    with pytest.raises(CheckpointError, match="does not fit the configured SAM: 14 missing keys.*0 unexpected keys.*2 of another shape"):
+    with pytest.raises(
+        CheckpointError, match="does not fit the configured SAM: 14 missing keys.*0 unexpected keys.*2 of another shape"
+    ):
         load_sam(_tiny_cfg(folder, arch=wrong).sam)
     with pytest.raises(BadInputError, match="smaller than SAM's minimum"):
         SamMasks("sam", _tiny_cfg(folder)).generate_images(np.zeros((1, 20, 40, 3), np.uint8), "scene", "f0")

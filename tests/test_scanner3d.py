@@ -18,7 +18,9 @@ from labelmaker.workspace import Workspace
 CHAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "3dscannerapp_chair" / "chair_scan"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 
-needs_chair = pytest.mark.skipif(not CHAIR.is_dir() and not os.environ.get("CI"), reason=f"real scan not found at {CHAIR}")
+needs_chair = pytest.mark.skipif(
+    not CHAIR.is_dir() and not os.environ.get("CI"), reason=f"real scan not found at {CHAIR}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def chair_ws(tmp_path_factory):
     t0 = time.perf_counter()
     summary = import_scene(CHAIR, ws, Scanner3dConfig(), progress=False).record["summary"]
     seconds = time.perf_counter() - t0
-    print(f"\nchair import: {summary['n_frames']} frames in {seconds:.2f}s = {summary['n_frames'] / seconds:.1f} frames/s")
+    print(
+        f"\nchair import: {summary['n_frames']} frames in {seconds:.2f}s = {summary['n_frames'] / seconds:.1f} frames/s"
+    )
     fuse_scene(ws, FusionConfig(voxel_size_m=0.01, depth_max_m=4.0), progress=False)
     return ws
 

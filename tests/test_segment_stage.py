@@ -89,7 +89,9 @@ def _band(labels, side, share=0.15):
 def test_floor_ends_on_the_physically_lower_side(sky, synth_scene_factory, tmp_path):
     ws = _imported(synth_scene_factory, tmp_path, seed=2, sky_direction=sky)
     clear_segmenter_cache()
-    segment_scene(ws, "upright", ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=3), progress=False)
+    segment_scene(
+        ws, "upright", ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=3), progress=False
+    )
     labels = np.concatenate([model_votes(ws, "upright", i)[0] for i in range(ws.frame_shard_count())])
     lower = _band(labels, FLOOR_SIDE[sky])
     opposite = {"Up": "Down", "Down": "Up", "Left": "Right", "Right": "Left"}[sky]
@@ -114,7 +116,8 @@ def test_flip_tta_is_stored_and_voted_as_one_more_prediction(synth_scene_factory
     assert (mirrored[:, :, w - w // 2:] == FLOOR).all() and (mirrored[:, :, : w // 2] == WALL).all()
     # consensus: the two votes tie outside their agreement; with min_margin the ties become unknown
     consensus_scene(ws, {"half": ModelConfig(kind="test_left_floor", label_space="ade20k", flip_tta=True)},
-                    ConsensusConfig(min_margin=0.1, calibrate=False, device="cpu"), progress=False)  # the plain vote: ties stay ties
+                    # the plain vote: ties stay ties
+                    ConsensusConfig(min_margin=0.1, calibrate=False, device="cpu"), progress=False)
     labels = ws.consensus_shards.read(0)["labels"]
     assert (labels[:, :, : w // 2] == 0).all() and (labels[:, :, w - w // 2:] == 0).all()
 
@@ -158,7 +161,10 @@ def test_a_model_is_built_once_per_process():
     first = cached_segmenter("m", cfg)
     assert isinstance(first, ImageSegmenter)
     assert cached_segmenter("m", ModelConfig(kind="test_bottom_floor", label_space="ade20k", weight=2.0)) is first
-    assert cached_segmenter("m", ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=1, flip_tta=True)) is first
+    assert (
+        cached_segmenter("m", ModelConfig(kind="test_bottom_floor", label_space="ade20k", batch_size=1, flip_tta=True))
+        is first
+    )
     assert cached_segmenter("m", ModelConfig(kind="test_bottom_floor", label_space="ade20k", fp16=False)) is not first
     assert cached_segmenter("other", cfg) is not first
 

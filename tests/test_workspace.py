@@ -132,7 +132,9 @@ def test_a_record_written_behind_the_index_makes_it_unused(tmp_path):
     ws = Workspace(tmp_path / "s")
     ws.write_state("import", {"status": "running", "attempt": 1})
     old = os.stat(ws.root / "state").st_mtime_ns
-    (ws.root / "state" / "import.json").write_text(json.dumps({"status": "failed", "attempt": 1, "error_class": "crashed"}))
+    (ws.root / "state" / "import.json").write_text(
+        json.dumps({"status": "failed", "attempt": 1, "error_class": "crashed"})
+    )
     os.utime(ws.root / "state", ns=(old + 10**9, old + 10**9))  # the rename's new mtime (same tick impossible here)
     assert ws.read_state_index(["import"]) is None
     cfg, _ = load_config(["models=simulated", "progress=false"])

@@ -70,7 +70,9 @@ def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
             )
         rows.append(values)
     if len(rows) < 2:
-        raise BadInputError(scene, path, f"trajectory has {len(rows)} pose(s), at least 2 are needed", "re-download lowres_wide.traj")
+        raise BadInputError(
+            scene, path, f"trajectory has {len(rows)} pose(s), at least 2 are needed", "re-download lowres_wide.traj"
+        )
     data = np.array(rows)
     return data[:, 0], axis_angle_to_transforms(data[:, 1:4], data[:, 4:7])
 
@@ -79,9 +81,13 @@ def read_pincam(path: Path, scene: str) -> tuple[tuple[int, int], np.ndarray]:
     try:
         w, h, fx, fy, cx, cy = (float(v) for v in path.read_text().split())
     except (ValueError, OSError) as err:
-        raise BadInputError(scene, path, f"intrinsics file is not 'w h fx fy cx cy' ({err})", "re-download the intrinsics asset") from None
+        raise BadInputError(
+            scene, path, f"intrinsics file is not 'w h fx fy cx cy' ({err})", "re-download the intrinsics asset"
+        ) from None
     if not all(np.isfinite([w, h, fx, fy, cx, cy])) or fx <= 0 or fy <= 0:
-        raise BadInputError(scene, path, "intrinsics are not finite positive numbers", "re-download the intrinsics asset")
+        raise BadInputError(
+            scene, path, "intrinsics are not finite positive numbers", "re-download the intrinsics asset"
+        )
     return (int(w), int(h)), np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
 
 
@@ -89,7 +95,9 @@ def find_metadata(video_dir: Path, cfg: ArkitScenesConfig) -> Path | None:
     if cfg.metadata_csv:
         path = Path(cfg.metadata_csv)
         if not path.exists():
-            raise BadInputError(video_dir.name, path, "metadata.csv given in the config does not exist", "fix data.metadata_csv")
+            raise BadInputError(
+                video_dir.name, path, "metadata.csv given in the config does not exist", "fix data.metadata_csv"
+            )
         return path
     for folder in (video_dir, video_dir.parent, video_dir.parent.parent):
         if (folder / "metadata.csv").exists():
@@ -103,9 +111,13 @@ def read_sky_direction(path: Path, video_id: str) -> str | None:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise BadInputError(video_id, path, f"metadata.csv cannot be read ({err})", "re-download metadata.csv") from None
+        raise BadInputError(
+            video_id, path, f"metadata.csv cannot be read ({err})", "re-download metadata.csv"
+        ) from None
     if rows and "sky_direction" not in rows[0]:
-        raise BadInputError(video_id, path, "metadata.csv has no sky_direction column", "use the dataset's metadata.csv")
+        raise BadInputError(
+            video_id, path, "metadata.csv has no sky_direction column", "use the dataset's metadata.csv"
+        )
     for row in rows:
         if str(row.get("video_id", "")).strip() == video_id:
             sky = (row.get("sky_direction") or "").strip()
@@ -113,7 +125,9 @@ def read_sky_direction(path: Path, video_id: str) -> str | None:
                 return None
             if sky not in SKY_DIRECTIONS:
                 raise BadInputError(
-                    video_id, path, f"unknown sky_direction {sky!r} (expected one of {', '.join(SKY_DIRECTIONS)} or NA)",
+                    video_id,
+                    path,
+                    f"unknown sky_direction {sky!r} (expected one of {', '.join(SKY_DIRECTIONS)} or NA)",
                     "correct the video's row in metadata.csv",
                 )
             return sky
@@ -124,18 +138,26 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
     video_dir = Path(video_dir)
     scene = video_dir.name
     if not video_dir.is_dir():
-        raise BadInputError(scene, video_dir, "video folder does not exist", "pass the path of an ARKitScenes <video_id> folder")
+        raise BadInputError(
+            scene, video_dir, "video folder does not exist", "pass the path of an ARKitScenes <video_id> folder"
+        )
     if cfg.color not in COLOR_STREAMS:
-        raise BadInputError(scene, None, f"unknown colour stream {cfg.color!r}", f"set data.color to one of {COLOR_STREAMS}")
+        raise BadInputError(
+            scene, None, f"unknown colour stream {cfg.color!r}", f"set data.color to one of {COLOR_STREAMS}"
+        )
 
     color_dir = video_dir / cfg.color
     colors = sorted(color_dir.glob("*.png")) if color_dir.is_dir() else []
     if not colors:
-        raise BadInputError(scene, color_dir, "no colour frames (folder missing or empty)", f"download the video's {cfg.color} asset")
+        raise BadInputError(
+            scene, color_dir, "no colour frames (folder missing or empty)", f"download the video's {cfg.color} asset"
+        )
     depth_dir = video_dir / "lowres_depth"
     depths = sorted(depth_dir.glob("*.png")) if depth_dir.is_dir() else []
     if not depths:
-        raise BadInputError(scene, depth_dir, "no depth frames (folder missing or empty)", "download the video's lowres_depth asset")
+        raise BadInputError(
+            scene, depth_dir, "no depth frames (folder missing or empty)", "download the video's lowres_depth asset"
+        )
     traj_t, traj_T = read_traj(video_dir / "lowres_wide.traj", scene)
 
     metadata = find_metadata(video_dir, cfg)
@@ -189,9 +211,11 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
     if not frames:
         raise BadInputError(
             scene, video_dir / "lowres_wide.traj",
-            f"none of the {len(colors)} frames has depth, intrinsics and a pose within {cfg.max_pose_gap_s}s of the trajectory "
+            f"none of the {len(colors)} frames has depth, intrinsics and a pose within {cfg.max_pose_gap_s}s of the "
+            "trajectory "
             f"(dropped: {dropped})",
-            "check that lowres_wide.traj, lowres_depth and the intrinsics belong to this video, or raise data.max_pose_gap_s",
+            "check that lowres_wide.traj, lowres_depth and the intrinsics belong to this video, or raise "
+            "data.max_pose_gap_s",
         )
     return CaptureIndex(
         scene=scene,
@@ -224,22 +248,38 @@ def check_mesh(path: Path, scene: str) -> int:
     try:
         mesh = o3d.io.read_triangle_mesh(str(path))
     except Exception as err:  # open3d raises RuntimeError or plain Exception
-        raise BadInputError(scene, path, f"mesh cannot be read ({err})", "re-download the mesh asset or delete it") from None
+        raise BadInputError(
+            scene, path, f"mesh cannot be read ({err})", "re-download the mesh asset or delete it"
+        ) from None
     if len(mesh.vertices) == 0:
-        raise BadInputError(scene, path, "mesh cannot be read or has no vertices", "re-download the mesh asset or delete it")
+        raise BadInputError(
+            scene, path, "mesh cannot be read or has no vertices", "re-download the mesh asset or delete it"
+        )
     return len(mesh.vertices)
 
 
-def _lowres_depth_K(video_dir: Path, depth_path: Path, K_color: np.ndarray, scene: str, cfg: ArkitScenesConfig) -> np.ndarray:
+def _lowres_depth_K(
+    video_dir: Path, depth_path: Path, K_color: np.ndarray, scene: str, cfg: ArkitScenesConfig
+) -> np.ndarray:
     """lowres_depth shares lowres_wide's intrinsics; for other colour streams read those."""
     if cfg.color == "lowres_wide":
         return K_color
     pincam = video_dir / "lowres_wide_intrinsics" / f"{depth_path.stem}.pincam"
     if not pincam.exists():
-        raise BadInputError(scene, pincam, "lowres intrinsics for a depth frame are missing", "download the lowres_wide_intrinsics asset")
+        raise BadInputError(
+            scene,
+            pincam,
+            "lowres intrinsics for a depth frame are missing",
+            "download the lowres_wide_intrinsics asset",
+        )
     return read_pincam(pincam, scene)[1]
 
 
 register_importer(
-    Importer("arkitscenes", ArkitScenesConfig, index_arkitscenes, "ARKitScenes raw video folder (lowres_wide, lowres_depth, traj)")
+    Importer(
+        "arkitscenes",
+        ArkitScenesConfig,
+        index_arkitscenes,
+        "ARKitScenes raw video folder (lowres_wide, lowres_depth, traj)",
+    )
 )

@@ -129,7 +129,9 @@ class _FrameDecoder:
         depth_raw = read_image(rec.depth_path, scene, "depth")
         self._check_size(depth_raw, self.depth_src_wh, rec.depth_path, "depth")
         if depth_raw.ndim != 2:
-            raise BadInputError(scene, rec.depth_path, "depth image has several channels", "export single-channel 16-bit depth")
+            raise BadInputError(
+                scene, rec.depth_path, "depth image has several channels", "export single-channel 16-bit depth"
+            )
         if rec.confidence_path is not None:
             conf = read_image(rec.confidence_path, scene, "confidence")
             self._check_size(conf, self.depth_src_wh, rec.confidence_path, "confidence")
@@ -169,8 +171,11 @@ def file_signatures(rec: FrameRecord) -> list:
 
 def shard_fingerprint(config_hash: str, records: list[FrameRecord]) -> str:
     return stable_hash(
-        [config_hash] + [[r.name, str(r.color_path), str(r.depth_path), np.round(r.T_cw, 9).tolist(), file_signatures(r)]
-                         for r in records]
+        [config_hash]
+        + [
+            [r.name, str(r.color_path), str(r.depth_path), np.round(r.T_cw, 9).tolist(), file_signatures(r)]
+            for r in records
+        ]
     )
 
 

@@ -263,7 +263,9 @@ def _fetch_with_retries(url: str, final: Path, part: Path, cfg: DownloadConfig, 
             result.attempts = attempt
             if attempt > 1:
                 delay = backoff_delay(cfg, attempt - 1)
-                log.info("retrying %s in %.1fs (attempt %d of %d): %s", url, delay, attempt, cfg.retries + 1, last_problem)
+                log.info(
+                    "retrying %s in %.1fs (attempt %d of %d): %s", url, delay, attempt, cfg.retries + 1, last_problem
+                )
                 sleep(delay)
             try:
                 received, resumed = _one_attempt(url, part, cfg, bar)
@@ -295,8 +297,12 @@ def _safe_members(zf: zipfile.ZipFile, zip_path: Path) -> list[zipfile.ZipInfo]:
     for info in members:
         p = PurePosixPath(info.filename)
         if p.is_absolute() or ".." in p.parts:
-            raise BadInputError(zip_path.parent.name, zip_path, f"archive member {info.filename!r} points outside the folder",
-                                "re-download the archive from the dataset")
+            raise BadInputError(
+                zip_path.parent.name,
+                zip_path,
+                f"archive member {info.filename!r} points outside the folder",
+                "re-download the archive from the dataset",
+            )
     return members
 
 
@@ -346,7 +352,9 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
         metadata = raw / "metadata.csv"
         url = f"{cfg.base_url.rstrip('/')}/raw/metadata.csv"
         try:
-            results.append(fetch_file(url, metadata, cfg, manifest.get("raw/metadata.csv"), progress, sleep, shared=True))
+            results.append(
+                fetch_file(url, metadata, cfg, manifest.get("raw/metadata.csv"), progress, sleep, shared=True)
+            )
         except DownloadError as err:
             raise DownloadError(f"video {video_id}: {err}") from None
         except urllib.error.HTTPError as err:
@@ -364,15 +372,21 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
             continue
         rel = f"raw/{cfg.split}/{video_id}/{name}"
         try:
-            result = fetch_file(video_url(cfg, str(video_id), name), video_dir / name, cfg, manifest.get(rel), progress, sleep)
+            result = fetch_file(
+                video_url(cfg, str(video_id), name), video_dir / name, cfg, manifest.get(rel), progress, sleep
+            )
         except DownloadError as err:
             raise DownloadError(f"video {video_id}: {err}") from None
         except urllib.error.HTTPError as err:
             if err.code == 404 and asset in OPTIONAL_ASSETS:
                 results.append(FileResult(name, "missing"))
                 continue
-            raise BadInputError(str(video_id), video_url(cfg, str(video_id), name), f"the server answered HTTP {err.code}",
-                                f"check the video id, download.split={cfg.split} and download.base_url") from None
+            raise BadInputError(
+                str(video_id),
+                video_url(cfg, str(video_id), name),
+                f"the server answered HTTP {err.code}",
+                f"check the video id, download.split={cfg.split} and download.base_url",
+            ) from None
         if is_zip:
             extract_asset(video_dir / name, asset)
             if not cfg.keep_zip:

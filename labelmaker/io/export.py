@@ -151,7 +151,8 @@ def write_pointcept(folder: Path, coord, color, normal, segment200, segment20, g
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     for left in [*parent.glob(f".{folder.name}.tmp-*"), *parent.glob(f".{folder.name}.old-*")]:
-        shutil.rmtree(left, ignore_errors=True)  # a writer killed before its rename or its clean-up (one export per scene at a time)
+        # a writer killed before its rename or its clean-up (one export per scene at a time)
+        shutil.rmtree(left, ignore_errors=True)
     tag = uuid.uuid4().hex[:8]
     staging = parent / f".{folder.name}.tmp-{tag}"
     retired = parent / f".{folder.name}.old-{tag}"

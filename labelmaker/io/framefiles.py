@@ -68,7 +68,9 @@ def as_intrinsics(values: np.ndarray, scene: str, path: Path, fix: str) -> np.nd
     if not np.all(np.isfinite(K)):
         raise BadInputError(scene, path, "intrinsics contain NaN or inf", fix)
     if K[0, 0] <= 0 or K[1, 1] <= 0 or K[0, 1] != 0 or not np.allclose(K[2], [0, 0, 1]):
-        raise BadInputError(scene, path, f"intrinsics are not a pinhole matrix [[fx,0,cx],[0,fy,cy],[0,0,1]]: {K.tolist()}", fix)
+        raise BadInputError(
+            scene, path, f"intrinsics are not a pinhole matrix [[fx,0,cx],[0,fy,cy],[0,0,1]]: {K.tolist()}", fix
+        )
     return K
 
 
@@ -115,4 +117,6 @@ def image_size(path: Path, scene: str, what: str) -> tuple[int, int]:
     except FileNotFoundError:
         raise BadInputError(scene, path, f"{what} image is missing", "restore the file or remove the frame") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise BadInputError(scene, path, f"{what} image cannot be read ({err})", "re-export this frame or delete it") from None
+        raise BadInputError(
+            scene, path, f"{what} image cannot be read ({err})", "re-export this frame or delete it"
+        ) from None

@@ -43,7 +43,9 @@ def simulation_ground_truth(scene: str, input_dir: Path, who: str, fix: str,
         return cached
     folder = find_ground_truth(input_dir)
     if folder is None:
-        raise BadInputError(scene, input_dir, f"{who} is simulated and needs synthetic ground truth, which this scene has not", fix)
+        raise BadInputError(
+            scene, input_dir, f"{who} is simulated and needs synthetic ground truth, which this scene has not", fix
+        )
     return GroundTruth(folder, scene)
 
 
@@ -52,7 +54,12 @@ class GroundTruth:
         self.folder = Path(folder)
         self.scene = scene
         if not (self.folder / CLASSES).exists():
-            raise BadInputError(scene, self.folder / CLASSES, "ground truth has no classes.json", "point evaluate.ground_truth at a ground-truth folder")
+            raise BadInputError(
+                scene,
+                self.folder / CLASSES,
+                "ground truth has no classes.json",
+                "point evaluate.ground_truth at a ground-truth folder",
+            )
 
     @cached_property
     def class_names(self) -> dict[int, str]:
@@ -74,10 +81,14 @@ class GroundTruth:
 
     def frame_labels(self, frame: str) -> np.ndarray:
         """Per-pixel unified ids of one frame."""
-        return self.unified_ids[read_image(self.folder / PIXEL_LABELS / f"{frame}.png", self.scene, "ground-truth labels")]
+        return self.unified_ids[
+            read_image(self.folder / PIXEL_LABELS / f"{frame}.png", self.scene, "ground-truth labels")
+        ]
 
     def frame_instances(self, frame: str) -> np.ndarray:
-        return read_image(self.folder / PIXEL_INSTANCES / f"{frame}.png", self.scene, "ground-truth instances").astype(np.int64)
+        return read_image(self.folder / PIXEL_INSTANCES / f"{frame}.png", self.scene, "ground-truth instances").astype(
+            np.int64
+        )
 
     def mesh(self) -> MeshArrays:
         return read_mesh(self.folder / MESH)

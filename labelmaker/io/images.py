@@ -20,7 +20,9 @@ def read_image(path: Path, scene: str, what: str) -> np.ndarray:
                 img = img.convert("RGB")
             return np.array(img)
     except FileNotFoundError:
-        raise BadInputError(scene, path, f"{what} image is missing", "restore the file or remove the frame from the capture") from None
+        raise BadInputError(
+            scene, path, f"{what} image is missing", "restore the file or remove the frame from the capture"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BadInputError(
             scene, path, f"{what} image cannot be decoded ({err})", "re-download or re-export this frame, or delete it"

@@ -74,7 +74,10 @@ def index_posed_rgbd(folder: Path, cfg: PosedRgbdConfig) -> CaptureIndex:
         raise BadInputError(scene, folder, "frame folder does not exist", f"pass a folder of {FRAME_NAMES}")
     if not cfg.depth_scale > 0 or not cfg.fps > 0:
         raise BadInputError(
-            scene, None, f"depth_scale ({cfg.depth_scale}) and fps ({cfg.fps}) must be positive", "fix data.depth_scale / data.fps"
+            scene,
+            None,
+            f"depth_scale ({cfg.depth_scale}) and fps ({cfg.fps}) must be positive",
+            "fix data.depth_scale / data.fps",
         )
     parts = {kind: files_by_frame(folder, pattern) for kind, pattern in FRAME_FILES.items()}
     numbers, dropped = match_frames(parts)
@@ -156,7 +159,9 @@ def read_intrinsics(
     if color_file is None:
         return K_depth, scale_intrinsics(K_depth, depth_wh, color_wh), [str(depth_file)]
     color_fix = f"put the colour camera's intrinsics in {color_file.name} or set data.color_intrinsics_file"
-    K_color = as_intrinsics(read_numbers(color_file, scene, "colour intrinsics", color_fix), scene, color_file, color_fix)
+    K_color = as_intrinsics(
+        read_numbers(color_file, scene, "colour intrinsics", color_fix), scene, color_file, color_fix
+    )
     check_principal_point(K_color, color_wh, scene, color_file, color_fix)
     return K_depth, K_color, [str(depth_file), str(color_file)]
 
@@ -166,7 +171,9 @@ def _intrinsics_paths(folder: Path, cfg: PosedRgbdConfig) -> tuple[Path, Path | 
     if cfg.intrinsics_file:
         depth_name = cfg.intrinsics_file
     else:
-        depth_name = next((name for name in INTRINSICS_LAYOUTS if (folder / name).exists()), next(iter(INTRINSICS_LAYOUTS)))
+        depth_name = next(
+            (name for name in INTRINSICS_LAYOUTS if (folder / name).exists()), next(iter(INTRINSICS_LAYOUTS))
+        )
     if cfg.color_intrinsics_file:
         return folder / depth_name, folder / cfg.color_intrinsics_file
     partner = INTRINSICS_LAYOUTS.get(depth_name)
@@ -176,7 +183,9 @@ def _intrinsics_paths(folder: Path, cfg: PosedRgbdConfig) -> tuple[Path, Path | 
 def find_world_up(folder: Path, cfg: PosedRgbdConfig, scene: str) -> tuple[np.ndarray, str]:
     """The world's up vector and where it came from (config, gravity file or default)."""
     if cfg.world_up is not None:
-        return _unit(np.array(cfg.world_up, dtype=np.float64), scene, None, "set data.world_up to 3 numbers, not all 0"), "config"
+        return _unit(
+            np.array(cfg.world_up, dtype=np.float64), scene, None, "set data.world_up to 3 numbers, not all 0"
+        ), "config"
     gravity = folder / cfg.gravity_file
     if gravity.exists():
         fix = f"write gravity as 3 numbers in {gravity.name}, or delete it and set data.world_up"
@@ -187,10 +196,17 @@ def find_world_up(folder: Path, cfg: PosedRgbdConfig, scene: str) -> tuple[np.nd
 def _unit(vector: np.ndarray, scene: str, path: Path | None, fix: str) -> np.ndarray:
     norm = np.linalg.norm(vector) if vector.shape == (3,) else 0.0
     if not np.isfinite(norm) or norm < 1e-9:
-        raise BadInputError(scene, path, f"up/gravity direction {vector.tolist()} is not a finite non-zero 3-vector", fix)
+        raise BadInputError(
+            scene, path, f"up/gravity direction {vector.tolist()} is not a finite non-zero 3-vector", fix
+        )
     return vector / norm
 
 
 register_importer(
-    Importer("posed_rgbd", PosedRgbdConfig, index_posed_rgbd, f"folder of {FRAME_NAMES} + intrinsics (7-Scenes, ScanNet export)")
+    Importer(
+        "posed_rgbd",
+        PosedRgbdConfig,
+        index_posed_rgbd,
+        f"folder of {FRAME_NAMES} + intrinsics (7-Scenes, ScanNet export)",
+    )
 )

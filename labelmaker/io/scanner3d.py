@@ -25,7 +25,15 @@ import numpy as np
 from ..errors import BadInputError
 from ..geometry import ARKIT_TO_OPENCV_CAMERA, invert_transforms
 from .capture import CaptureIndex, FrameRecord, ImportConfig
-from .framefiles import as_intrinsics, check_principal_point, files_by_frame, image_size, match_frames, nearest_rigid, non_rigid
+from .framefiles import (
+    as_intrinsics,
+    check_principal_point,
+    files_by_frame,
+    image_size,
+    match_frames,
+    nearest_rigid,
+    non_rigid,
+)
 from .images import scale_intrinsics
 from .registry import Importer, register_importer
 
@@ -56,7 +64,9 @@ def read_frame_json(path: Path, scene: str) -> tuple[float, np.ndarray, np.ndarr
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
         # json.JSONDecodeError is a ValueError; a missing key a KeyError; a string for a list a ValueError.
         raise BadInputError(
-            scene, path, f"frame metadata is not JSON with time, cameraPoseARFrame and intrinsics ({type(err).__name__}: {err})",
+            scene,
+            path,
+            f"frame metadata is not JSON with time, cameraPoseARFrame and intrinsics ({type(err).__name__}: {err})",
             EXPORT_FIX,
         ) from None
     if pose.shape != (16,):
@@ -73,7 +83,9 @@ def index_scanner3d(scan_dir: Path, cfg: Scanner3dConfig) -> CaptureIndex:
     scan_dir = Path(scan_dir)
     scene = scan_dir.name
     if not scan_dir.is_dir():
-        raise BadInputError(scene, scan_dir, "scan folder does not exist", "pass the folder of a 3D Scanner App 'All Data' export")
+        raise BadInputError(
+            scene, scan_dir, "scan folder does not exist", "pass the folder of a 3D Scanner App 'All Data' export"
+        )
     parts = {kind: files_by_frame(scan_dir, pattern) for kind, pattern in FRAME_FILES.items()}
     if not parts["pose"]:
         raise BadInputError(scene, scan_dir, "the folder has no frame_NNNNN.json files", EXPORT_FIX)
@@ -134,5 +146,10 @@ def _check_same_aspect(color_wh: tuple[int, int], depth_wh: tuple[int, int], sce
 
 
 register_importer(
-    Importer("scanner3d", Scanner3dConfig, index_scanner3d, "3D Scanner App 'All Data' export (frame_*.json/jpg, depth_*.png)")
+    Importer(
+        "scanner3d",
+        Scanner3dConfig,
+        index_scanner3d,
+        "3D Scanner App 'All Data' export (frame_*.json/jpg, depth_*.png)",
+    )
 )

@@ -42,8 +42,12 @@ class SamArch:
 
 SAM_PRESETS = {
     "vit_h": SamArch(),
-    "vit_l": SamArch(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
-    "vit_b": SamArch(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": SamArch(
+        encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]
+    ),
+    "vit_b": SamArch(
+        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]
+    ),
 }
 
 
@@ -53,7 +57,8 @@ class SamConfig:
 
     model_type: str = "vit_h"  # vit_h | vit_l | vit_b (the published checkpoints), or custom (then `arch`)
     arch: Optional[SamArch] = None  # custom architecture (tests: a tiny random SAM)
-    checkpoint: Optional[str] = "sam_vit_h"  # manifest name (checkpoints.csv), file name in checkpoint_dir, or path: SAM's plain state dict
+    # manifest name (checkpoints.csv), file name in checkpoint_dir, or path: SAM's plain state dict
+    checkpoint: Optional[str] = "sam_vit_h"
     checkpoint_dir: Optional[str] = None  # presets: ${checkpoints.dir}; null: $LABELMAKER_CHECKPOINT_DIR
     points_per_side: int = 32
     points_per_batch: int = 64  # prompts per decoder call; halved on CUDA out-of-memory

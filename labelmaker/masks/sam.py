@@ -41,10 +41,18 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
     grid = arch.image_size // arch.patch_size
     model = m.Sam(
         image_encoder=m.ImageEncoderViT(
-            depth=arch.encoder_depth, embed_dim=arch.encoder_embed_dim, img_size=arch.image_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.encoder_num_heads, patch_size=arch.patch_size,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
-            window_size=arch.window_size, out_chans=arch.prompt_embed_dim,
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
         ),
         prompt_encoder=m.PromptEncoder(embed_dim=arch.prompt_embed_dim, image_embedding_size=(grid, grid),
                                        input_image_size=(arch.image_size, arch.image_size), mask_in_chans=16),
@@ -65,7 +73,11 @@ def load_weights(model: torch.nn.Module, state, source: str, what: str = "SAM") 
     from ..segmenters.checkpoints import CheckpointError
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(source, f"is not a plain state dict of tensors ({what}'s checkpoint format)", f"use {what}'s published checkpoint files")
+        raise CheckpointError(
+            source,
+            f"is not a plain state dict of tensors ({what}'s checkpoint format)",
+            f"use {what}'s published checkpoint files",
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -74,7 +86,9 @@ def load_weights(model: torch.nn.Module, state, source: str, what: str = "SAM") 
         raise CheckpointError(
             source, f"does not fit the configured {what}: {len(missing)} missing keys {missing[:3]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} of another shape {mismatched[:3]}",
-            "configure the checkpoint's architecture (sam.model_type: vit_h, vit_l, vit_b) or use the matching checkpoint")
+            "configure the checkpoint's architecture (sam.model_type: vit_h, vit_l, vit_b) or use the matching "
+            "checkpoint",
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -125,8 +139,13 @@ class SamMasks:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"SAM wants (N,H,W,3) uint8 RGB images, got {images.shape} {images.dtype}")
         if min(images.shape[1:3]) < MIN_SIZE:
-            raise BadInputError(scene, frame or None, f"frames of {images.shape[2]}x{images.shape[1]} px are smaller than SAM's minimum side of {MIN_SIZE} px",
-                                "import the larger colour stream (e.g. data.color=vga_wide) or leave this mask model out")
+            raise BadInputError(
+                scene,
+                frame or None,
+                f"frames of {images.shape[2]}x{images.shape[1]} px are smaller than SAM's minimum side of {MIN_SIZE} "
+                "px",
+                "import the larger colour stream (e.g. data.color=vga_wide) or leave this mask model out",
+            )
         model = self.model(scene)
         while True:
             try:
@@ -134,17 +153,27 @@ class SamMasks:
             except torch.cuda.OutOfMemoryError as err:
                 torch.cuda.empty_cache()
                 if self.points_per_batch <= 1:
-                    raise BadInputError(scene, frame or None, f"SAM ran out of GPU memory even with one prompt per batch ({err})",
-                                        "use a GPU with more memory, a smaller SAM (sam.model_type=vit_b) or sam.device=cpu") from err
+                    raise BadInputError(
+                        scene,
+                        frame or None,
+                        f"SAM ran out of GPU memory even with one prompt per batch ({err})",
+                        "use a GPU with more memory, a smaller SAM (sam.model_type=vit_b) or sam.device=cpu",
+                    ) from err
                 self.points_per_batch = max(1, self.points_per_batch // 2)
 
     def _one(self, model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
         sa = import_segment_anything()
         c = self.sam_cfg
         generator = sa.SamAutomaticMaskGenerator(
-            model, points_per_side=c.points_per_side, points_per_batch=self.points_per_batch, pred_iou_thresh=c.pred_iou_thresh,
-            stability_score_thresh=c.stability_score_thresh, stability_score_offset=c.stability_score_offset,
-            box_nms_thresh=c.box_nms_thresh, crop_n_layers=c.crop_n_layers, output_mode="binary_mask",
+            model,
+            points_per_side=c.points_per_side,
+            points_per_batch=self.points_per_batch,
+            pred_iou_thresh=c.pred_iou_thresh,
+            stability_score_thresh=c.stability_score_thresh,
+            stability_score_offset=c.stability_score_offset,
+            box_nms_thresh=c.box_nms_thresh,
+            crop_n_layers=c.crop_n_layers,
+            output_mode="binary_mask",
         )
         half = c.fp16 and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.float16, enabled=half):

@@ -26,9 +26,13 @@ class SimulatedMasks:
         self._gt: GroundTruth | None = None
 
     def _ground_truth(self, ctx: SceneContext) -> GroundTruth:
-        self._gt = simulation_ground_truth(ctx.scene, ctx.input_dir, f"mask model '{self.name}'",
-                                           "use simulated masks only on scenes made by `labelmaker synth`; configure kind=sam for real data",
-                                           self._gt)
+        self._gt = simulation_ground_truth(
+            ctx.scene,
+            ctx.input_dir,
+            f"mask model '{self.name}'",
+            "use simulated masks only on scenes made by `labelmaker synth`; configure kind=sam for real data",
+            self._gt,
+        )
         return self._gt
 
     def masks(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
@@ -42,7 +46,9 @@ class SimulatedMasks:
         return np.stack(out)
 
 
-def simulate_masks(instances: np.ndarray, noise: SimulatedMaskNoise, rng: np.random.Generator, min_area_px: int = 0) -> np.ndarray:
+def simulate_masks(
+    instances: np.ndarray, noise: SimulatedMaskNoise, rng: np.random.Generator, min_area_px: int = 0
+) -> np.ndarray:
     """One frame's (H,W) uint16 mask ids from its ground-truth instance map (0 = nothing)."""
     ids = np.asarray(instances, dtype=np.int64).copy()
     present = np.unique(ids[ids > 0])
@@ -90,7 +96,11 @@ def _jitter_outlines(ids: np.ndarray, width: int, rng: np.random.Generator, scal
     h, w = ids.shape
     coarse = (max(2, int(np.ceil(h / scale_px)) + 1), max(2, int(np.ceil(w / scale_px)) + 1))
     field = rng.uniform(-width, width, size=(2, *coarse))
-    dy, dx = (np.rint(ndimage.zoom(f, (h / coarse[0], w / coarse[1]), order=1, grid_mode=True, mode="nearest")[:h, :w]).astype(np.int64)
-              for f in field)
+    dy, dx = (
+        np.rint(
+            ndimage.zoom(f, (h / coarse[0], w / coarse[1]), order=1, grid_mode=True, mode="nearest")[:h, :w]
+        ).astype(np.int64)
+        for f in field
+    )
     yy, xx = np.mgrid[0:h, 0:w]
     return ids[np.clip(yy + dy, 0, h - 1), np.clip(xx + dx, 0, w - 1)]

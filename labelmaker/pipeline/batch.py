@@ -48,8 +48,12 @@ def discover_scenes(source: str | Path, out_root: str | Path) -> list[SceneInput
         folders = [(source.parent / ln) for ln in lines if ln]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
-            raise BadInputError("batch", source, f"{len(missing)} listed capture folders do not exist, e.g. {missing[0]}",
-                                "fix the paths in the list file (relative paths are relative to the list file)")
+            raise BadInputError(
+                "batch",
+                source,
+                f"{len(missing)} listed capture folders do not exist, e.g. {missing[0]}",
+                "fix the paths in the list file (relative paths are relative to the list file)",
+            )
     else:
         raise BadInputError("batch", source, "is neither a folder of captures nor a list file", "pass one of the two")
     scenes, seen = [], {}
@@ -61,7 +65,9 @@ def discover_scenes(source: str | Path, out_root: str | Path) -> list[SceneInput
         seen[name] = folder
         scenes.append(SceneInput(name, str(folder.resolve()), str(out_root / name)))
     if not scenes:
-        raise BadInputError("batch", source, "holds no capture folders", "point to a folder of capture folders or a list file")
+        raise BadInputError(
+            "batch", source, "holds no capture folders", "point to a folder of capture folders or a list file"
+        )
     return scenes
 
 
@@ -85,11 +91,19 @@ def download_scenes(video_list: str | Path, out_root: str | Path, download_cfg) 
     scenes, seen = [], {}
     for video_id, split in read_video_list(video_list, download_cfg.split):
         if not _VIDEO_ID.fullmatch(video_id) or video_id == "raw":
-            raise BadInputError(video_id, video_list, f"'{video_id}' is not a video id (letters, digits, '_.-'; not 'raw')",
-                                "fix the list: one ARKitScenes video id per row")
+            raise BadInputError(
+                video_id,
+                video_list,
+                f"'{video_id}' is not a video id (letters, digits, '_.-'; not 'raw')",
+                "fix the list: one ARKitScenes video id per row",
+            )
         if video_id in seen:
-            raise BadInputError(video_id, video_list, f"video {video_id} is listed twice ({seen[video_id]} and {split})",
-                                "list each video once")
+            raise BadInputError(
+                video_id,
+                video_list,
+                f"video {video_id} is listed twice ({seen[video_id]} and {split})",
+                "list each video once",
+            )
         seen[video_id] = split
         scenes.append(SceneInput(video_id, str(local_video_dir(raw_root, split, video_id)), str(out_root / video_id)))
     if not scenes:
@@ -172,7 +186,9 @@ class Controller:
             self.journal.jobs(token, jobs)
             for scene in event["scenes"]:
                 if scene not in jobs:  # never submitted: close the attempt without counting it as a failure
-                    self.journal.outcome(scene, event["stage"], None, "failed", "not_submitted", "the controller died while submitting")
+                    self.journal.outcome(
+                        scene, event["stage"], None, "failed", "not_submitted", "the controller died while submitting"
+                    )
 
     # -- one round -------------------------------------------------------------------------
     def collect(self) -> int:
@@ -228,10 +244,17 @@ class Controller:
                     continue
                 hist = self.journal.history(name, spec.name)
                 last = hist.last
-                if s.status == "stale" and last is not None and last.status == "done" and last.submitted >= self.started:
+                if (
+                    s.status == "stale"
+                    and last is not None
+                    and last.status == "done"
+                    and last.submitted >= self.started
+                ):
                     # we ran it with this config and it is stale again: resubmitting would loop forever
-                    raise RuntimeError(f"scene {name}: stage {spec.name} finished but its record does not match the config "
-                                       "and inputs the planner expects; the hashes in pipeline/hashes.py and the stage disagree")
+                    raise RuntimeError(
+                        f"scene {name}: stage {spec.name} finished but its record does not match the config "
+                        "and inputs the planner expects; the hashes in pipeline/hashes.py and the stage disagree"
+                    )
                 mem_factor = 1.0
                 failures = hist.failures()
                 if s.status == "failed" and failures > 0:  # no failed attempt of ours yet (or after `retry`): try it

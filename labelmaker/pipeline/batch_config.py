@@ -23,19 +23,24 @@ class ClusterConfig:
     local_gpus: int = 0  # GPUs the local executor may hand out
     python: Optional[str] = None  # the jobs' Python command (null: this one), e.g. "apptainer exec --nv img.sif python"
     setup: List[str] = field(default_factory=list)  # shell lines run before each SLURM job (modules, env)
-    scratch_dir: Optional[str] = None  # node-local folder a job runs its stage in (copy of the workspace); "$TMPDIR" expands on the node
+    # node-local folder a job runs its stage in (copy of the workspace); "$TMPDIR" expands on the node
+    scratch_dir: Optional[str] = None
     additional: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {account: abc}
 
 
 @dataclass
 class BatchConfig:
     max_attempts: int = 3  # tries per stage and scene for transient failures (until `retry`)
-    retry_on: List[str] = field(default_factory=lambda: ["out_of_memory", "timeout", "preempted", "cancelled", "crashed"])
+    retry_on: List[str] = field(
+        default_factory=lambda: ["out_of_memory", "timeout", "preempted", "cancelled", "crashed"]
+    )
     backoff_s: float = 30.0  # wait before retry k: backoff_s * 2**(k-1), at most backoff_max_s
     backoff_max_s: float = 900.0
     oom_mem_factor: float = 1.5  # memory multiplier per out-of-memory failure
     poll_s: float = 15.0  # seconds between controller rounds
-    length_buckets: List[int] = field(default_factory=lambda: [300, 1000, 3000])  # frame counts splitting scenes into arrays
+    # frame counts splitting scenes into arrays
+    length_buckets: List[int] = field(default_factory=lambda: [300, 1000, 3000])
     skip: List[str] = field(default_factory=list)  # stage kinds left out of batches, e.g. [evaluate, report]
-    download: bool = False  # scenes are ARKitScenes video ids; each graph starts with a download stage (`batch --download`)
+    # scenes are ARKitScenes video ids; each graph starts with a download stage (`batch --download`)
+    download: bool = False
     resources: Dict[str, ResourceConfig] = field(default_factory=default_resources)

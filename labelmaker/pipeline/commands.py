@@ -30,7 +30,9 @@ def _record_config(folder: BatchFolder, command: str, raw_cfg, overrides: list[s
 
 def _scenes_of(folder: BatchFolder) -> list[SceneInput]:
     if not folder.exists():
-        raise LabelmakerError(f"{folder.out_root} holds no batch (no {folder.root.name}/batch.json): start one with `labelmaker batch`")
+        raise LabelmakerError(
+            f"{folder.out_root} holds no batch (no {folder.root.name}/batch.json): start one with `labelmaker batch`"
+        )
     return [SceneInput(**s) for s in folder.read_batch()["scenes"]]
 
 
@@ -60,7 +62,9 @@ def _check_downloading(cfg) -> bool:
     """Whether the batch downloads its scenes; only ARKitScenes videos can be downloaded."""
     downloading = bool(cfg.batch.download)
     if downloading and cfg.data.source != "arkitscenes":
-        raise LabelmakerError(f"batch --download fetches ARKitScenes videos, but data={cfg.data.source}; drop the data override")
+        raise LabelmakerError(
+            f"batch --download fetches ARKitScenes videos, but data={cfg.data.source}; drop the data override"
+        )
     return downloading
 
 
@@ -138,8 +142,10 @@ def format_status(states: list[SceneState], show_all: bool = False, max_rows: in
     failures = [(st, f) for st in states for f in st.failures()]
     if failures:
         lines.append("")
-        lines.append(f"failures ({len(failures)}): " + ", ".join(f"{k}={v}" for k, v in
-                                                              sorted(Counter(f.error_class for _, f in failures).items())))
+        lines.append(
+            f"failures ({len(failures)}): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(Counter(f.error_class for _, f in failures).items()))
+        )
         for st, f in failures[:max_rows]:
             lines.append(f"  {st.scene} {f.stage} [{f.error_class}, attempt {f.attempt}]: {f.error}")
         if len(failures) > max_rows:
@@ -153,9 +159,13 @@ def run_controller(controller: Controller, progress: bool) -> tuple[list[SceneSt
     return states, time.perf_counter() - t0
 
 
-def final_lines(states: list[SceneState], folder: BatchFolder, seconds: float, config_path: Path | None) -> tuple[str, dict]:
+def final_lines(
+    states: list[SceneState], folder: BatchFolder, seconds: float, config_path: Path | None
+) -> tuple[str, dict]:
     c = Counter(st.status for st in states)
-    title = f"batch {'done' if c.get('done', 0) == len(states) else 'ended'}: {c.get('done', 0)} of {len(states)} scenes done in {seconds:.1f}s"
+    n_done = c.get("done", 0)
+    verb = "done" if n_done == len(states) else "ended"
+    title = f"batch {verb}: {n_done} of {len(states)} scenes done in {seconds:.1f}s"
     lines = {"scenes": ", ".join(f"{k}={v}" for k, v in sorted(c.items())),
              "workspaces": folder.out_root, "journal": folder.journal_path}
     if config_path:
@@ -164,7 +174,9 @@ def final_lines(states: list[SceneState], folder: BatchFolder, seconds: float, c
     for st, f in failures[:10]:
         lines[f"failed {st.scene}"] = f"{f.stage} [{f.error_class}]: {f.error}"
     if failures:
-        lines["next"] = f"fix the inputs, then `labelmaker retry {folder.out_root}`; details: `labelmaker status {folder.out_root}`"
+        lines["next"] = (
+            f"fix the inputs, then `labelmaker retry {folder.out_root}`; details: `labelmaker status {folder.out_root}`"
+        )
     return title, lines
 
 

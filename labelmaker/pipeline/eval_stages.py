@@ -76,7 +76,9 @@ def transfer_labels(gt_mesh, gt_labels: np.ndarray, vertices: np.ndarray, max_di
 def single_model_labels(pred: np.ndarray, label_space: str) -> np.ndarray:
     """A model's own prediction in unified ids (the consensus of that model alone)."""
     n_classes = len(unified_space().ids)
-    labels, _ = vote([pred], [mapping_to_unified(label_space)], [1.0], n_classes, ConsensusConfig(device="cpu"), prior=class_prior())
+    labels, _ = vote(
+        [pred], [mapping_to_unified(label_space)], [1.0], n_classes, ConsensusConfig(device="cpu"), prior=class_prior()
+    )
     return labels.numpy()
 
 
@@ -89,7 +91,12 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
     def body() -> dict:
         gt = ground_truth_of(ws, cfg.ground_truth)
         if gt is None:
-            raise BadInputError(ws.scene, None, "no ground truth to evaluate against", "set evaluate.ground_truth to a ground-truth folder")
+            raise BadInputError(
+                ws.scene,
+                None,
+                "no ground truth to evaluate against",
+                "set evaluate.ground_truth to a ground-truth folder",
+            )
         unified = unified_space()
         n = len(unified.ids)
         mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
@@ -116,7 +123,9 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
     return run_stage(ws, "evaluate", versioned("evaluate", dataclasses.asdict(cfg)), input_hash, body, force=force)
 
 
-def _scores_2d(ws: Workspace, gt: GroundTruth, models: Dict[str, ModelConfig], step: int, n: int, progress: bool) -> dict[str, Scores]:
+def _scores_2d(
+    ws: Workspace, gt: GroundTruth, models: Dict[str, ModelConfig], step: int, n: int, progress: bool
+) -> dict[str, Scores]:
     confusions = {name: np.zeros((n, n), np.int64) for name in [*sorted(models), "consensus"]}
     index = 0
     n_shards = ws.frame_shard_count()
@@ -156,7 +165,9 @@ def _baselines_3d(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftS
     return out
 
 
-def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+def report_scene(
+    ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = False, progress: bool = True
+) -> StageOutcome:
     """Stage `report`: a picture of the labelled mesh (ray cast, no display), beside the truth if known."""
     lifted = require_done(ws, "report", "lift")
 
@@ -165,8 +176,12 @@ def report_scene(ws: Workspace, evaluate_cfg: EvaluateConfig, force: bool = Fals
         mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         labels = np.load(ws.output_path("labels")).astype(np.int64)
         if not len(mesh.triangles):
-            raise BadInputError(ws.scene, lifted["summary"]["mesh"], "the report renders triangle meshes; this is a point cloud",
-                                "lift onto a mesh to get pictures, or skip the report")
+            raise BadInputError(
+                ws.scene,
+                lifted["summary"]["mesh"],
+                "the report renders triangle meshes; this is a point cloud",
+                "lift onto a mesh to get pictures, or skip the report",
+            )
         images = render_mesh_views(mesh.vertices, mesh.triangles, unified.colors[labels], views=("oblique", "top"))
         titles = ["labels (oblique)", "labels (top)"]
         present = set(np.unique(labels).tolist())

@@ -63,8 +63,10 @@ def scratch_root(scratch_dir: Optional[str]) -> Optional[Path]:
         return None
     path = Path(os.path.expandvars(os.path.expanduser(scratch_dir)))
     if "$" in str(path):
-        raise LabelmakerError(f"cluster.scratch_dir={scratch_dir!r}: a variable in it is not set on {os.uname().nodename}; "
-                              "set it in the job's environment (cluster.setup) or give a plain folder")
+        raise LabelmakerError(
+            f"cluster.scratch_dir={scratch_dir!r}: a variable in it is not set on {os.uname().nodename}; "
+            "set it in the job's environment (cluster.setup) or give a plain folder"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -140,9 +142,14 @@ class LocalProcessExecutor:
         self._jobs: dict[str, submitit.local.local.LocalJob] = {}
 
     def submit(self, token: str, spec: StageSpec, cfg, tasks: list[Task], res: Resources) -> list[str]:
-        ex = submitit.LocalExecutor(folder=submitit_folder(self.jobs_dir, token), max_num_timeout=self.cluster.max_requeues)
-        ex.update_parameters(timeout_min=res.minutes, signal_delay_s=self.cluster.signal_delay_s,
-                             gpus_per_node=min(res.gpus, self.cluster.local_gpus))
+        ex = submitit.LocalExecutor(
+            folder=submitit_folder(self.jobs_dir, token), max_num_timeout=self.cluster.max_requeues
+        )
+        ex.update_parameters(
+            timeout_min=res.minutes,
+            signal_delay_s=self.cluster.signal_delay_s,
+            gpus_per_node=min(res.gpus, self.cluster.local_gpus),
+        )
         jobs = ex.map_array(StageTask(cfg, spec), tasks)
         for job in jobs:
             self._jobs[job.job_id] = job

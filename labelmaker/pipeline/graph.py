@@ -1,6 +1,7 @@
 """The stage graph of one scene: which stages exist, what each needs, and what it costs.
 
-[download ->] import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift -> export -> evaluate -> report
+[download ->] import -> segment-<model> (GPU), masks-<model> (GPU) -> consensus -> fuse -> lift
+    -> export -> evaluate -> report
 
 (download only in a downloading batch, `batch.download=true` / `labelmaker batch --download`.)
 
@@ -17,11 +18,19 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..workspace import Workspace
-from .hashes import (REPORT_CONFIG, consensus_input_hash, download_config, evaluate_input_hash, evaluate_inputs, lift_input_hash,
-                     segment_config, versioned)
+from .hashes import (
+    REPORT_CONFIG,
+    consensus_input_hash,
+    download_config,
+    evaluate_input_hash,
+    evaluate_inputs,
+    lift_input_hash,
+    segment_config,
+    versioned,
+)
 from .records import StageOutcome, run_stage
 
 
@@ -102,7 +111,9 @@ def scene_graph(cfg) -> list[StageSpec]:
     if orphans:
         from ..errors import LabelmakerError
 
-        raise LabelmakerError(f"batch.skip={sorted(skip)} leaves stages without their inputs: {', '.join(orphans)}; skip those too")
+        raise LabelmakerError(
+            f"batch.skip={sorted(skip)} leaves stages without their inputs: {', '.join(orphans)}; skip those too"
+        )
     return kept
 
 
@@ -198,5 +209,8 @@ def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Work
 def _not_applicable(ws: Workspace, spec: StageSpec, cfg, lifted: dict, reason: str) -> StageOutcome:
     """A done-record that says the stage has nothing to do for this scene (so the scene is complete)."""
     input_hash = expected_input_hash(spec, cfg, {"lift": lifted})
-    body: Callable[[], dict] = lambda: {"not_applicable": reason}
+
+    def body() -> dict:
+        return {"not_applicable": reason}
+
     return run_stage(ws, spec.name, stage_config(spec, cfg), input_hash, body, force=cfg.force)

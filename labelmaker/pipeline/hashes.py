@@ -18,8 +18,18 @@ REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as
 # matching, so finished scenes rerun that stage (and what depends on it) instead of keeping
 # outputs of the old code. import 2: raw files' sizes and times in its fingerprints; fuse 2:
 # vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace.
-CODE_VERSIONS = {"download": 1, "import": 2, "segment": 1, "masks": 1, "consensus": 1, "fuse": 2, "lift": 2, "export": 1,
-                 "evaluate": 2, "report": 1}
+CODE_VERSIONS = {
+    "download": 1,
+    "import": 2,
+    "segment": 1,
+    "masks": 1,
+    "consensus": 1,
+    "fuse": 2,
+    "lift": 2,
+    "export": 1,
+    "evaluate": 2,
+    "report": 1,
+}
 
 
 def versioned(kind: str, config: dict) -> dict:

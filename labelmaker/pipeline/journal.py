@@ -106,7 +106,12 @@ class Journal:
         elif kind == "outcome":
             last = self.history(e["scene"], e["stage"]).last
             if last is not None and last.status is None and (e.get("job") is None or last.job in (None, e["job"])):
-                last.status, last.error_class, last.error, last.ended = e["status"], e.get("error_class"), e.get("error"), e["t"]
+                last.status, last.error_class, last.error, last.ended = (
+                    e["status"],
+                    e.get("error_class"),
+                    e.get("error"),
+                    e["t"],
+                )
                 if last.error_class == "not_submitted":  # the controller died before submitting it: no attempt
                     self.history(e["scene"], e["stage"]).attempts.pop()
         elif kind == "reset":
@@ -144,7 +149,9 @@ class Journal:
         self._apply(event)
 
     def submit(self, token: str, stage: str, scenes: list[str], mem_factor: float = 1.0) -> None:
-        self._append({"event": "submit", "token": token, "stage": stage, "scenes": list(scenes), "mem_factor": mem_factor})
+        self._append(
+            {"event": "submit", "token": token, "stage": stage, "scenes": list(scenes), "mem_factor": mem_factor}
+        )
 
     def jobs(self, token: str, jobs: dict[str, str]) -> None:
         self._append({"event": "jobs", "token": token, "jobs": {k: str(v) for k, v in jobs.items()}})

@@ -59,7 +59,9 @@ def scene_context(ws: Workspace) -> SceneContext:
     return SceneContext(scene=meta["scene"], source=meta["source"], input_dir=Path(meta["input_dir"]))
 
 
-def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+def segment_scene(
+    ws: Workspace, model: str, cfg: ModelConfig, force: bool = False, progress: bool = True
+) -> StageOutcome:
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
     stage = segment_stage(model)
     imported = require_done(ws, stage, "import")
@@ -80,13 +82,26 @@ def segment_scene(ws: Workspace, model: str, cfg: ModelConfig, force: bool = Fal
             else:
                 _check_min_size(segmenter, batch.color.shape, ctx.scene, ws.frame_shards.path(i), model)
                 pred = runner.run(batch.color, batch.upright, ctx.scene)
-                votes = {"labels": pred.labels, **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {})}
+                votes = {
+                    "labels": pred.labels,
+                    **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {}),
+                }
             for labels in votes.values():
                 _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
-            shards.write(i, {k: v.astype(np.uint16) for k, v in votes.items()}, fp, attrs={"label_space": space.name, "model": model})
-        return {"model": model, "label_space": space.name, "shards": walk.n_shards, "shards_reused": walk.reused,
-                **(_runner_summary(segmenter, runner) if runner is not None else {}),
-                "output_hash": walk.output_hash}
+            shards.write(
+                i,
+                {k: v.astype(np.uint16) for k, v in votes.items()},
+                fp,
+                attrs={"label_space": space.name, "model": model},
+            )
+        return {
+            "model": model,
+            "label_space": space.name,
+            "shards": walk.n_shards,
+            "shards_reused": walk.reused,
+            **(_runner_summary(segmenter, runner) if runner is not None else {}),
+            "output_hash": walk.output_hash,
+        }
 
     return run_stage(ws, stage, config, imported["output_hash"], body, force=force)
 
@@ -98,20 +113,31 @@ def _image_runner(segmenter, cfg: ModelConfig, model: str) -> ImageRunner | None
             raise ValueError(f"model {model!r}: flip_tta applies to image models only, not to kind {cfg.kind!r}")
         return None
     device = getattr(segmenter, "device", None) or resolve_device(cfg.device)
-    return ImageRunner(segmenter, RunOptions(batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=str(device), fp16=cfg.fp16))
+    return ImageRunner(
+        segmenter, RunOptions(batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=str(device), fp16=cfg.fp16)
+    )
 
 
 def _runner_summary(segmenter, runner: ImageRunner) -> dict:
     """How an image model ran: device, the batch size that fit, flip TTA, declared resources."""
-    return {"device": runner.options.device, "batch_size": runner.batch_size, "flip_tta": runner.options.flip_tta,
-            "input_size": getattr(segmenter, "input_size", None), "resources": dataclasses.asdict(model_resources(segmenter))}
+    return {
+        "device": runner.options.device,
+        "batch_size": runner.batch_size,
+        "flip_tta": runner.options.flip_tta,
+        "input_size": getattr(segmenter, "input_size", None),
+        "resources": dataclasses.asdict(model_resources(segmenter)),
+    }
 
 
 def _check_min_size(segmenter, shape: tuple, scene: str, shard: Path, model: str) -> None:
     h, w = shape[1:3]
     if min(h, w) < segmenter.min_size:
-        raise BadInputError(scene, shard, f"frames are {w}x{h} px, smaller than model '{model}' accepts (shorter side >= {segmenter.min_size} px)",
-                            "import a larger colour stream (ARKitScenes: data.color=vga_wide or wide) or use a model for small images")
+        raise BadInputError(
+            scene,
+            shard,
+            f"frames are {w}x{h} px, smaller than model '{model}' accepts (shorter side >= {segmenter.min_size} px)",
+            "import a larger colour stream (ARKitScenes: data.color=vga_wide or wide) or use a model for small images",
+        )
 
 
 def model_votes(ws: Workspace, model: str, index: int) -> list[np.ndarray]:
@@ -123,14 +149,19 @@ def model_votes(ws: Workspace, model: str, index: int) -> list[np.ndarray]:
 
 def _check_prediction(labels: np.ndarray, expected: tuple, space, scene: str, model: str, names: list[str]) -> None:
     if labels.shape != tuple(expected):
-        raise BadInputError(scene, None, f"model '{model}' returned label maps of shape {labels.shape}, expected {tuple(expected)}",
-                            "fix the segmenter so that it predicts one label map per frame at the colour raster")
+        raise BadInputError(
+            scene,
+            None,
+            f"model '{model}' returned label maps of shape {labels.shape}, expected {tuple(expected)}",
+            "fix the segmenter so that it predicts one label map per frame at the colour raster",
+        )
     for name, frame in zip(names, labels):
         bad = space.invalid_ids(frame)
         if len(bad):
             raise BadInputError(
                 scene, f"{model}: frame {name}",
-                f"model '{model}' predicted ids {bad[:10].tolist()} that are not in its label space '{space.name}' (max id {space.max_id})",
+                f"model '{model}' predicted ids {bad[:10].tolist()} that are not in its label space '{space.name}' "
+                f"(max id {space.max_id})",
                 f"declare the label space the model really predicts in (segment.models.{model}.label_space)",
             )
 
@@ -139,7 +170,12 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     progress: bool = True) -> StageOutcome:
     """Stage `consensus`: per-pixel weighted vote of all models in the unified label space."""
     if not models:
-        raise BadInputError(ws.scene, None, "no segmentation models are configured", "add models under segment.models (see configs/models/)")
+        raise BadInputError(
+            ws.scene,
+            None,
+            "no segmentation models are configured",
+            "add models under segment.models (see configs/models/)",
+        )
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
     input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
                                       cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
@@ -162,7 +198,15 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
         calibration, calibration_fp = None, None
         if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
-            calibration = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]), progress)
+            calibration = _scene_calibration(
+                ws,
+                votes_of,
+                n_shards,
+                n_classes,
+                cfg,
+                stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]),
+                progress,
+            )
             calibration_fp = calibration.fingerprint()
         fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
@@ -176,9 +220,13 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 else:
                     preds, vote_maps, vote_weights = votes_of(i)
                     if calibration is None:
-                        result = vote(preds, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(), ranks=max(2, cfg.ranks))
+                        result = vote(
+                            preds, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(), ranks=max(2, cfg.ranks)
+                        )
                     else:
-                        result = vote_calibrated(preds, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks))
+                        result = vote_calibrated(
+                            preds, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks)
+                        )
                     ranked, shares = (x.cpu().numpy() for x in result)
                     if cfg.sam_refine.enabled:
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
@@ -191,8 +239,14 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     pixels += labels.size
                 bar.update(1)
         out.remove_from(n_shards)
-        summary = {"models": names, "weights": weights, "shards": n_shards, "shards_reused": reused,
-                   "unknown_share": round(unknown / pixels, 4) if pixels else None, "output_hash": stable_hash(fingerprints)}
+        summary = {
+            "models": names,
+            "weights": weights,
+            "shards": n_shards,
+            "shards_reused": reused,
+            "unknown_share": round(unknown / pixels, 4) if pixels else None,
+            "output_hash": stable_hash(fingerprints),
+        }
         if calibration is not None:
             summary["calibrated_classes"] = int(len(calibration.classes))
         if cfg.sam_refine.enabled:
@@ -210,14 +264,23 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     store.remove_stale_temporaries()
     if store.fingerprint(0) == fingerprint:
         arrays = store.read(0)
-        return Calibration(classes=arrays["classes"], log_prior=arrays["log_prior"],
-                           log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(sum(k.startswith("log_likelihood_") for k in arrays))])
+        return Calibration(
+            classes=arrays["classes"],
+            log_prior=arrays["log_prior"],
+            log_likelihood=[
+                arrays[f"log_likelihood_{m}"] for m in range(sum(k.startswith("log_likelihood_") for k in arrays))
+            ],
+        )
     calibration = None
     for round_ in range(max(1, int(cfg.calibration_rounds))):
         counts, wins, mappings = None, 0, None
-        for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress):
+        for i in tqdm(
+            range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress
+        ):
             preds, mappings, weights = votes_of(i)
-            shard_counts, shard_wins = class_counts(preds, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration)
+            shard_counts, shard_wins = class_counts(
+                preds, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration
+            )
             counts = shard_counts if counts is None else [a + b for a, b in zip(counts, shard_counts)]
             wins = wins + shard_wins
         calibration = calibrate(counts, wins, mappings, n_classes, cfg, prior=class_prior())
@@ -263,7 +326,12 @@ def target_mesh(ws: Workspace, mesh_path: str | None) -> tuple[MeshArrays, Path]
         raise BadInputError(ws.scene, path, "the mesh to lift onto does not exist", "fix lift.mesh")
     mesh = read_mesh_or_points(path)
     if len(mesh) == 0:
-        raise BadInputError(ws.scene, path, "the mesh to lift onto cannot be read or has no vertices", "pass a PLY/OBJ mesh or point cloud with vertices")
+        raise BadInputError(
+            ws.scene,
+            path,
+            "the mesh to lift onto cannot be read or has no vertices",
+            "pass a PLY/OBJ mesh or point cloud with vertices",
+        )
     return mesh, path
 
 
@@ -284,13 +352,20 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         _save_npy(ws.output_path("labels"), result.labels.astype(np.int32))
         _save_npy(ws.output_path("confidence"), result.confidence.astype(np.float32))
         with atomic_path(ws.output_path("soft")) as tmp:
-            write_soft_labels(tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names)
+            write_soft_labels(
+                tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names
+            )
         labelled = result.labels > 0
-        return {"mesh": ws.path_for_record(path), "vertices": len(mesh), "triangles": int(len(mesh.triangles)), "labelled_vertices": int(labelled.sum()),
-                "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
-                "classes_present": int(len(np.unique(result.labels[labelled]))),
-                # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
-                "output_hash": stable_hash([input_hash, config])}
+        return {
+            "mesh": ws.path_for_record(path),
+            "vertices": len(mesh),
+            "triangles": int(len(mesh.triangles)),
+            "labelled_vertices": int(labelled.sum()),
+            "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
+            "classes_present": int(len(np.unique(result.labels[labelled]))),
+            # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
+            "output_hash": stable_hash([input_hash, config]),
+        }
 
     return run_stage(ws, "lift", config, input_hash, body, force=force)
 
@@ -308,25 +383,39 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
         mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         labels = np.load(ws.output_path("labels")).astype(np.int64)
         if len(labels) != len(mesh):
-            raise BadInputError(ws.scene, lifted["summary"]["mesh"], f"the mesh has {len(mesh)} vertices but the labels {len(labels)}",
-                                "rerun lift (force=true) after changing the mesh")
+            raise BadInputError(
+                ws.scene,
+                lifted["summary"]["mesh"],
+                f"the mesh has {len(mesh)} vertices but the labels {len(labels)}",
+                "rerun lift (force=true) after changing the mesh",
+            )
         unified = unified_space()
         write_labelled_ply(ws.output_path("labels_ply"), mesh, labels, unified.colors)
         per_space = {space: unified_to(space)[labels] for space in ("scannet200", "scannet20", "nyu40")}
         for space, ids in per_space.items():
             _save_npy(ws.output_path(f"labels_{space}"), ids.astype(np.int32))
         write_json_atomic(ws.output_path("classes"), {"unified": classes_json("unified")})
-        summary = {"vertices": len(mesh), "files": [ws.output_path(k).name for k in ("labels_ply", "labels_scannet200", "labels_scannet20", "labels_nyu40", "classes")]}
+        summary = {
+            "vertices": len(mesh),
+            "files": [
+                ws.output_path(k).name
+                for k in ("labels_ply", "labels_scannet200", "labels_scannet20", "labels_nyu40", "classes")
+            ],
+        }
         if cfg.pointcept:
             summary["pointcept"] = write_pointcept(
-                ws.output_path("pointcept"), mesh.vertices, mesh.colors if mesh.colors is not None else np.zeros((len(mesh), 3), np.uint8),
+                ws.output_path("pointcept"),
+                mesh.vertices,
+                mesh.colors if mesh.colors is not None else np.zeros((len(mesh), 3), np.uint8),
                 mesh.normals if mesh.normals is not None else np.zeros((len(mesh), 3), np.float32),
                 _contiguous(per_space["scannet200"], "scannet200"), _contiguous(per_space["scannet20"], "scannet20"),
                 grid_size=cfg.pointcept_grid_m,
             )
         return summary
 
-    return run_stage(ws, "export", versioned("export", dataclasses.asdict(cfg)), lifted["output_hash"], body, force=force)
+    return run_stage(
+        ws, "export", versioned("export", dataclasses.asdict(cfg)), lifted["output_hash"], body, force=force
+    )
 
 
 def _contiguous(ids: np.ndarray, space: str) -> np.ndarray:

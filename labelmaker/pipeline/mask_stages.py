@@ -22,7 +22,9 @@ def mask_stage(model: str) -> str:
     return f"masks-{model}"
 
 
-def masks_scene(ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = False, progress: bool = True) -> StageOutcome:
+def masks_scene(
+    ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = False, progress: bool = True
+) -> StageOutcome:
     """Stage `masks-<model>`: a uint16 mask-id map per frame at the colour raster (0 = no mask)."""
     from .label_stages import scene_context
 
@@ -41,8 +43,12 @@ def masks_scene(ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = F
             batch = ws.read_frame_shard(i)
             ids = np.asarray(generator.masks(batch, ctx))
             if ids.shape != batch.color.shape[:3]:
-                raise BadInputError(ctx.scene, None, f"mask model '{model}' returned id maps of shape {ids.shape}, expected {batch.color.shape[:3]}",
-                                    "fix the mask model so that it gives one id map per frame at the colour raster")
+                raise BadInputError(
+                    ctx.scene,
+                    None,
+                    f"mask model '{model}' returned id maps of shape {ids.shape}, expected {batch.color.shape[:3]}",
+                    "fix the mask model so that it gives one id map per frame at the colour raster",
+                )
             shards.write(i, {"ids": ids.astype(np.uint16)}, fp, attrs={"model": model})
             n_masks += int(sum(len(np.unique(f)) - int((f == 0).any()) for f in ids))
             n_frames += len(ids)
@@ -73,8 +79,12 @@ def refine_shard(ws: Workspace, cfg: SamRefineConfig, index: int, ranked: np.nda
     """
     ids = ws.mask_shards(cfg.masks).read(index, ("ids",))["ids"]
     if ids.shape != ranked.shape[1:]:
-        raise BadInputError(ws.scene, None, f"masks of '{cfg.masks}' are {ids.shape[1:]} per frame, the consensus {ranked.shape[2:]}",
-                            f"rerun the mask stage (force=true) for mask model '{cfg.masks}'")
+        raise BadInputError(
+            ws.scene,
+            None,
+            f"masks of '{cfg.masks}' are {ids.shape[1:]} per frame, the consensus {ranked.shape[2:]}",
+            f"rerun the mask stage (force=true) for mask model '{cfg.masks}'",
+        )
     out = refine_with_masks(ranked[0], shares[0], ids, cfg, device=device, runners_up=ranked[1:])
     changed = out.changed.cpu().numpy()
     ranked, shares = ranked.copy(), shares.copy()

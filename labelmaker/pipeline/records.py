@@ -72,7 +72,12 @@ def run_stage(
         try:
             input_hash = input_hash()
         except LabelmakerError as err:
-            base = {"stage": stage, "scene": ws.scene, "attempt": int(previous.get("attempt", 0)) + 1, "config_hash": cfg_hash}
+            base = {
+                "stage": stage,
+                "scene": ws.scene,
+                "attempt": int(previous.get("attempt", 0)) + 1,
+                "config_hash": cfg_hash,
+            }
             ws.create()
             _record_failure(ws, stage, base, time.perf_counter(), err.error_class, str(err))
             raise
@@ -110,7 +115,14 @@ def run_stage(
         _record_failure(ws, stage, record, t0, "out_of_memory", str(err) or "out of memory")
         raise
     except Exception as err:
-        _record_failure(ws, stage, record, t0, "out_of_memory" if is_out_of_memory(err) else "crashed", f"{type(err).__name__}: {err}")
+        _record_failure(
+            ws,
+            stage,
+            record,
+            t0,
+            "out_of_memory" if is_out_of_memory(err) else "crashed",
+            f"{type(err).__name__}: {err}",
+        )
         raise
     record.update(
         status="done",

@@ -66,8 +66,11 @@ class SlurmArrayExecutor:
         self.cluster = cluster_cfg
 
     def submit(self, token: str, spec: StageSpec, cfg, tasks: list[Task], res: Resources) -> list[str]:
-        ex = submitit.SlurmExecutor(folder=submitit_folder(self.jobs_dir, token), max_num_timeout=self.cluster.max_requeues,
-                                    python=self.cluster.python)
+        ex = submitit.SlurmExecutor(
+            folder=submitit_folder(self.jobs_dir, token),
+            max_num_timeout=self.cluster.max_requeues,
+            python=self.cluster.python,
+        )
         ex.update_parameters(**sbatch_parameters(self.cluster, res, token))
         jobs = ex.map_array(StageTask(cfg, spec), tasks)
         return [job.job_id for job in jobs]

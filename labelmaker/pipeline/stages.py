@@ -49,7 +49,9 @@ def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, fo
             "output_hash": stable_hash([video_id, split, files]),
         }
 
-    return run_stage(ws, "download", versioned("download", download_config(cfg)), stable_hash([video_id, split]), body, force=force)
+    return run_stage(
+        ws, "download", versioned("download", download_config(cfg)), stable_hash([video_id, split]), body, force=force
+    )
 
 
 def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force: bool = False, progress: bool = True,
@@ -89,7 +91,9 @@ def require_done(ws: Workspace, stage: str, needed: str) -> dict:
     """The done-record of `needed`, which `stage` depends on; a clear error if it is missing."""
     record = ws.read_state(needed)
     if not record or record.get("status") != "done":
-        raise StageDependencyError(ws.scene, stage, needed, f"run stage '{needed}' for {ws.root} first (labelmaker run does all stages)")
+        raise StageDependencyError(
+            ws.scene, stage, needed, f"run stage '{needed}' for {ws.root} first (labelmaker run does all stages)"
+        )
     return record
 
 
@@ -147,7 +151,8 @@ def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: 
             raise BadInputError(
                 ws.scene, None,
                 f"TSDF fusion of {volume.frames_integrated} frames produced an empty mesh",
-                "check the depth (units, confidence threshold) and lower fusion.weight_threshold or raise fusion.depth_max_m",
+                "check the depth (units, confidence threshold) and lower fusion.weight_threshold or raise "
+                "fusion.depth_max_m",
             )
         ws.write_mesh(mesh)
         return {

@@ -147,7 +147,11 @@ def counts(states: Iterable[SceneState]) -> dict:
             per_stage.setdefault(name, Counter())[s.status] += 1
             if s.status == "failed":
                 classes[s.error_class or "crashed"] += 1
-    return {"scenes": dict(scenes), "stages": {k: dict(v) for k, v in per_stage.items()}, "error_classes": dict(classes)}
+    return {
+        "scenes": dict(scenes),
+        "stages": {k: dict(v) for k, v in per_stage.items()},
+        "error_classes": dict(classes),
+    }
 
 
 def compact(record: dict | None) -> dict | None:

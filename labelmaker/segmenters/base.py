@@ -37,10 +37,14 @@ class SimulatedNoise:
 class Mask2FormerConfig:
     """Mask2Former through mmsegmentation (kind `mask2former`)."""
 
-    config: str = "mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py"  # in mmseg's package configs, or a path
-    checkpoint: Optional[str] = "mask2former_swin-l_ade20k"  # a manifest model name (checkpoints.csv), a file name in the checkpoint folder, or a path; null = random weights (tests, benchmarks)
+    # in mmseg's package configs, or a path
+    config: str = "mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py"
+    # a manifest model name (checkpoints.csv), a file name in the checkpoint folder, or a path;
+    # null = random weights (tests, benchmarks)
+    checkpoint: Optional[str] = "mask2former_swin-l_ade20k"
     input_size: int = 640  # the shorter image side is resized to this before the network
-    cfg_options: Dict[str, Any] = field(default_factory=dict)  # mmengine dotted-key overrides of the config (tests shrink the model)
+    # mmengine dotted-key overrides of the config (tests shrink the model)
+    cfg_options: Dict[str, Any] = field(default_factory=dict)
     allow_cpu_ops_stand_in: bool = False  # CPU only: run with mmcv-lite and a stand-in for mmcv's compiled ops
 
 
@@ -56,17 +60,23 @@ class OpenVocabConfig:
     classified by CLIP (open_clip) against prompts from unified class names and synonyms."""
 
     clip_model: str = "ViT-L-14"  # an open_clip architecture name, or "custom" (then clip_config)
-    clip_config: Dict[str, Any] = field(default_factory=dict)  # open_clip model config (embed_dim, vision_cfg, text_cfg) for custom
-    checkpoint: Optional[str] = "clip_vit_l_14_laion2b"  # manifest name, file in checkpoint_dir, or path (open_clip format); null = random (tests, bench)
-    checkpoint_prefix: str = ""  # take only keys under this prefix, prefix removed (a mask-adapted CLIP inside a bigger checkpoint)
+    # open_clip model config (embed_dim, vision_cfg, text_cfg) for custom
+    clip_config: Dict[str, Any] = field(default_factory=dict)
+    # manifest name, file in checkpoint_dir, or path (open_clip format); null = random (tests, bench)
+    checkpoint: Optional[str] = "clip_vit_l_14_laion2b"
+    # take only keys under this prefix, prefix removed (a mask-adapted CLIP inside a bigger checkpoint)
+    checkpoint_prefix: str = ""
     classes: List[str] = field(default_factory=list)  # unified class names it may predict; empty = all but unknown
-    synonyms: Dict[str, List[str]] = field(default_factory=dict)  # extra synonyms per unified class (added to labels/data/synonyms.csv)
-    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))  # prompt templates, "{}" = the class name
+    # extra synonyms per unified class (added to labels/data/synonyms.csv)
+    synonyms: Dict[str, List[str]] = field(default_factory=dict)
+    # prompt templates, "{}" = the class name
+    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     unknown_threshold: float = 0.2  # a proposal whose best class has a softmax probability below this stays unknown (0)
     context: float = 0.1  # crop = the proposal's box grown by this fraction per side
     mask_background: bool = True  # pixels outside the proposal are set to the mean colour (as OVSeg does)
     clip_batch: int = 64  # proposals per CLIP forward pass
-    proposals: MaskModelConfig = field(default_factory=lambda: MaskModelConfig(kind="sam", min_area_px=100))  # the SAM that proposes regions
+    # the SAM that proposes regions
+    proposals: MaskModelConfig = field(default_factory=lambda: MaskModelConfig(kind="sam", min_area_px=100))
 
 
 @dataclass
@@ -82,7 +92,8 @@ class ModelConfig:
     flip_tta: bool = False  # also predict the mirrored frame; stored and voted as one more prediction of this model
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:1 ...
     fp16: bool = True  # float16 autocast on CUDA (no effect on CPU)
-    checkpoint_dir: Optional[str] = None  # folder of checkpoints (presets: ${checkpoints.dir}); null: $LABELMAKER_CHECKPOINT_DIR
+    # folder of checkpoints (presets: ${checkpoints.dir}); null: $LABELMAKER_CHECKPOINT_DIR
+    checkpoint_dir: Optional[str] = None
     mask2former: Mask2FormerConfig = field(default_factory=Mask2FormerConfig)
     open_vocab: OpenVocabConfig = field(default_factory=OpenVocabConfig)
 
@@ -156,7 +167,9 @@ def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
     try:
         factory = _REGISTRY[cfg.kind]
     except KeyError:
-        raise ValueError(f"model {name!r}: unknown segmenter kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(
+            f"model {name!r}: unknown segmenter kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
     return factory(name, cfg)
 
 
@@ -174,7 +187,9 @@ def cached_segmenter(name: str, cfg: ModelConfig):
     import dataclasses
     import json
 
-    key = json.dumps([name, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY}], sort_keys=True, default=str)
+    key = json.dumps(
+        [name, {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY}], sort_keys=True, default=str
+    )
     if key in _CACHE:
         return _CACHE[key]
     segmenter = build_segmenter(name, cfg)

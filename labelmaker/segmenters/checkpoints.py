@@ -37,7 +37,8 @@ class CheckpointError(SetupError):
 
 @dataclass
 class CheckpointsConfig:
-    dir: str = "checkpoints"  # the folder holding all models' checkpoint files (config.yaml: $LABELMAKER_CHECKPOINT_DIR if set)
+    # the folder holding all models' checkpoint files (config.yaml: $LABELMAKER_CHECKPOINT_DIR if set)
+    dir: str = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,11 @@ def checkpoint_dir(configured: Optional[str]) -> Path:
     """The configured folder, else $LABELMAKER_CHECKPOINT_DIR."""
     folder = configured or os.environ.get(ENV_DIR)
     if not folder:
-        raise CheckpointError("(no folder)", "no checkpoint folder is configured",
-                              f"set checkpoints.dir=/path/to/checkpoints (or the model's checkpoint_dir, or ${ENV_DIR})")
+        raise CheckpointError(
+            "(no folder)",
+            "no checkpoint folder is configured",
+            f"set checkpoints.dir=/path/to/checkpoints (or the model's checkpoint_dir, or ${ENV_DIR})",
+        )
     return Path(folder).expanduser()
 
 
@@ -101,8 +105,11 @@ def verify(path: Path, entry: Optional[CheckpointEntry]) -> bool:
         return False
     digest = sha256_of(path)
     if not digest.startswith(entry.sha256.lower()):
-        raise CheckpointError(path, f"sha256 {digest[:16]}... does not match the published {entry.sha256} (damaged or incomplete download?)",
-                              f"delete it and fetch it again: {fetch_command(entry, path.parent)}")
+        raise CheckpointError(
+            path,
+            f"sha256 {digest[:16]}... does not match the published {entry.sha256} (damaged or incomplete download?)",
+            f"delete it and fetch it again: {fetch_command(entry, path.parent)}",
+        )
     return True
 
 
@@ -122,8 +129,15 @@ def load_checkpoint(spec: str, folder: Optional[str]) -> tuple[dict, Path]:
         return torch.load(path, map_location="cpu", weights_only=True), path
     except pickle.UnpicklingError as err:
         if not verified:
-            raise CheckpointError(path, f"it holds more than tensors and has no published checksum to trust it by ({err})",
-                                  "save the weights alone (torch.save of the state dict), or add its sha256 to the manifest") from err
+            raise CheckpointError(
+                path,
+                f"it holds more than tensors and has no published checksum to trust it by ({err})",
+                "save the weights alone (torch.save of the state dict), or add its sha256 to the manifest",
+            ) from err
         return torch.load(path, map_location="cpu", weights_only=False), path
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(path, f"cannot be read as a torch checkpoint ({err})", f"fetch it again: {fetch_command(entry, path.parent)}") from err
+        raise CheckpointError(
+            path,
+            f"cannot be read as a torch checkpoint ({err})",
+            f"fetch it again: {fetch_command(entry, path.parent)}",
+        ) from err

@@ -17,7 +17,9 @@ from .checkpoints import CheckpointEntry, CheckpointError, verify
 CHUNK = 1 << 20
 
 
-def download(entry: CheckpointEntry, folder: Path, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> str:
+def download(
+    entry: CheckpointEntry, folder: Path, progress: Optional[Callable[[int, Optional[int]], None]] = None
+) -> str:
     """Fetch one checkpoint into folder; returns 'present', 'downloaded' or 'resumed'."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / entry.file
@@ -49,7 +51,11 @@ def download(entry: CheckpointEntry, folder: Path, progress: Optional[Callable[[
             f.flush()
             os.fsync(f.fileno())
     if total is not None and part.stat().st_size != total:
-        raise CheckpointError(part, f"the download stopped at {part.stat().st_size} of {total} bytes", "run the download again: it resumes")
+        raise CheckpointError(
+            part,
+            f"the download stopped at {part.stat().st_size} of {total} bytes",
+            "run the download again: it resumes",
+        )
     return _finish(part, final, entry, resumed)
 
 

@@ -12,7 +12,7 @@ crop, bilinear back to the frame, argmax. Class index c is ADE20K id c of our la
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +34,11 @@ def config_path(name: str) -> Path:
 
     shipped = Path(mmseg.__file__).parent / ".mim" / "configs" / "mask2former" / name
     if not shipped.is_file():
-        raise SetupError(f"mask2former config '{name}'", f"neither a file nor one of mmseg's configs ({shipped.parent})",
-                         "name a config from that folder, e.g. mask2former_r50_8xb2-160k_ade20k-512x512.py, or give a path")
+        raise SetupError(
+            f"mask2former config '{name}'",
+            f"neither a file nor one of mmseg's configs ({shipped.parent})",
+            "name a config from that folder, e.g. mask2former_r50_8xb2-160k_ade20k-512x512.py, or give a path",
+        )
     return shipped
 
 
@@ -70,9 +73,12 @@ def load_weights(model, state: Any, source: str) -> None:
                               "use a checkpoint from mmseg's model zoo (see labelmaker/segmenters/checkpoints.csv)")
     result = model.load_state_dict(state["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(source, f"does not fit the configured network: {len(result.missing_keys)} missing keys "
-                              f"{result.missing_keys[:3]}, {len(result.unexpected_keys)} unexpected {result.unexpected_keys[:3]}",
-                              "pair the checkpoint with the config it was trained with (mask2former.config)")
+        raise CheckpointError(
+            source,
+            f"does not fit the configured network: {len(result.missing_keys)} missing keys "
+            f"{result.missing_keys[:3]}, {len(result.unexpected_keys)} unexpected {result.unexpected_keys[:3]}",
+            "pair the checkpoint with the config it was trained with (mask2former.config)",
+        )
 
 
 def input_shape(h: int, w: int, input_size: int) -> tuple[int, int]:
@@ -91,7 +97,11 @@ class Mask2FormerSegmenter:
         self.cfg = cfg.mask2former
         self.device = resolve_device(cfg.device)
         # weights first: a missing or damaged checkpoint fails before the (slow) build
-        state, path = load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir) if model is None and self.cfg.checkpoint else (None, None)
+        state, path = (
+            load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir)
+            if model is None and self.cfg.checkpoint
+            else (None, None)
+        )
         self.model = model if model is not None else build_model(self.cfg, device=self.device)
         if state is not None:
             load_weights(self.model, state, str(path))

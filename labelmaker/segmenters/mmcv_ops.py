@@ -26,7 +26,9 @@ class _NoCompiledOps(types.ModuleType):
             raise AttributeError(name)
 
         def missing(*args, **kwargs):
-            raise NotImplementedError(f"mmcv compiled op '{name}' is not available: this is mmcv-lite with labelmaker's CPU stand-in")
+            raise NotImplementedError(
+                f"mmcv compiled op '{name}' is not available: this is mmcv-lite with labelmaker's CPU stand-in"
+            )
 
         return missing
 
@@ -60,8 +62,11 @@ def ensure_mmcv_ops(allow_stand_in: bool, device: str) -> str:
                          "install full mmcv==2.1.0 built for this torch; on a CPU-only machine you may set "
                          "segment.models.<name>.mask2former.allow_cpu_ops_stand_in=true")
     if device != "cpu" or torch.cuda.is_available():
-        raise SetupError("mmcv", f"the CPU stand-in for mmcv's compiled ops is refused on a machine with CUDA (device {device})",
-                         "install full mmcv==2.1.0 built for this torch (the Docker image does)")
+        raise SetupError(
+            "mmcv",
+            f"the CPU stand-in for mmcv's compiled ops is refused on a machine with CUDA (device {device})",
+            "install full mmcv==2.1.0 built for this torch (the Docker image does)",
+        )
     stand_in = _NoCompiledOps("mmcv._ext")
     stand_in.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)  # no loader: "mmcv-full" checks stay False
     setattr(stand_in, STAND_IN_FLAG, True)

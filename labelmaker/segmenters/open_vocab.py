@@ -43,7 +43,9 @@ def build_clip(cfg: OpenVocabConfig) -> tuple[torch.nn.Module, object]:
         if not cfg.clip_config:
             raise ValueError("open_vocab.clip_model=custom needs open_vocab.clip_config")
         model = open_clip.model.CLIP(**_plain(cfg.clip_config))
-        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=int(cfg.clip_config["text_cfg"].get("context_length", 77)))
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(
+            context_length=int(cfg.clip_config["text_cfg"].get("context_length", 77))
+        )
     else:
         model = open_clip.create_model(cfg.clip_model, pretrained=None)
         tokenizer = open_clip.get_tokenizer(cfg.clip_model)
@@ -66,11 +68,15 @@ def clip_state_dict(state, prefix: str, source: str) -> dict:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise CheckpointError(source, "is not an open_clip checkpoint (a state dict)", "use open_clip's published weights (.bin / .pt)")
+        raise CheckpointError(
+            source, "is not an open_clip checkpoint (a state dict)", "use open_clip's published weights (.bin / .pt)"
+        )
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
-            raise CheckpointError(source, f"has no keys under the prefix '{prefix}'", "fix open_vocab.checkpoint_prefix")
+            raise CheckpointError(
+                source, f"has no keys under the prefix '{prefix}'", "fix open_vocab.checkpoint_prefix"
+            )
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -103,7 +109,9 @@ class OpenVocabSegmenter:
     def __init__(self, name: str, cfg: ModelConfig, model=None, tokenizer=None):
         self.name = name
         if cfg.label_space != "unified":
-            raise ValueError(f"model {name!r}: open_vocab predicts in the unified label space; set label_space: unified")
+            raise ValueError(
+                f"model {name!r}: open_vocab predicts in the unified label space; set label_space: unified"
+            )
         self.label_space = "unified"
         self.cfg: OpenVocabConfig = cfg.open_vocab
         if not self.cfg.templates or any("{}" not in t for t in self.cfg.templates):
@@ -111,7 +119,11 @@ class OpenVocabSegmenter:
         self.device = resolve_device(cfg.device)
         self.class_ids, self.words = vocabulary(self.cfg)
         # weights first: a missing or damaged checkpoint fails before the build
-        state, path = load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir) if model is None and self.cfg.checkpoint else (None, None)
+        state, path = (
+            load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir)
+            if model is None and self.cfg.checkpoint
+            else (None, None)
+        )
         if model is None:
             model, tokenizer = build_clip(self.cfg)
         if state is not None:
@@ -121,7 +133,9 @@ class OpenVocabSegmenter:
         self.image_size = _image_size(self.model)
         proposals: MaskModelConfig = self.cfg.proposals
         if proposals.kind != "sam":
-            raise ValueError(f"model {name!r}: open_vocab proposals come from SAM (proposals.kind=sam), got {proposals.kind!r}")
+            raise ValueError(
+                f"model {name!r}: open_vocab proposals come from SAM (proposals.kind=sam), got {proposals.kind!r}"
+            )
         self.proposer = SamMasks(f"{name}/proposals", proposals)
         self.text = self.text_embeddings()
         self.resources = Resources(gpu=True, memory_gb=8.0)  # rough: SAM ViT-H + CLIP ViT-L, not measured here
@@ -167,7 +181,9 @@ def _image_size(model) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def masked_crops(image: np.ndarray, mask_ids: np.ndarray, size: int, context: float, mask_background: bool) -> torch.Tensor:
+def masked_crops(
+    image: np.ndarray, mask_ids: np.ndarray, size: int, context: float, mask_background: bool
+) -> torch.Tensor:
     """(K,3,size,size) CLIP-normalised square crops, one per mask id 1..K: the mask's box grown by
     `context` per side, made square, the pixels outside the mask set to CLIP's mean colour."""
     h, w = mask_ids.shape

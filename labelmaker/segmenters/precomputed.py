@@ -40,7 +40,12 @@ class PrecomputedSegmenter:
             )
         labels = read_image(path, scene, f"prediction ({self.name})")
         if labels.ndim != 2:
-            raise BadInputError(scene, path, f"prediction of model '{self.name}' is not a single-channel label image", "save class ids as a grey (L or I;16) PNG")
+            raise BadInputError(
+                scene,
+                path,
+                f"prediction of model '{self.name}' is not a single-channel label image",
+                "save class ids as a grey (L or I;16) PNG",
+            )
         src_h, src_w = labels.shape
         if (src_w, src_h) == wh:
             return labels

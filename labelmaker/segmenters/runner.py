@@ -72,13 +72,16 @@ class ImageRunner:
                 if self.batch_size == 1:
                     raise OutOfMemoryError(
                         scene, self.segmenter.name,
-                        f"out of memory on {self.options.device} even one frame at a time ({chunk.shape[2]}x{chunk.shape[1]} px upright)",
+                        f"out of memory on {self.options.device} even one frame at a time "
+                        f"({chunk.shape[2]}x{chunk.shape[1]} px upright)",
                         "run it on a GPU with more memory, or lower the model's input size",
                     ) from err
                 self.batch_size = max(1, self.batch_size // 2)
                 continue
             if pred.shape != chunk.shape[:3]:
-                raise ValueError(f"model '{self.segmenter.name}' returned labels of shape {pred.shape} for images {chunk.shape}")
+                raise ValueError(
+                    f"model '{self.segmenter.name}' returned labels of shape {pred.shape} for images {chunk.shape}"
+                )
             out.append(pred.astype(np.int64, copy=False))
             i += len(chunk)
         return np.concatenate(out) if out else np.zeros(images.shape[:3], np.int64)

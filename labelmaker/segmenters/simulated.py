@@ -36,8 +36,13 @@ class SimulatedSegmenter:
 
     def _ground_truth(self, ctx: SceneContext) -> GroundTruth:
         self._gt = simulation_ground_truth(
-            ctx.scene, ctx.input_dir, f"model '{self.name}'",
-            "use simulated models only on scenes made by `labelmaker synth`; configure real or precomputed models for real data", self._gt)
+            ctx.scene,
+            ctx.input_dir,
+            f"model '{self.name}'",
+            "use simulated models only on scenes made by `labelmaker synth`; configure real or precomputed models for "
+            "real data",
+            self._gt,
+        )
         return self._gt
 
     def predict(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
@@ -119,7 +124,9 @@ def _bleed_boundaries(labels: np.ndarray, width: int, rng: np.random.Generator) 
     return np.where(band, shifted, labels)
 
 
-def _paint_blobs(labels: np.ndarray, classes: np.ndarray, noise: SimulatedNoise, rng: np.random.Generator) -> np.ndarray:
+def _paint_blobs(
+    labels: np.ndarray, classes: np.ndarray, noise: SimulatedNoise, rng: np.random.Generator
+) -> np.ndarray:
     n = rng.poisson(noise.blobs_per_frame)
     if n == 0 or not len(classes):
         return labels
