@@ -20,6 +20,8 @@ class SimulatedMaskNoise:
     split_rate: float = 0.15  # over-segmentation: the instance is cut in two along a random line
     merge_rate: float = 0.1  # under-segmentation: the instance is merged into its largest neighbour
     boundary_px: int = 2  # mask outlines wander by up to this many pixels
+    persistent: bool = False  # miss / split / merge drawn once per instance (its id), not per frame: the same
+    # pillow is merged with the bed in every view, as a real mask model's habits persist
 
 
 @dataclass

@@ -42,22 +42,24 @@ class SimulatedMasks:
         for name in batch.names:
             instances = resize_nearest(gt.frame_instances(name), (w, h))
             rng = np.random.default_rng([self.cfg.seed, zlib.crc32(name.encode())])
-            out.append(simulate_masks(instances, self.cfg.noise, rng, self.cfg.min_area_px))
+            out.append(simulate_masks(instances, self.cfg.noise, rng, self.cfg.min_area_px, instance_seed=self.cfg.seed))
         return np.stack(out)
 
 
 def simulate_masks(
-    instances: np.ndarray, noise: SimulatedMaskNoise, rng: np.random.Generator, min_area_px: int = 0
+    instances: np.ndarray, noise: SimulatedMaskNoise, rng: np.random.Generator, min_area_px: int = 0, instance_seed: int = 0
 ) -> np.ndarray:
-    """One frame's (H,W) uint16 mask ids from its ground-truth instance map (0 = nothing)."""
+    """One frame's (H,W) uint16 mask ids from its ground-truth instance map (0 = nothing). With
+    noise.persistent, what happens to an instance is drawn from (instance_seed, its id): the same
+    in every frame."""
     ids = np.asarray(instances, dtype=np.int64).copy()
     present = np.unique(ids[ids > 0])
     next_id = int(ids.max()) + 1 if ids.size else 1
     boxes = ndimage.find_objects(ids)
     for inst in present:
-        roll = rng.random(3)
+        roll = np.random.default_rng([instance_seed, 17, int(inst)]).random(3) if noise.persistent else rng.random(3)
         if roll[0] < noise.merge_rate:
-            neighbour = _largest_neighbour(ids, inst, boxes[inst - 1])
+            neighbour = largest_neighbour(ids, inst, boxes[inst - 1])
             if neighbour:
                 ids[ids == inst] = neighbour
                 continue
@@ -74,7 +76,7 @@ def simulate_masks(
     return compact_ids(ids, min_area_px)
 
 
-def _largest_neighbour(ids: np.ndarray, inst: int, box) -> int:
+def largest_neighbour(ids: np.ndarray, inst: int, box) -> int:
     """The instance sharing the longest border with `inst` (0 if none)."""
     if box is None:
         return 0

@@ -31,6 +31,23 @@ class SimulatedNoise:
     blob_radius_px: float = 14.0
     small_object_px: int = 120  # instances smaller than this in a frame are missed
     bad_frame_rate: float = 0.03  # chance that a frame is labelled with a scrambled class table
+    # Further kinds of error (0 / empty = off; the error-model families in configs/models/simulated_*.yaml
+    # turn them on, see segmenters/simulated.py):
+    error_seed: Optional[int] = None  # seed of the systematic errors (confusion table, per-frame confusion
+    # draws, sticky instances); null = the model's seed. Models sharing one make the same mistakes (correlated)
+    sticky_instances: float = 0.0  # share of instances this model labels wrongly across frames (one
+    # particular curtain is always "window"): a fixed wrong class per instance, not per class
+    sticky_rate: float = 0.9  # chance per frame that a sticky instance shows its wrong class
+    merge_classes: Dict[str, str] = field(default_factory=dict)  # unified class name -> a class of the model's
+    # own label space it always predicts instead (coarse label spaces: NYU40 otherprop, ADE20K merges)
+    split_rate: float = 0.0  # over-segmentation: chance per frame and instance that a part of it (cut along
+    # a random line) takes its largest neighbour's class
+    merge_rate: float = 0.0  # under-segmentation: chance per frame and instance that it takes its largest
+    # neighbour's class as a whole
+    warp_frame_rate: float = 0.0  # chance per frame that the whole label map is off: shifted, rotated or blurred
+    warp_shift_px: float = 16.0  # the largest shift of such a frame
+    warp_rotate_deg: float = 10.0  # the largest rotation (about the frame's centre)
+    warp_blur_px: int = 8  # the block size of a blurred (coarse) frame
 
 
 @dataclass
