@@ -11,8 +11,8 @@ from labelmaker.segmenters.simulated import SimulatedSegmenter, corrupt
 
 FAMILIES = ["simulated", "simulated_instances", "simulated_coarse", "simulated_segmentation", "simulated_bad_frames",
             "simulated_one_bad", "simulated_correlated"]
-QUIET = dict(confused_classes=0.0, confusion_rate=0.0, instance_error_rate=0.0, boundary_px=0, blobs_per_frame=0.0, small_object_px=0,
-             bad_frame_rate=0.0)
+QUIET = dict(confused_classes=0.0, confusion_rate=0.0, instance_error_rate=0.0, boundary_px=0, blobs_per_frame=0.0,
+             small_object_px=0, bad_frame_rate=0.0)
 
 
 def _room():
@@ -33,7 +33,8 @@ def _frames(noise, n=20, seed=0, error_seed=None):
     for f in range(n):
         err = None if error_seed is None else np.random.default_rng([error_seed, f, 1])
         out.append(corrupt(labels, instances, classes, table, noise, np.random.default_rng([seed, f]), err_rng=err,
-                           extra_rng=np.random.default_rng([seed, f, 2]), error_seed=seed if error_seed is None else error_seed))
+                           extra_rng=np.random.default_rng([seed, f, 2]),
+                           error_seed=seed if error_seed is None else error_seed))
     return labels, instances, np.stack(out)
 
 
@@ -99,9 +100,11 @@ def test_coarse_label_space_says_otherprop(synth_scene_factory):
 def test_persistent_masks_make_the_same_mistake_in_every_frame():
     _, instances, _ = _room()
     noise = SimulatedMaskNoise(miss_rate=0.3, split_rate=0.0, merge_rate=0.0, boundary_px=0, persistent=True)
-    missed = [tuple((simulate_masks(instances, noise, np.random.default_rng(f), instance_seed=4)[instances == i] == 0).all()
-                    for i in range(1, 6)) for f in range(10)]
-    assert len(set(missed)) == 1
+
+    def missed_in(frame):
+        masks = simulate_masks(instances, noise, np.random.default_rng(frame), instance_seed=4)
+        return tuple((masks[instances == i] == 0).all() for i in range(1, 6))
+
+    assert len({missed_in(f) for f in range(10)}) == 1
     noise.persistent = False
-    assert len({tuple((simulate_masks(instances, noise, np.random.default_rng(f))[instances == i] == 0).all()
-                      for i in range(1, 6)) for f in range(10)}) > 1
+    assert len({missed_in(f) for f in range(10)}) > 1

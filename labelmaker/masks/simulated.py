@@ -42,12 +42,17 @@ class SimulatedMasks:
         for name in batch.names:
             instances = resize_nearest(gt.frame_instances(name), (w, h))
             rng = np.random.default_rng([self.cfg.seed, zlib.crc32(name.encode())])
-            out.append(simulate_masks(instances, self.cfg.noise, rng, self.cfg.min_area_px, instance_seed=self.cfg.seed))
+            masks = simulate_masks(instances, self.cfg.noise, rng, self.cfg.min_area_px, instance_seed=self.cfg.seed)
+            out.append(masks)
         return np.stack(out)
 
 
 def simulate_masks(
-    instances: np.ndarray, noise: SimulatedMaskNoise, rng: np.random.Generator, min_area_px: int = 0, instance_seed: int = 0
+    instances: np.ndarray,
+    noise: SimulatedMaskNoise,
+    rng: np.random.Generator,
+    min_area_px: int = 0,
+    instance_seed: int = 0,
 ) -> np.ndarray:
     """One frame's (H,W) uint16 mask ids from its ground-truth instance map (0 = nothing). With
     noise.persistent, what happens to an instance is drawn from (instance_seed, its id): the same

@@ -54,8 +54,8 @@ class SimulatedSegmenter:
             try:
                 self.to_space[unified_space().id_of(unified_name)] = space.id_of(target)
             except (KeyError, ValueError) as e:
-                raise ValueError(f"model {name!r}: noise.merge_classes {unified_name!r}: {target!r} needs a unified class "
-                                 f"name and a class of {cfg.label_space} ({e})") from None
+                raise ValueError(f"model {name!r}: noise.merge_classes {unified_name!r}: {target!r} needs a unified "
+                                 f"class name and a class of {cfg.label_space} ({e})") from None
         self.n_unified = len(unified_space().ids)
         self._gt: GroundTruth | None = None
 
@@ -114,10 +114,11 @@ def corrupt(labels: np.ndarray, instances: np.ndarray, classes: np.ndarray, conf
             extra_rng: np.random.Generator | None = None, error_seed: int = 0) -> np.ndarray:
     """One frame's noisy unified labels from its true labels and instances.
 
-    rng: the frame's draws; err_rng: the draws of the systematic confusions (None: rng), shared by
-    models with one error seed (also whether sticky instances show); extra_rng: the draws of the further error kinds (sticky instances,
-    over-/under-segmentation, warped frames), used only when those are on; error_seed: which
-    instances are sticky and what they become (fixed across frames)."""
+    rng: the frame's draws; err_rng: the draws of the systematic confusions and of whether sticky
+    instances show (None: rng / extra_rng), shared by models with one error seed; extra_rng: the
+    draws of the further error kinds (sticky instances, over-/under-segmentation, warped frames),
+    used only when those are on; error_seed: which instances are sticky and what they become
+    (fixed across frames)."""
     out = labels.copy()
     extra_rng = extra_rng if extra_rng is not None else rng
     ids, first, sizes = np.unique(instances, return_index=True, return_counts=True)
@@ -135,7 +136,8 @@ def corrupt(labels: np.ndarray, instances: np.ndarray, classes: np.ndarray, conf
         boxes = ndimage.find_objects(instances)
         class_of_id = dict(zip(ids.tolist(), inst_class.tolist()))
         for k in np.flatnonzero((ids > 0) & (extra_rng.random(len(ids)) < noise.merge_rate)):
-            neighbour = largest_neighbour(instances, int(ids[k]), boxes[ids[k] - 1] if ids[k] - 1 < len(boxes) else None)
+            box = boxes[ids[k] - 1] if ids[k] - 1 < len(boxes) else None
+            neighbour = largest_neighbour(instances, int(ids[k]), box)
             if neighbour:
                 new_class[k] = class_of_id[neighbour]
     # Small objects are missed: they take the label most common around them.
