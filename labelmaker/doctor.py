@@ -95,6 +95,9 @@ def run_checks(
             )
     if m2f or version("mmcv") or version("mmcv-lite"):
         checks.append(_mmcv_ops_check(m2f, cuda))
+    onnx_models = [n for n, m in models.items() if m.kind == "onnx"]
+    if onnx_models or version("onnxruntime") or version("onnxruntime-gpu"):
+        checks.append(_onnxruntime_check(bool(onnx_models), cuda))
     needs_torchvision = bool(extra) or any(m.kind == "open_vocab" for m in models.values())  # SAM, open_clip
     if needs_torchvision or version("torchvision"):
         checks.append(_torchvision_check(needs_torchvision))
@@ -129,6 +132,17 @@ def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
              "(mask2former.allow_cpu_ops_stand_in=true)"
     )
     return Check("mmcv ops", False, f"{detail}: {fix}", required=bool(m2f))
+
+
+def _onnxruntime_check(required: bool, cuda: bool) -> Check:
+    """onnxruntime (kind onnx) and its execution providers: CUDA ones need onnxruntime-gpu."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return Check("onnxruntime", False, "not installed (pip install onnxruntime, or onnxruntime-gpu on CUDA nodes)", required=required)
+    providers = [p.replace("ExecutionProvider", "") for p in onnxruntime.get_available_providers()]
+    note = "" if not cuda or "CUDA" in providers else ": no CUDA provider, ONNX models run on the CPU (pip install onnxruntime-gpu)"
+    return Check("onnxruntime", True, f"{onnxruntime.__version__} (providers: {', '.join(providers)}){note}", required=required)
 
 
 def _torchvision_check(required: bool) -> Check:

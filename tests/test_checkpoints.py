@@ -28,7 +28,11 @@ def test_the_manifest_names_file_source_and_licence_of_each_model():
     known = manifest()
     assert {"mask2former_swin-l_ade20k", "mask2former_r50_ade20k", "sam_vit_h"} <= set(known)
     for e in known.values():
-        assert e.file and e.url.startswith("https://") and e.licence
+        assert e.file and e.licence
+        if not e.url:  # no public download (DeepLab's ONNX conversion): the sha256 is what identifies it
+            assert len(e.sha256) == 64 and "no download" in checkpoints.fetch_command(e, checkpoints.Path("/ckpt"))
+            continue
+        assert e.url.startswith("https://")
         # stored under the URL's file name, except Hugging Face's generic names (open_clip_pytorch_model.bin
         # for every CLIP), which are stored under a name of their own
         assert e.url.endswith(e.file) or e.url.startswith("https://huggingface.co/")

@@ -63,8 +63,12 @@ def test_space_ids_and_unlabelled():
     for name in ("nyu40", "scannet200", "scannet20"):
         assert label_space(name).unlabelled_id == 0
         assert 0 not in label_space(name).ids
-    for name in ("ade20k", "coco_panoptic"):
-        assert label_space(name).unlabelled_id is None
+    # ADE20K's "other" (objectInfo150 Idx 0) is mmseg's ignore index 255 after reduce_zero_label
+    ade = label_space("ade20k")
+    assert ade.unlabelled_id == 255 and ade.max_id == 255 and ade.name_of(255) == "unlabelled"
+    assert len(ade.invalid_ids(np.array([0, 149, 255]))) == 0 and ade.invalid_ids(np.array([150, 254])).tolist() == [150, 254]
+    assert len(mapping_to_unified("ade20k").targets_of(255)) == 0  # it votes for nothing
+    assert label_space("coco_panoptic").unlabelled_id is None
     s200 = label_space("scannet200")
     assert s200.max_id == int(s200.ids[-1]) and s200.ids[0] == 1
     # ScanNet20 uses NYU40 ids: a subset of NYU40
@@ -157,7 +161,7 @@ def test_invalid_ids():
     assert nyu.invalid_ids(np.zeros((4, 5), np.uint8)).size == 0
     assert nyu.invalid_ids(np.array([], np.int32)).size == 0
     ade = label_space("ade20k")
-    assert ade.invalid_ids(np.array([0, 149, 150, 255])).tolist() == [150, 255]
+    assert ade.invalid_ids(np.array([0, 149, 150, 254, 255, 256])).tolist() == [150, 254, 256]  # 255: unlabelled
     s200 = label_space("scannet200")
     assert s200.invalid_ids(np.array([0, 1, 12, 41, 1191, 1192])).tolist() == [12, 1192]
     u = unified_space()
@@ -275,7 +279,7 @@ EXPECTED_FROM_UNIFIED = {
                "tv": "television receiver", "bookshelf": "bookcase", "picture": "painting",
                "curtain": "curtain", "toilet": "toilet", "sink": "sink",
                "office chair": "swivel chair", "nightstand": "chest of drawers", "rug": "rug",
-               "shower wall": "wall", "remote control": None},
+               "shower wall": "wall", "remote control": "unlabelled"},
     "coco_panoptic": {"chair": "chair", "couch": "couch", "bed": "bed", "tv": "tv",
                       "toilet": "toilet", "sink": "sink", "refrigerator": "refrigerator",
                       "book": "book", "ceiling": "ceiling-merged", "curtain": "curtain",

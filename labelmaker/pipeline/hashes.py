@@ -17,7 +17,8 @@ REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as
 # what it writes for the same config and inputs: its records and shard fingerprints then stop
 # matching, so finished scenes rerun that stage (and what depends on it) instead of keeping
 # outputs of the old code. import 2: raw files' sizes and times in its fingerprints; fuse 2:
-# vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace.
+# vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace; report 2:
+# rendered with the capture's world up (scene.json), not always +z.
 CODE_VERSIONS = {
     "download": 1,
     "import": 2,
@@ -28,7 +29,7 @@ CODE_VERSIONS = {
     "lift": 2,
     "export": 1,
     "evaluate": 2,
-    "report": 1,
+    "report": 2,
 }
 
 

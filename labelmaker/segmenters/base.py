@@ -97,8 +97,30 @@ class OpenVocabConfig:
 
 
 @dataclass
+class OnnxConfig:
+    """An exported segmentation network run by ONNX Runtime (kind `onnx`, segmenters/onnx.py).
+    The defaults describe no model: a preset (configs/models/deeplab_ade20k_onnx.yaml) or the
+    user's config says how their export is fed and read."""
+
+    checkpoint: str = ""  # a manifest model name (checkpoints.csv), a .onnx file name in the checkpoint folder, or a path
+    input_name: str = "input"  # the network's image input
+    output_name: Optional[str] = None  # the output holding logits or ids; null = the first output
+    layout: str = "NCHW"  # NCHW | NHWC, of the input and of a logits output
+    input_size: Optional[List[int]] = None  # [h, w] frames are resized to; null = the model's fixed size, or the frame's own size when dynamic
+    keep_aspect: bool = False  # resize keeping the aspect ratio, padding bottom/right with pad_value (else stretch to input_size)
+    pad_value: float = 0.0  # padding, in pixel units before normalisation
+    color_order: str = "RGB"  # RGB | BGR, what the network was trained on
+    mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # input = (pixel 0..255 - mean) / std, per channel
+    std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # (scale/offset: std = 1/scale, mean = -offset/scale)
+    output: str = "logits"  # logits (per-class scores: argmax) | ids (class ids per pixel)
+    channel_offset: int = 0  # class id = channel (or output id) + this; ids that are no class of label_space -> its unlabelled id
+    threads: int = 0  # onnxruntime intra-op threads (0 = its default: all cores)
+    tensorrt: bool = False  # on CUDA: TensorRT execution provider first (onnxruntime-gpu with TensorRT)
+
+
+@dataclass
 class ModelConfig:
-    kind: str = "simulated"  # registry key: precomputed | simulated
+    kind: str = "simulated"  # registry key: precomputed | simulated | mask2former | open_vocab | onnx
     label_space: str = "ade20k"  # the label space its predictions are in
     weight: float = 1.0  # its vote weight in the consensus
     path: Optional[str] = None  # precomputed: the folder of per-frame label PNGs
@@ -113,6 +135,7 @@ class ModelConfig:
     checkpoint_dir: Optional[str] = None
     mask2former: Mask2FormerConfig = field(default_factory=Mask2FormerConfig)
     open_vocab: OpenVocabConfig = field(default_factory=OpenVocabConfig)
+    onnx: OnnxConfig = field(default_factory=OnnxConfig)
 
 
 @dataclass
@@ -179,7 +202,7 @@ def register_segmenter(kind: str):
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    from . import mask2former, open_vocab, precomputed, simulated  # noqa: F401  (register themselves)
+    from . import mask2former, onnx, open_vocab, precomputed, simulated  # noqa: F401  (register themselves)
 
     try:
         factory = _REGISTRY[cfg.kind]

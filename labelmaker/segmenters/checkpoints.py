@@ -45,7 +45,7 @@ class CheckpointsConfig:
 class CheckpointEntry:
     model: str
     file: str
-    url: str
+    url: str  # "" = no public download (the file is put into the folder by hand)
     sha256: str  # full hex digest, a published prefix, or "" (none published)
     licence: str
 
@@ -75,6 +75,8 @@ def checkpoint_dir(configured: Optional[str]) -> Path:
 def fetch_command(entry: Optional[CheckpointEntry], folder: Path) -> str:
     if entry is None:
         return f"put the file into {folder} (it is not in the manifest {MANIFEST.name}, so no download is known)"
+    if not entry.url:
+        return f"put {entry.file} into {folder} (no download is known for {entry.model}: see its licence note in {MANIFEST.name})"
     return f"{DOWNLOAD_SCRIPT} {entry.model} --dir {folder}  (or download {entry.url} into {folder})"
 
 

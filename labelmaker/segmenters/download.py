@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoints import CheckpointEntry, CheckpointError, verify
+from .checkpoints import CheckpointEntry, CheckpointError, fetch_command, verify
 
 CHUNK = 1 << 20
 
@@ -26,6 +26,8 @@ def download(
     if final.is_file():
         verify(final, entry)
         return "present"
+    if not entry.url:
+        raise CheckpointError(final, f"no download is known for {entry.model}", fetch_command(entry, folder))
     part = final.with_name(final.name + ".part")
     start = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(entry.url, headers={"Range": f"bytes={start}-"} if start else {})
