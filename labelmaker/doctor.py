@@ -139,10 +139,14 @@ def _onnxruntime_check(required: bool, cuda: bool) -> Check:
     try:
         import onnxruntime
     except ImportError:
-        return Check("onnxruntime", False, "not installed (pip install onnxruntime, or onnxruntime-gpu on CUDA nodes)", required=required)
+        fix = "not installed (pip install onnxruntime, or onnxruntime-gpu on CUDA nodes)"
+        return Check("onnxruntime", False, fix, required=required)
     providers = [p.replace("ExecutionProvider", "") for p in onnxruntime.get_available_providers()]
-    note = "" if not cuda or "CUDA" in providers else ": no CUDA provider, ONNX models run on the CPU (pip install onnxruntime-gpu)"
-    return Check("onnxruntime", True, f"{onnxruntime.__version__} (providers: {', '.join(providers)}){note}", required=required)
+    note = ""
+    if cuda and "CUDA" not in providers:
+        note = ": no CUDA provider, ONNX models run on the CPU (pip install onnxruntime-gpu)"
+    detail = f"{onnxruntime.__version__} (providers: {', '.join(providers)}){note}"
+    return Check("onnxruntime", True, detail, required=required)
 
 
 def _torchvision_check(required: bool) -> Check:

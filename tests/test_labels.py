@@ -66,7 +66,8 @@ def test_space_ids_and_unlabelled():
     # ADE20K's "other" (objectInfo150 Idx 0) is mmseg's ignore index 255 after reduce_zero_label
     ade = label_space("ade20k")
     assert ade.unlabelled_id == 255 and ade.max_id == 255 and ade.name_of(255) == "unlabelled"
-    assert len(ade.invalid_ids(np.array([0, 149, 255]))) == 0 and ade.invalid_ids(np.array([150, 254])).tolist() == [150, 254]
+    assert len(ade.invalid_ids(np.array([0, 149, 255]))) == 0
+    assert ade.invalid_ids(np.array([150, 254])).tolist() == [150, 254]
     assert len(mapping_to_unified("ade20k").targets_of(255)) == 0  # it votes for nothing
     assert label_space("coco_panoptic").unlabelled_id is None
     s200 = label_space("scannet200")

@@ -2,6 +2,7 @@
 our kind and compared with a direct onnxruntime run and with numpy; layouts, fixed and dynamic
 sizes with resizing, output strides, channel offsets and the unlabelled channel, id outputs,
 scores, and one clear error per set-up mistake."""
+
 import dataclasses
 
 import numpy as np
@@ -20,8 +21,16 @@ from labelmaker.segmenters.onnx import CPU, CUDA, TENSORRT, execution_providers 
 RNG = np.random.default_rng(5)
 
 
-def tiny_model(path, weights: np.ndarray, layout: str = "NCHW", hw=("h", "w"), batch="n", stride: int = 1, ids: bool = False,
-               input_name: str = "image"):
+def tiny_model(
+    path,
+    weights: np.ndarray,
+    layout: str = "NCHW",
+    hw=("h", "w"),
+    batch="n",
+    stride: int = 1,
+    ids: bool = False,
+    input_name: str = "image",
+):
     """A per-pixel linear classifier (1x1 conv, `weights` (C,3)) -> logits (or argmax ids), optionally
     average-pooled by `stride`, in `layout`; written to `path`."""
     c = weights.shape[0]
@@ -33,7 +42,9 @@ def tiny_model(path, weights: np.ndarray, layout: str = "NCHW", hw=("h", "w"), b
     nodes.append(helper.make_node("Conv", [x, "W"], ["logits"]))
     y = "logits"
     if stride > 1:
-        nodes.append(helper.make_node("AveragePool", [y], ["pooled"], kernel_shape=[stride, stride], strides=[stride, stride]))
+        nodes.append(
+            helper.make_node("AveragePool", [y], ["pooled"], kernel_shape=[stride, stride], strides=[stride, stride])
+        )
         y = "pooled"
     if ids:
         nodes.append(helper.make_node("ArgMax", [y], ["ids"], axis=1, keepdims=1))
@@ -42,9 +53,16 @@ def tiny_model(path, weights: np.ndarray, layout: str = "NCHW", hw=("h", "w"), b
         nodes.append(helper.make_node("Transpose", [y], ["logits_nhwc"], perm=[0, 2, 3, 1]))
         y = "logits_nhwc"
     in_shape = [batch, *hw, 3] if layout == "NHWC" else [batch, 3, *hw]
-    out_shape = [batch, 1, None, None] if ids else ([batch, None, None, c] if layout == "NHWC" else [batch, c, None, None])
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_shape)],
-                              [helper.make_tensor_value_info(y, TensorProto.INT64 if ids else TensorProto.FLOAT, out_shape)], inits)
+    out_shape = (
+        [batch, 1, None, None] if ids else ([batch, None, None, c] if layout == "NHWC" else [batch, c, None, None])
+    )
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(y, TensorProto.INT64 if ids else TensorProto.FLOAT, out_shape)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -53,8 +71,13 @@ def tiny_model(path, weights: np.ndarray, layout: str = "NCHW", hw=("h", "w"), b
 
 
 def model_cfg(folder, space="nyu40", **onnx_kw) -> ModelConfig:
-    return ModelConfig(kind="onnx", label_space=space, device="cpu", checkpoint_dir=str(folder),
-                       onnx=OnnxConfig(**{"checkpoint": "tiny.onnx", "input_name": "image", "threads": 1, **onnx_kw}))
+    return ModelConfig(
+        kind="onnx",
+        label_space=space,
+        device="cpu",
+        checkpoint_dir=str(folder),
+        onnx=OnnxConfig(**{"checkpoint": "tiny.onnx", "input_name": "image", "threads": 1, **onnx_kw}),
+    )
 
 
 def images(n=2, h=40, w=56):
@@ -97,7 +120,7 @@ def _two_colour_frame(h=48, w=64):
     """Left half red, right half blue (uint8 RGB), one frame."""
     frame = np.zeros((1, h, w, 3), np.uint8)
     frame[:, :, : w // 2, 0] = 255
-    frame[:, :, w // 2:, 2] = 255
+    frame[:, :, w // 2 :, 2] = 255
     return frame
 
 
@@ -115,8 +138,8 @@ def test_fixed_size_resizes_in_and_labels_come_back_at_the_frame_size(tmp_path, 
     labels = seg.predict_images(frames)
     assert labels.shape == (2, 48, 64)
     margin = 2 * stride + 2  # boundary columns may go either way
-    assert (labels[0, :, : 32 - margin] == 1).all() and (labels[0, :, 32 + margin:] == 3).all()
-    assert (labels[1, :, : 32 - margin] == 3).all() and (labels[1, :, 32 + margin:] == 1).all()
+    assert (labels[0, :, : 32 - margin] == 1).all() and (labels[0, :, 32 + margin :] == 3).all()
+    assert (labels[1, :, : 32 - margin] == 3).all() and (labels[1, :, 32 + margin :] == 1).all()
 
 
 def test_channel_zero_other_is_unlabelled_and_offsets_shift_ids(tmp_path):
@@ -154,7 +177,10 @@ def test_setup_mistakes_are_one_clear_error_each(tmp_path, monkeypatch):
     tiny_model(tmp_path / "tiny.onnx", np.eye(3))
     with pytest.raises(CheckpointError, match="missing.onnx is missing from"):
         build_segmenter("tiny", model_cfg(tmp_path, checkpoint="missing.onnx"))
-    with pytest.raises(SetupError, match=r"no input named 'pixels' \(its inputs: image \['n', 3, 'h', 'w'\]\).*Fix: set onnx.input_name"):
+    with pytest.raises(
+        SetupError,
+        match=r"no input named 'pixels' \(its inputs: image \['n', 3, 'h', 'w'\]\).*Fix: set onnx.input_name",
+    ):
         build_segmenter("tiny", model_cfg(tmp_path, input_name="pixels"))
     with pytest.raises(SetupError, match="not 3 colour channels in layout NHWC.*Fix: set onnx.layout=NCHW"):
         build_segmenter("tiny", model_cfg(tmp_path, layout="NHWC"))

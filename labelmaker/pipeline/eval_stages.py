@@ -182,14 +182,17 @@ def report_scene(
                 "the report renders triangle meshes; this is a point cloud",
                 "lift onto a mesh to get pictures, or skip the report",
             )
-        up = ws.read_scene_meta().get("world_up") or (0.0, 0.0, 1.0)  # the capture's up (7-Scenes: from gravity), not always +z
-        images = render_mesh_views(mesh.vertices, mesh.triangles, unified.colors[labels], views=("oblique", "top"), up=up)
+        # the capture's up (7-Scenes: from gravity), not always +z
+        up = ws.read_scene_meta().get("world_up") or (0.0, 0.0, 1.0)
+        colors = unified.colors[labels]
+        images = render_mesh_views(mesh.vertices, mesh.triangles, colors, views=("oblique", "top"), up=up)
         titles = ["labels (oblique)", "labels (top)"]
         present = set(np.unique(labels).tolist())
         gt = ground_truth_of(ws, evaluate_cfg.ground_truth)
         if gt is not None:
             gt_mesh, gt_labels = gt.mesh(), gt.vertex_labels()
-            images += render_mesh_views(gt_mesh.vertices, gt_mesh.triangles, unified.colors[gt_labels], views=("top",), up=up)
+            gt_colors = unified.colors[gt_labels]
+            images += render_mesh_views(gt_mesh.vertices, gt_mesh.triangles, gt_colors, views=("top",), up=up)
             titles.append("ground truth (top)")
             present |= set(np.unique(gt_labels).tolist())
         ids = sorted(present - {0})

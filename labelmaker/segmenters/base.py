@@ -102,18 +102,23 @@ class OnnxConfig:
     The defaults describe no model: a preset (configs/models/deeplab_ade20k_onnx.yaml) or the
     user's config says how their export is fed and read."""
 
-    checkpoint: str = ""  # a manifest model name (checkpoints.csv), a .onnx file name in the checkpoint folder, or a path
+    # a manifest model name (checkpoints.csv), a .onnx file name in the checkpoint folder, or a path
+    checkpoint: str = ""
     input_name: str = "input"  # the network's image input
     output_name: Optional[str] = None  # the output holding logits or ids; null = the first output
     layout: str = "NCHW"  # NCHW | NHWC, of the input and of a logits output
-    input_size: Optional[List[int]] = None  # [h, w] frames are resized to; null = the model's fixed size, or the frame's own size when dynamic
-    keep_aspect: bool = False  # resize keeping the aspect ratio, padding bottom/right with pad_value (else stretch to input_size)
+    # [h, w] frames are resized to; null = the model's fixed size, or the frame's own size when dynamic
+    input_size: Optional[List[int]] = None
+    # resize keeping the aspect ratio, padding bottom/right with pad_value (else stretch to input_size)
+    keep_aspect: bool = False
     pad_value: float = 0.0  # padding, in pixel units before normalisation
     color_order: str = "RGB"  # RGB | BGR, what the network was trained on
-    mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # input = (pixel 0..255 - mean) / std, per channel
-    std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # (scale/offset: std = 1/scale, mean = -offset/scale)
+    # input = (pixel 0..255 - mean) / std per channel (scale/offset: std = 1/scale, mean = -offset/scale)
+    mean: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     output: str = "logits"  # logits (per-class scores: argmax) | ids (class ids per pixel)
-    channel_offset: int = 0  # class id = channel (or output id) + this; ids that are no class of label_space -> its unlabelled id
+    # class id = channel (or output id) + this; ids that are no class of label_space -> its unlabelled id
+    channel_offset: int = 0
     threads: int = 0  # onnxruntime intra-op threads (0 = its default: all cores)
     tensorrt: bool = False  # on CUDA: TensorRT execution provider first (onnxruntime-gpu with TensorRT)
 

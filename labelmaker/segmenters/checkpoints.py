@@ -76,7 +76,8 @@ def fetch_command(entry: Optional[CheckpointEntry], folder: Path) -> str:
     if entry is None:
         return f"put the file into {folder} (it is not in the manifest {MANIFEST.name}, so no download is known)"
     if not entry.url:
-        return f"put {entry.file} into {folder} (no download is known for {entry.model}: see its licence note in {MANIFEST.name})"
+        return (f"put {entry.file} into {folder} "
+                f"(no download is known for {entry.model}: see its licence note in {MANIFEST.name})")
     return f"{DOWNLOAD_SCRIPT} {entry.model} --dir {folder}  (or download {entry.url} into {folder})"
 
 

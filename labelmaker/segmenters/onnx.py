@@ -16,6 +16,7 @@ at a time straight after the forward pass: no (H,W,C) float map outlives its fra
 Execution providers follow the model's `device` (base.resolve_device): CPU, or with
 onnxruntime-gpu on a CUDA machine the CUDA provider (TensorRT first when `onnx.tensorrt`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,14 +48,20 @@ def execution_providers(device: str, available: Sequence[str], tensorrt: bool, r
         if requested == "auto":
             log.warning("onnxruntime has no CUDA provider (install onnxruntime-gpu): running the ONNX model on the CPU")
             return [CPU]
-        raise SetupError(f"device '{device}'", f"onnxruntime {_ort_version()} has no CUDA execution provider (it has {', '.join(available)})",
-                         "pip install onnxruntime-gpu (instead of onnxruntime), or set the model's device=cpu")
+        raise SetupError(
+            f"device '{device}'",
+            f"onnxruntime {_ort_version()} has no CUDA execution provider (it has {', '.join(available)})",
+            "pip install onnxruntime-gpu (instead of onnxruntime), or set the model's device=cpu",
+        )
     index = int(device.split(":")[1]) if ":" in device else 0
     providers: list = [(CUDA, {"device_id": index}), CPU]
     if tensorrt:
         if TENSORRT not in available:
-            raise SetupError(f"device '{device}'", "onnx.tensorrt=true but this onnxruntime has no TensorRT execution provider",
-                             "install TensorRT for onnxruntime-gpu, or set onnx.tensorrt=false (CUDA provider alone)")
+            raise SetupError(
+                f"device '{device}'",
+                "onnx.tensorrt=true but this onnxruntime has no TensorRT execution provider",
+                "install TensorRT for onnxruntime-gpu, or set onnx.tensorrt=false (CUDA provider alone)",
+            )
         providers.insert(0, (TENSORRT, {"device_id": index}))
     return providers
 
@@ -74,8 +81,11 @@ def channel_lookup(n_channels: int, offset: int, space) -> np.ndarray:
     if not valid.all():
         if space.unlabelled_id is None:
             bad = np.flatnonzero(~valid)
-            raise ValueError(f"output channels {bad[:5].tolist()} map to ids {ids[bad][:5].tolist()} (channel + channel_offset {offset}), "
-                             f"which are no classes of label space '{space.name}', and it has no unlabelled id to put there")
+            raise ValueError(
+                f"output channels {bad[:5].tolist()} map to ids {ids[bad][:5].tolist()} "
+                f"(channel + channel_offset {offset}), "
+                f"which are no classes of label space '{space.name}', and it has no unlabelled id to put there"
+            )
         ids[~valid] = space.unlabelled_id
     return ids
 
@@ -93,7 +103,9 @@ def fit(frame_hw: tuple[int, int], input_hw: tuple[int, int], keep_aspect: bool)
     if not keep_aspect:
         return Geometry(*input_hw)
     scale = min(input_hw[0] / frame_hw[0], input_hw[1] / frame_hw[1])
-    return Geometry(min(input_hw[0], max(1, round(frame_hw[0] * scale))), min(input_hw[1], max(1, round(frame_hw[1] * scale))))
+    return Geometry(
+        min(input_hw[0], max(1, round(frame_hw[0] * scale))), min(input_hw[1], max(1, round(frame_hw[1] * scale)))
+    )
 
 
 def prepare(image: np.ndarray, input_hw: tuple[int, int], geometry: Geometry, cfg: OnnxConfig) -> np.ndarray:
@@ -102,7 +114,7 @@ def prepare(image: np.ndarray, input_hw: tuple[int, int], geometry: Geometry, cf
         image = image[:, :, ::-1]
     resized = resize_color(np.ascontiguousarray(image), (geometry.w, geometry.h))
     x = np.full((*input_hw, 3), cfg.pad_value, np.float32)
-    x[:geometry.h, :geometry.w] = resized
+    x[: geometry.h, : geometry.w] = resized
     x -= np.asarray(cfg.mean, np.float32)
     x /= np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)) if cfg.layout == "NCHW" else x
@@ -126,7 +138,9 @@ def reduce_output(out: np.ndarray, cfg: OnnxConfig, with_scores: bool) -> tuple[
     return labels, scores.astype(np.float32)
 
 
-def to_frame(index_map: np.ndarray, input_hw: tuple[int, int], geometry: Geometry, frame_hw: tuple[int, int]) -> np.ndarray:
+def to_frame(
+    index_map: np.ndarray, input_hw: tuple[int, int], geometry: Geometry, frame_hw: tuple[int, int]
+) -> np.ndarray:
     """A map in the network's output raster -> the frame's raster (padding cropped, nearest resize).
     The output may be smaller than the input (a stride): the frame's part is scaled alike."""
     oh, ow = index_map.shape
@@ -145,8 +159,11 @@ def open_session(path: Path, providers: list, threads: int):
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph classes
-        raise CheckpointError(path, f"onnxruntime cannot load it as an ONNX model ({type(err).__name__}: {str(err)[:200]})",
-                              "check that the file is a complete .onnx export (fetch or export it again)") from err
+        raise CheckpointError(
+            path,
+            f"onnxruntime cannot load it as an ONNX model ({type(err).__name__}: {str(err)[:200]})",
+            "check that the file is a complete .onnx export (fetch or export it again)",
+        ) from err
 
 
 @register_segmenter("onnx")
@@ -167,7 +184,9 @@ class OnnxSegmenter:
         self.path = path
         import onnxruntime as ort
 
-        providers = execution_providers(self.device, ort.get_available_providers(), self.cfg.tensorrt, self.requested_device)
+        providers = execution_providers(
+            self.device, ort.get_available_providers(), self.cfg.tensorrt, self.requested_device
+        )
         if providers == [CPU]:
             self.device = "cpu"
         self.session = open_session(path, providers, self.cfg.threads)
@@ -181,8 +200,11 @@ class OnnxSegmenter:
         self.lookup = None
         if self.cfg.output == "logits":
             if channels is None:
-                raise SetupError(f"model '{name}'", f"{path.name}: output '{self.output_name}' has no fixed channel count",
-                                 "export the model with a fixed number of classes, or use onnx.output=ids")
+                raise SetupError(
+                    f"model '{name}'",
+                    f"{path.name}: output '{self.output_name}' has no fixed channel count",
+                    "export the model with a fixed number of classes, or use onnx.output=ids",
+                )
             self.lookup = self._lookup(channels, path)
         self.resources = Resources(gpu=False, memory_gb=0.5)
 
@@ -204,31 +226,49 @@ class OnnxSegmenter:
         if not c.checkpoint:
             problems.append("onnx.checkpoint is empty (a manifest name, a file in the checkpoint folder, or a path)")
         if problems:
-            raise SetupError(f"model '{self.name}'", "bad onnx settings: " + "; ".join(problems), "fix them in the model's config")
+            raise SetupError(
+                f"model '{self.name}'", "bad onnx settings: " + "; ".join(problems), "fix them in the model's config"
+            )
 
     def _find_input(self, path: Path, entry):
         inputs = {i.name: i for i in self.session.get_inputs()}
         if self.cfg.input_name not in inputs:
-            raise SetupError(f"model '{self.name}'", f"{path.name} has no input named '{self.cfg.input_name}' (its inputs: "
-                             f"{', '.join(f'{n} {list(i.shape)}' for n, i in inputs.items())})",
-                             f"set onnx.input_name to one of them (and check layout/input_size), or fetch the right file: {fetch_command(entry, path.parent)}")
+            raise SetupError(
+                f"model '{self.name}'",
+                f"{path.name} has no input named '{self.cfg.input_name}' (its inputs: "
+                f"{', '.join(f'{n} {list(i.shape)}' for n, i in inputs.items())})",
+                "set onnx.input_name to one of them (and check layout/input_size), "
+                f"or fetch the right file: {fetch_command(entry, path.parent)}",
+            )
         found = inputs[self.cfg.input_name]
         if len(found.shape) != 4:
-            raise SetupError(f"model '{self.name}'", f"input '{found.name}' of {path.name} has shape {list(found.shape)}, not (N,H,W,C) or (N,C,H,W)",
-                             "use a model with one 4-D image input")
-        channel_dim, other_dim = (found.shape[3], found.shape[1]) if self.cfg.layout == "NHWC" else (found.shape[1], found.shape[3])
+            raise SetupError(
+                f"model '{self.name}'",
+                f"input '{found.name}' of {path.name} has shape {list(found.shape)}, not (N,H,W,C) or (N,C,H,W)",
+                "use a model with one 4-D image input",
+            )
+        channel_dim, other_dim = (
+            (found.shape[3], found.shape[1]) if self.cfg.layout == "NHWC" else (found.shape[1], found.shape[3])
+        )
         if channel_dim != 3 and (isinstance(channel_dim, int) or other_dim == 3):
             other = "NCHW" if self.cfg.layout == "NHWC" else "NHWC"
-            raise SetupError(f"model '{self.name}'", f"input '{found.name}' has shape {list(found.shape)}: not 3 colour channels in layout {self.cfg.layout}",
-                             f"set onnx.layout={other}" if other_dim == 3 else "use a model with an RGB input")
+            raise SetupError(
+                f"model '{self.name}'",
+                f"input '{found.name}' has shape {list(found.shape)}: "
+                f"not 3 colour channels in layout {self.cfg.layout}",
+                f"set onnx.layout={other}" if other_dim == 3 else "use a model with an RGB input",
+            )
         return found
 
     def _find_output(self, path: Path) -> str:
         outputs = [o.name for o in self.session.get_outputs()]
         name = self.cfg.output_name or outputs[0]
         if name not in outputs:
-            raise SetupError(f"model '{self.name}'", f"{path.name} has no output named '{name}' (its outputs: {', '.join(outputs)})",
-                             "set onnx.output_name to one of them (null: the first)")
+            raise SetupError(
+                f"model '{self.name}'",
+                f"{path.name} has no output named '{name}' (its outputs: {', '.join(outputs)})",
+                "set onnx.output_name to one of them (null: the first)",
+            )
         return name
 
     def _input_hw(self, path: Path) -> Optional[tuple[int, int]]:
@@ -238,8 +278,12 @@ class OnnxSegmenter:
         if self.cfg.input_size is not None:
             size = (int(self.cfg.input_size[0]), int(self.cfg.input_size[1]))
             if fixed and tuple(dims) != size:
-                raise SetupError(f"model '{self.name}'", f"onnx.input_size={list(size)} but {path.name}'s input '{self.input.name}' is fixed at {list(dims)} (h, w)",
-                                 f"set onnx.input_size={list(dims)} or null")
+                raise SetupError(
+                    f"model '{self.name}'",
+                    f"onnx.input_size={list(size)} but {path.name}'s input '{self.input.name}' "
+                    f"is fixed at {list(dims)} (h, w)",
+                    f"set onnx.input_size={list(dims)} or null",
+                )
             return size
         return (int(dims[0]), int(dims[1])) if fixed else None
 
@@ -254,15 +298,20 @@ class OnnxSegmenter:
         try:
             return channel_lookup(channels, self.cfg.channel_offset, self.space)
         except ValueError as err:
-            raise SetupError(f"model '{self.name}'", f"{path.name}: {err}",
-                             "set onnx.channel_offset (and label_space) to what the network predicts") from None
+            raise SetupError(
+                f"model '{self.name}'",
+                f"{path.name}: {err}",
+                "set onnx.channel_offset (and label_space) to what the network predicts",
+            ) from None
 
     # --- inference ---------------------------------------------------------------------------
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         return self.labels_and_scores(images, with_scores=False)[0]
 
-    def labels_and_scores(self, images: np.ndarray, with_scores: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def labels_and_scores(
+        self, images: np.ndarray, with_scores: bool = True
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """(N,H,W,3) uint8 RGB upright frames -> (N,H,W) ids in the label space, and with_scores:
         (N,H,W) float32 softmax probability of each pixel's class (logits outputs only)."""
         n, h, w = images.shape[:3]
@@ -272,7 +321,7 @@ class OnnxSegmenter:
         scores = np.empty((n, h, w), np.float32) if with_scores and self.cfg.output == "logits" else None
         step = 1 if self.batch_fixed else max(1, n)
         for start in range(0, n, step):
-            chunk = images[start:start + step]
+            chunk = images[start : start + step]
             x = np.stack([prepare(image, input_hw, geometry, self.cfg) for image in chunk])
             out = self.session.run([self.output_name], {self.input.name: x})[0]
             del x
