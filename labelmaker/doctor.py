@@ -110,28 +110,22 @@ def run_checks(
 
 
 def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
-    from .segmenters.mmcv_ops import mmcv_ops_status
+    """Which multi-scale deformable attention the configured Mask2Former models run: the
+    compiled kernel, or mmcv's pure-PyTorch path (CPU stand-in or the CUDA opt-in)."""
+    from .segmenters.mmcv_ops import deform_attn_path, mmcv_ops_status
 
     status = mmcv_ops_status()
-    if status == "compiled":
-        return Check("mmcv ops", True, "compiled (mmcv._ext)", required=bool(m2f))
-    stand_in_ok = not cuda and bool(m2f) and all(m.mask2former.allow_cpu_ops_stand_in for m in m2f.values())
-    detail = {
-        "stand-in": "CPU stand-in loaded",
-        "missing": "not compiled (mmcv-lite)",
-        "no mmcv": "mmcv not installed",
-    }[status]
-    if stand_in_ok:
-        return Check(
-            "mmcv ops", True, f"{detail}: CPU stand-in allowed (pure-PyTorch deformable attention)", required=True
-        )
-    fix = (
-        "install full mmcv==2.1.0 built for this torch (docker/)"
-        if cuda
-        else "install full mmcv==2.1.0, or on this CPU-only machine allow the stand-in "
-             "(mask2former.allow_cpu_ops_stand_in=true)"
-    )
-    return Check("mmcv ops", False, f"{detail}: {fix}", required=bool(m2f))
+    if not m2f:
+        return Check("mmcv ops", status == "compiled", {"compiled": "compiled (mmcv._ext)", "stand-in": "CPU stand-in loaded",
+                                                        "missing": "not compiled (mmcv-lite)", "no mmcv": "mmcv not installed"}[status])
+    results = {}
+    for name, m in m2f.items():
+        on_cuda = m.device.startswith("cuda") or (m.device == "auto" and cuda)
+        results[name] = deform_attn_path(status, on_cuda, m.mask2former.allow_cpu_ops_stand_in, m.mask2former.pytorch_deform_attn_on_cuda)
+    ok = all(r[0] for r in results.values())
+    details = {f"{r[1]}{': ' + r[2] if r[2] else ''}" for r in results.values()}
+    detail = "; ".join(sorted(details)) if len(details) == 1 else "; ".join(f"{n}: {r[1]}" for n, r in results.items())
+    return Check("deformable attention", ok, detail, required=True)
 
 
 def _onnxruntime_check(required: bool, cuda: bool) -> Check:

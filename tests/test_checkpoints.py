@@ -157,13 +157,13 @@ def test_doctor_fails_on_a_missing_checkpoint_and_passes_when_it_is_there(tmp_pa
         doctor({"m2f": _m2f(tmp_path, "mine.pth")}, {"sam": ("sam_vit_b", str(tmp_path))})
     assert "sam_vit_b_01ec64.pth is missing" in capsys.readouterr().out
     checks = doctor({"m2f": _m2f(tmp_path, "mine.pth")})
-    assert {c.name for c in checks} >= {"torch", "CUDA", "mmsegmentation", "mmcv ops", "checkpoint m2f"}
+    assert {c.name for c in checks} >= {"torch", "CUDA", "mmsegmentation", "deformable attention", "checkpoint m2f"}
     assert "all required checks passed" in capsys.readouterr().out
     if not torch.cuda.is_available():  # without the stand-in allowed, mmcv-lite has no ops for it
         from labelmaker.segmenters.mmcv_ops import mmcv_ops_status
 
         if mmcv_ops_status() != "compiled":
-            with pytest.raises(DoctorFailed, match="mmcv ops"):
+            with pytest.raises(DoctorFailed, match="deformable attention"):
                 doctor({"m2f": _m2f(tmp_path, "mine.pth", stand_in=False)})
 
 

@@ -111,3 +111,66 @@ def test_mask2former_in_the_pipeline(saved_model, synth_scene_factory, tmp_path)
     consensus_scene(ws, {"mask2former": cfg}, ConsensusConfig(device="cpu"), progress=False)
     assert ws.is_done("consensus")
     assert ws.consensus_shards.read(0)["labels"].shape == labels.shape
+
+
+def test_pure_pytorch_deformable_attention_is_an_explicit_opt_in_on_cuda(monkeypatch):
+    """On CUDA without compiled mmcv ops, MultiScaleDeformableAttention calls the (missing)
+    kernel; with the opt-in it takes mmcv's pure-PyTorch function instead, with the CPU path's
+    results. Tried here on the CPU with a tensor that says it is on CUDA, so mmcv takes its CUDA branch."""
+    from labelmaker.segmenters.mmcv_ops import deform_attn_path, ensure_mmcv_ops, use_pytorch_deform_attn
+
+    ensure_mmcv_ops(True, "cpu")
+    from mmcv.ops import multi_scale_deform_attn as msda
+
+    monkeypatch.setattr(msda, "MultiScaleDeformableAttnFunction", msda.MultiScaleDeformableAttnFunction)  # restored afterwards
+
+    class SaysCuda(torch.Tensor):
+        @property
+        def is_cuda(self):
+            return True
+
+    torch.manual_seed(0)
+    attn = msda.MultiScaleDeformableAttention(embed_dims=32, num_heads=2, num_levels=2, num_points=2, batch_first=True).eval()
+    query, ref = torch.randn(1, 20, 32), torch.rand(1, 20, 2, 2)
+    shapes, start = torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16])
+
+    def run(q):
+        return attn(q, value=q, reference_points=ref, spatial_shapes=shapes, level_start_index=start).as_subclass(torch.Tensor)
+
+    cpu_result = run(query)
+    monkeypatch.setattr(msda, "IS_CUDA_AVAILABLE", True)
+    if mmcv_ops_status_is_stand_in():
+        with pytest.raises(NotImplementedError, match="ms_deform_attn_forward"):  # the kernel a GPU without compiled mmcv lacks
+            run(query.as_subclass(SaysCuda))
+    use_pytorch_deform_attn()
+    assert torch.equal(run(query.as_subclass(SaysCuda)), cpu_result)
+
+    ok, detail, fix = deform_attn_path("missing", cuda=True, allow_stand_in=True, pytorch_on_cuda=False)
+    assert not ok and "pytorch_deform_attn_on_cuda=true" in fix  # the CPU stand-in alone is not enough on CUDA
+    assert deform_attn_path("missing", cuda=True, allow_stand_in=False, pytorch_on_cuda=True)[:2] == (
+        True, "pure PyTorch on CUDA (opted in: mask2former.pytorch_deform_attn_on_cuda; slower than the kernel)")
+    assert deform_attn_path("compiled", cuda=True, allow_stand_in=False, pytorch_on_cuda=True)[1] == "compiled CUDA kernel (mmcv._ext)"
+
+
+def mmcv_ops_status_is_stand_in() -> bool:
+    from labelmaker.segmenters.mmcv_ops import mmcv_ops_status
+
+    return mmcv_ops_status() == "stand-in"
+
+
+def test_doctor_says_which_deformable_attention_runs_on_a_gpu(monkeypatch, capsys, tmp_path):
+    from labelmaker.doctor import DoctorFailed, doctor
+    from labelmaker.segmenters import mmcv_ops
+
+    torch.save({"state_dict": {}}, tmp_path / "m2f.pth")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node without compiled mmcv
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(mmcv_ops, "mmcv_ops_status", lambda: "missing")
+    cfg = model_config(tmp_path, checkpoint="m2f.pth")
+    cfg.device = "auto"
+    with pytest.raises(DoctorFailed, match="deformable attention"):
+        doctor({"m2f": cfg})
+    assert "pytorch_deform_attn_on_cuda=true" in capsys.readouterr().out
+    cfg.mask2former.pytorch_deform_attn_on_cuda = True
+    checks = {c.name: c for c in doctor({"m2f": cfg})}
+    assert checks["deformable attention"].ok and "pure PyTorch on CUDA (opted in" in checks["deformable attention"].detail

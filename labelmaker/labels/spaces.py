@@ -368,6 +368,22 @@ def unified_space() -> UnifiedSpace:
     return space
 
 
+def class_aliases(name: str) -> dict[int, tuple[str, ...]]:
+    """Per class id of space ``name``: its name, then the names in the table's other ``*_name``
+    columns (``;``-separated, e.g. ADE20K's ``object150_name``): what a model's own class list
+    may call it. Unified: the names only."""
+    space = label_space(name)
+    aliases = {int(i): [n] for i, n in zip(space.ids, space.names)}
+    if name != _UNIFIED:
+        meta = {row["name"]: row for _, row in _Rows(DATA_DIR / _SPACES_FILE, ("name", "file")).rows}
+        rows = _Rows(DATA_DIR / meta[name]["file"], ("id", "name"))
+        for _, row in rows.rows:
+            for col, cell in row.items():
+                if col.endswith("_name") and cell:
+                    aliases[int(row["id"])] += [a.strip() for a in cell.split(_TARGET_SEP) if a.strip()]
+    return {i: tuple(dict.fromkeys(a)) for i, a in aliases.items()}
+
+
 def mapping_to_unified(source: str) -> LabelMapping:
     """Which unified classes each class of ``source`` stands for ("unified": identity, 0 -> none)."""
     return _tables().mappings[_check_space(source)]

@@ -44,16 +44,27 @@ class CheckpointsConfig:
 @dataclass(frozen=True)
 class CheckpointEntry:
     model: str
+    # the file's name in the checkpoint folder; a Hugging Face model: the sub-folder's name
     file: str
-    url: str  # "" = no public download (the file is put into the folder by hand)
+    # where the file is ("" = no public download: put it into the folder by hand); a Hugging Face
+    # model: the repository's base (<url>/<name> for each of `files`)
+    url: str
     sha256: str  # full hex digest, a published prefix, or "" (none published)
     licence: str
+    files: str = ""  # a Hugging Face model folder: the files it holds, ';'-separated (fetched one by one)
+
+    @property
+    def folder_files(self) -> list[str]:
+        return [f.strip() for f in self.files.split(";") if f.strip()]
+
+    def file_url(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}"
 
 
 @lru_cache(maxsize=1)
 def manifest() -> dict[str, CheckpointEntry]:
     with open(MANIFEST, newline="") as f:
-        return {row["model"]: CheckpointEntry(**row) for row in csv.DictReader(f)}
+        return {row["model"]: CheckpointEntry(**{k: v or "" for k, v in row.items()}) for row in csv.DictReader(f)}
 
 
 def entry_for_file(name: str) -> Optional[CheckpointEntry]:
@@ -96,8 +107,30 @@ def locate(spec: str, folder: Optional[str]) -> tuple[Path, Optional[CheckpointE
         base = checkpoint_dir(folder)
         path = base / spec
         entry = entry_for_file(spec)
-    if not path.is_file():
+    if entry is not None and entry.folder_files:
+        missing = [f for f in entry.folder_files if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(path, f"the model folder {path.name} in {base} lacks {', '.join(missing)}", fetch_command(entry, base))
+    elif path.is_dir():
+        pass  # a model folder outside the manifest: its loader checks what it needs
+    elif not path.is_file():
         raise CheckpointError(path, f"the file {path.name} is missing from {base}", fetch_command(entry, base))
+    return path, entry
+
+
+def locate_model_folder(spec: str, folder: Optional[str], needs: tuple[str, ...] = ("config.json",)) -> tuple[Path, Optional[CheckpointEntry]]:
+    """A Hugging Face model folder (config.json + *.safetensors, and `needs`) named like any
+    checkpoint (manifest name, folder name in the checkpoint folder, or path)."""
+    path, entry = locate(spec, folder)
+    if not path.is_dir():
+        raise CheckpointError(path, "is a file, not a model folder in Hugging Face's format (config.json + *.safetensors)",
+                              "point the checkpoint at the folder that holds config.json")
+    missing = [n for n in needs if not (path / n).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise CheckpointError(path, f"the model folder lacks {', '.join(missing)} (only safetensors weights are loaded)",
+                              fetch_command(entry, path.parent))
     return path, entry
 
 

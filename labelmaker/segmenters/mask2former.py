@@ -48,7 +48,7 @@ def build_model(cfg: Mask2FormerConfig, allow_stand_in: bool = False, device: st
     from .mmcv_ops import ensure_mmcv_ops
 
     import_torchvision_if_installed()  # mmseg imports timm when present, and timm imports torchvision
-    ensure_mmcv_ops(allow_stand_in or cfg.allow_cpu_ops_stand_in, device)
+    ensure_mmcv_ops(allow_stand_in or cfg.allow_cpu_ops_stand_in, device, cfg.pytorch_deform_attn_on_cuda)
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmseg.registry import MODELS
