@@ -116,12 +116,22 @@ def _mmcv_ops_check(m2f: dict[str, ModelConfig], cuda: bool) -> Check:
 
     status = mmcv_ops_status()
     if not m2f:
-        return Check("mmcv ops", status == "compiled", {"compiled": "compiled (mmcv._ext)", "stand-in": "CPU stand-in loaded",
-                                                        "missing": "not compiled (mmcv-lite)", "no mmcv": "mmcv not installed"}[status])
+        return Check(
+            "mmcv ops",
+            status == "compiled",
+            {
+                "compiled": "compiled (mmcv._ext)",
+                "stand-in": "CPU stand-in loaded",
+                "missing": "not compiled (mmcv-lite)",
+                "no mmcv": "mmcv not installed",
+            }[status],
+        )
     results = {}
     for name, m in m2f.items():
         on_cuda = m.device.startswith("cuda") or (m.device == "auto" and cuda)
-        results[name] = deform_attn_path(status, on_cuda, m.mask2former.allow_cpu_ops_stand_in, m.mask2former.pytorch_deform_attn_on_cuda)
+        results[name] = deform_attn_path(
+            status, on_cuda, m.mask2former.allow_cpu_ops_stand_in, m.mask2former.pytorch_deform_attn_on_cuda
+        )
     ok = all(r[0] for r in results.values())
     details = {f"{r[1]}{': ' + r[2] if r[2] else ''}" for r in results.values()}
     detail = "; ".join(sorted(details)) if len(details) == 1 else "; ".join(f"{n}: {r[1]}" for n, r in results.items())

@@ -15,7 +15,14 @@ from labelmaker.labels import unified_space  # noqa: E402
 from labelmaker.masks.sam import build_sam  # noqa: E402
 from labelmaker.pipeline.label_stages import model_votes, segment_scene  # noqa: E402
 from labelmaker.pipeline.stages import import_scene  # noqa: E402
-from labelmaker.segmenters.base import GroundedSamConfig, ModelConfig, TransformersConfig, build_segmenter, clear_segmenter_cache  # noqa: E402
+# noqa: E402
+from labelmaker.segmenters.base import (
+    GroundedSamConfig,
+    ModelConfig,
+    TransformersConfig,
+    build_segmenter,
+    clear_segmenter_cache,
+)
 from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.grounded_sam import box_candidates, paint, prompt_chunks, vocabulary  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402
@@ -33,11 +40,18 @@ def folders(tmp_path_factory):
 
 
 def _cfg(root, **kw) -> ModelConfig:
-    g = GroundedSamConfig(detector=TransformersConfig(checkpoint=str(root / "gdino")), classes=list(CLASSES),
-                          box_threshold=0.0, max_boxes=4, sam=tiny_sam_cfg(root).sam)
+    g = GroundedSamConfig(
+        detector=TransformersConfig(checkpoint=str(root / "gdino")),
+        classes=list(CLASSES),
+        box_threshold=0.0,
+        max_boxes=4,
+        sam=tiny_sam_cfg(root).sam,
+    )
     for k, v in kw.items():
         setattr(g, k, v)
-    return ModelConfig(kind="grounded_sam", label_space="unified", device="cpu", checkpoint_dir=str(root), grounded_sam=g)
+    return ModelConfig(
+        kind="grounded_sam", label_space="unified", device="cpu", checkpoint_dir=str(root), grounded_sam=g
+    )
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
@@ -48,7 +62,9 @@ def test_the_vocabulary_is_cut_into_prompts_that_fit_and_tokens_map_back_to_thei
 
     tokenizer = import_transformers().AutoTokenizer.from_pretrained(str(folders[1] / "gdino"), local_files_only=True)
     ids, phrases = vocabulary(GroundedSamConfig(names={"tv": "television"}))
-    assert len(ids) == len(unified_space()) - 1 and phrases[list(ids).index(unified_space().id_of("tv"))] == "television"
+    assert (
+        len(ids) == len(unified_space()) - 1 and phrases[list(ids).index(unified_space().id_of("tv"))] == "television"
+    )
     chunks = prompt_chunks(tokenizer, ids, phrases, max_tokens=48)
     assert len(chunks) > 5 and all(c.input_ids.shape[1] <= 48 for c in chunks)
     assert np.array_equal(np.sort(np.concatenate([c.class_ids for c in chunks])), np.sort(ids))  # every class once
@@ -56,7 +72,9 @@ def test_the_vocabulary_is_cut_into_prompts_that_fit_and_tokens_map_back_to_thei
         tokens = tokenizer.convert_ids_to_tokens(chunk.input_ids[0].tolist())
         assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
         for j, cid in enumerate(chunk.class_ids):
-            words = tokenizer.convert_tokens_to_string([t for t, c in zip(tokens, chunk.token_class.tolist()) if c == j])
+            words = tokenizer.convert_tokens_to_string(
+                [t for t, c in zip(tokens, chunk.token_class.tolist()) if c == j]
+            )
             assert words == phrases[list(ids).index(cid)]
         assert all(t in (".", "[CLS]", "[SEP]") for t, c in zip(tokens, chunk.token_class.tolist()) if c < 0)
     with pytest.raises(ValueError, match="alone needs"):

@@ -122,7 +122,8 @@ def test_pure_pytorch_deformable_attention_is_an_explicit_opt_in_on_cuda(monkeyp
     ensure_mmcv_ops(True, "cpu")
     from mmcv.ops import multi_scale_deform_attn as msda
 
-    monkeypatch.setattr(msda, "MultiScaleDeformableAttnFunction", msda.MultiScaleDeformableAttnFunction)  # restored afterwards
+    # restored afterwards
+    monkeypatch.setattr(msda, "MultiScaleDeformableAttnFunction", msda.MultiScaleDeformableAttnFunction)
 
     class SaysCuda(torch.Tensor):
         @property
@@ -130,17 +131,21 @@ def test_pure_pytorch_deformable_attention_is_an_explicit_opt_in_on_cuda(monkeyp
             return True
 
     torch.manual_seed(0)
-    attn = msda.MultiScaleDeformableAttention(embed_dims=32, num_heads=2, num_levels=2, num_points=2, batch_first=True).eval()
+    attn = msda.MultiScaleDeformableAttention(embed_dims=32, num_heads=2, num_levels=2, num_points=2, batch_first=True)
+    attn.eval()
     query, ref = torch.randn(1, 20, 32), torch.rand(1, 20, 2, 2)
     shapes, start = torch.tensor([[4, 4], [2, 2]]), torch.tensor([0, 16])
 
     def run(q):
-        return attn(q, value=q, reference_points=ref, spatial_shapes=shapes, level_start_index=start).as_subclass(torch.Tensor)
+        return attn(q, value=q, reference_points=ref, spatial_shapes=shapes, level_start_index=start).as_subclass(
+            torch.Tensor
+        )
 
     cpu_result = run(query)
     monkeypatch.setattr(msda, "IS_CUDA_AVAILABLE", True)
     if mmcv_ops_status_is_stand_in():
-        with pytest.raises(NotImplementedError, match="ms_deform_attn_forward"):  # the kernel a GPU without compiled mmcv lacks
+        # the kernel a GPU without compiled mmcv lacks
+        with pytest.raises(NotImplementedError, match="ms_deform_attn_forward"):
             run(query.as_subclass(SaysCuda))
     use_pytorch_deform_attn()
     assert torch.equal(run(query.as_subclass(SaysCuda)), cpu_result)
@@ -148,8 +153,13 @@ def test_pure_pytorch_deformable_attention_is_an_explicit_opt_in_on_cuda(monkeyp
     ok, detail, fix = deform_attn_path("missing", cuda=True, allow_stand_in=True, pytorch_on_cuda=False)
     assert not ok and "pytorch_deform_attn_on_cuda=true" in fix  # the CPU stand-in alone is not enough on CUDA
     assert deform_attn_path("missing", cuda=True, allow_stand_in=False, pytorch_on_cuda=True)[:2] == (
-        True, "pure PyTorch on CUDA (opted in: mask2former.pytorch_deform_attn_on_cuda; slower than the kernel)")
-    assert deform_attn_path("compiled", cuda=True, allow_stand_in=False, pytorch_on_cuda=True)[1] == "compiled CUDA kernel (mmcv._ext)"
+        True,
+        "pure PyTorch on CUDA (opted in: mask2former.pytorch_deform_attn_on_cuda; slower than the kernel)",
+    )
+    assert (
+        deform_attn_path("compiled", cuda=True, allow_stand_in=False, pytorch_on_cuda=True)[1]
+        == "compiled CUDA kernel (mmcv._ext)"
+    )
 
 
 def mmcv_ops_status_is_stand_in() -> bool:
@@ -173,4 +183,6 @@ def test_doctor_says_which_deformable_attention_runs_on_a_gpu(monkeypatch, capsy
     assert "pytorch_deform_attn_on_cuda=true" in capsys.readouterr().out
     cfg.mask2former.pytorch_deform_attn_on_cuda = True
     checks = {c.name: c for c in doctor({"m2f": cfg})}
-    assert checks["deformable attention"].ok and "pure PyTorch on CUDA (opted in" in checks["deformable attention"].detail
+    assert (
+        checks["deformable attention"].ok and "pure PyTorch on CUDA (opted in" in checks["deformable attention"].detail
+    )

@@ -20,7 +20,8 @@ from labelmaker.io.arkitscenes import ArkitScenesConfig  # noqa: E402
 from labelmaker.labels import label_space  # noqa: E402
 from labelmaker.pipeline.label_stages import consensus_scene, model_votes, segment_scene  # noqa: E402
 from labelmaker.pipeline.stages import import_scene  # noqa: E402
-from labelmaker.segmenters.base import ModelConfig, TransformersConfig, build_segmenter, clear_segmenter_cache  # noqa: E402
+# noqa: E402
+from labelmaker.segmenters.base import ModelConfig, TransformersConfig, build_segmenter, clear_segmenter_cache
 from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.huggingface import class_lut, windows  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402
@@ -36,7 +37,12 @@ def saved(tmp_path_factory):
 
 
 def _cfg(checkpoint, space="ade20k", **kw) -> ModelConfig:
-    return ModelConfig(kind="transformers", label_space=space, device="cpu", transformers=TransformersConfig(checkpoint=str(checkpoint), **kw))
+    return ModelConfig(
+        kind="transformers",
+        label_space=space,
+        device="cpu",
+        transformers=TransformersConfig(checkpoint=str(checkpoint), **kw),
+    )
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (2, 60, 80, 3), dtype=np.uint8)
@@ -67,7 +73,9 @@ def test_preprocessing_comes_from_the_folder_unless_the_config_sets_it(saved, tm
     folder = tmp_path / "nopre"
     shutil.copytree(saved["segformer"][1], folder)
     (folder / "preprocessor_config.json").unlink()
-    with pytest.raises(SetupError, match="resize, size, mean, std not configured and there is no .*preprocessor_config.json"):
+    with pytest.raises(
+        SetupError, match="resize, size, mean, std not configured and there is no .*preprocessor_config.json"
+    ):
         build_segmenter("m", _cfg(folder))
     seg = build_segmenter("m", _cfg(folder, resize="fixed", size=64, mean=[0.4] * 3, std=[0.2] * 3))
     assert seg.predict_images(IMAGES).shape == (2, 60, 80)
@@ -92,14 +100,21 @@ def test_class_names_must_fit_the_declared_label_space(saved, tmp_path):
     coco = dict(enumerate(label_space("coco_panoptic").names))
     shuffled = {i: coco[132 - i] for i in range(133)}  # another order maps by name
     assert np.array_equal(class_lut(shuffled, "coco_panoptic", "x"), 132 - np.arange(133))
-    with pytest.raises(CheckpointError, match=r"133 classes\) do not fit the declared label space 'ade20k': 3 'motorcycle'; 6 'train'.* and \d+ more"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"133 classes\) do not fit the declared label space 'ade20k': 3 'motorcycle'; 6 'train'.* and \d+ more",
+    ):
         class_lut(coco, "ade20k", "x")
     # a COCO-panoptic folder declared as ADE20K: one error naming the folder and both spaces' classes
     folder = tmp_path / "coco_seg"
     save_tiny_hf(folder, "segformer", space="coco_panoptic")
     with pytest.raises(CheckpointError) as err:
         build_segmenter("m", _cfg(folder, space="ade20k"))
-    assert str(folder) in str(err.value) and "'ade20k'" in str(err.value) and "Fix: declare the label space" in str(err.value)
+    assert (
+        str(folder) in str(err.value)
+        and "'ade20k'" in str(err.value)
+        and "Fix: declare the label space" in str(err.value)
+    )
     seg = build_segmenter("m", _cfg(folder, space="coco_panoptic"))
     assert seg.predict_images(IMAGES).max() <= 132
 
@@ -124,14 +139,28 @@ def test_damaged_or_foreign_folders_are_clear_errors(saved, tmp_path):
     with pytest.raises(CheckpointError, match="model_type 'bert' is not one this kind runs"):
         build_segmenter("m", _cfg(other))
     with pytest.raises(CheckpointError, match="the file nothing_here is missing"):
-        build_segmenter("m", ModelConfig(kind="transformers", device="cpu", checkpoint_dir=str(tmp_path),
-                                         transformers=TransformersConfig(checkpoint="nothing_here")))
+        build_segmenter(
+            "m",
+            ModelConfig(
+                kind="transformers",
+                device="cpu",
+                checkpoint_dir=str(tmp_path),
+                transformers=TransformersConfig(checkpoint="nothing_here"),
+            ),
+        )
 
 
 def test_random_weights_from_an_arch_take_the_label_space_names():
     arch = {"model_type": "segformer", **TINY_HF["segformer"]}
-    seg = build_segmenter("m", ModelConfig(kind="transformers", label_space="nyu40", device="cpu",
-                                           transformers=TransformersConfig(arch=arch, resize="fixed", size=32, mean=[0.5] * 3, std=[0.2] * 3)))
+    seg = build_segmenter(
+        "m",
+        ModelConfig(
+            kind="transformers",
+            label_space="nyu40",
+            device="cpu",
+            transformers=TransformersConfig(arch=arch, resize="fixed", size=32, mean=[0.5] * 3, std=[0.2] * 3),
+        ),
+    )
     assert len(seg.lut) == 40 and np.array_equal(seg.lut, label_space("nyu40").ids)
     assert label_space("nyu40").invalid_ids(seg.predict_images(IMAGES)).size == 0
 
@@ -144,8 +173,15 @@ def test_each_architecture_in_the_pipeline(model_type, saved, synth_scene_factor
     ws = Workspace(tmp_path / "ws")
     import_scene(scene.video_dir, ws, ArkitScenesConfig(shard_size=4), progress=False)
     clear_segmenter_cache()
-    cfg = ModelConfig(kind="transformers", label_space="ade20k", device="cpu", batch_size=2, flip_tta=True,
-                      checkpoint_dir=str(folder.parent), transformers=TransformersConfig(checkpoint=model_type))
+    cfg = ModelConfig(
+        kind="transformers",
+        label_space="ade20k",
+        device="cpu",
+        batch_size=2,
+        flip_tta=True,
+        checkpoint_dir=str(folder.parent),
+        transformers=TransformersConfig(checkpoint=model_type),
+    )
     outcome = segment_scene(ws, model_type, cfg, progress=False)
     assert outcome.record["summary"]["label_space"] == "ade20k"
     labels, mirrored = model_votes(ws, model_type, 0)

@@ -43,30 +43,101 @@ def tiny_sam_cfg(folder, **kw) -> MaskModelConfig:
 
 # ----------------------------------------------------------------------------- transformers (Hugging Face) models
 
-_TINY_SWIN = {"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4,
-              "image_size": 64, "out_features": ["stage1", "stage2", "stage3", "stage4"]}
+_TINY_SWIN = {
+    "model_type": "swin",
+    "embed_dim": 16,
+    "depths": [1, 1, 1, 1],
+    "num_heads": [1, 1, 2, 2],
+    "window_size": 4,
+    "image_size": 64,
+    "out_features": ["stage1", "stage2", "stage3", "stage4"],
+}
 # Tiny instances of each architecture the `transformers` kind runs (well under a million weights each).
 TINY_HF = {
-    "segformer": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2],
-                      num_attention_heads=[1, 1], mlp_ratios=[2, 2], decoder_hidden_size=16),
-    "eomt": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=16, num_blocks=1, num_queries=5,
-                 num_register_tokens=1),
-    "mask2former": dict(backbone_config=_TINY_SWIN, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=32,
-                        dim_feedforward=32, encoder_layers=1, decoder_layers=2, num_attention_heads=2, num_queries=5),
-    "oneformer": dict(backbone_config=_TINY_SWIN, conv_dim=32, mask_dim=32, hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32,
-                      encoder_layers=1, decoder_layers=2, num_attention_heads=2, num_queries=5, task_seq_len=16, text_encoder_width=32,
-                      text_encoder_num_layers=1, text_encoder_context_length=16, text_encoder_vocab_size=100),
+    "segformer": dict(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 1],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+    ),
+    "eomt": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=16,
+        num_blocks=1,
+        num_queries=5,
+        num_register_tokens=1,
+    ),
+    "mask2former": dict(
+        backbone_config=_TINY_SWIN,
+        feature_size=32,
+        mask_feature_size=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=32,
+        dim_feedforward=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        num_queries=5,
+    ),
+    "oneformer": dict(
+        backbone_config=_TINY_SWIN,
+        conv_dim=32,
+        mask_dim=32,
+        hidden_dim=32,
+        encoder_feedforward_dim=32,
+        dim_feedforward=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_attention_heads=2,
+        num_queries=5,
+        task_seq_len=16,
+        text_encoder_width=32,
+        text_encoder_num_layers=1,
+        text_encoder_context_length=16,
+        text_encoder_vocab_size=100,
+    ),
 }
 # What each one's preprocessor_config.json says, as its image processor writes it for the real models
 TINY_PREPROCESS = {
-    "segformer": {"do_resize": True, "size": {"height": 64, "width": 64}, "do_normalize": True,
-                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
-    "eomt": {"do_resize": True, "size": {"shortest_edge": 64, "longest_edge": None}, "do_split_image": True, "do_normalize": True,
-             "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
-    "mask2former": {"do_resize": True, "size": {"shortest_edge": 64, "longest_edge": 256}, "size_divisor": 32, "do_normalize": True,
-                    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
-    "oneformer": {"do_resize": True, "size": {"shortest_edge": 64, "longest_edge": 256}, "do_normalize": True,
-                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "task_seq_length": 16},
+    "segformer": {
+        "do_resize": True,
+        "size": {"height": 64, "width": 64},
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    },
+    "eomt": {
+        "do_resize": True,
+        "size": {"shortest_edge": 64, "longest_edge": None},
+        "do_split_image": True,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    },
+    "mask2former": {
+        "do_resize": True,
+        "size": {"shortest_edge": 64, "longest_edge": 256},
+        "size_divisor": 32,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    },
+    "oneformer": {
+        "do_resize": True,
+        "size": {"shortest_edge": 64, "longest_edge": 256},
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "task_seq_length": 16,
+    },
 }
 
 
@@ -115,9 +186,23 @@ def save_tiny_hf(folder, model_type: str, space: str = "ade20k", seed: int = 0, 
 
 
 TINY_GROUNDING_DINO = dict(
-    backbone_config=_TINY_SWIN, d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-    encoder_attention_heads=2, decoder_attention_heads=2, num_queries=12, max_text_len=48,
-    text_config={"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32},
+    backbone_config=_TINY_SWIN,
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=2,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    num_queries=12,
+    max_text_len=48,
+    text_config={
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    },
 )
 
 
@@ -133,7 +218,9 @@ def save_bert_tokenizer(folder, words) -> int:
     vocab = [f"[unused{i}]" for i in range(1013)]
     for i, tok in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: "."}.items():
         vocab[i] = tok
-    extra = sorted({w for phrase in words for w in phrase.lower().split()} | set("abcdefghijklmnopqrstuvwxyz0123456789-'/"))
+    extra = sorted(
+        {w for phrase in words for w in phrase.lower().split()} | set("abcdefghijklmnopqrstuvwxyz0123456789-'/")
+    )
     vocab += [w for w in extra if w not in vocab] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     Path(folder).mkdir(parents=True, exist_ok=True)
     tf.BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}).save_pretrained(str(folder))
@@ -141,7 +228,8 @@ def save_bert_tokenizer(folder, words) -> int:
 
 
 def save_tiny_grounding_dino(folder, seed: int = 0, **overrides):
-    """A tiny random Grounding DINO folder: config.json + model.safetensors, preprocessor_config.json, BERT tokenizer files."""
+    """A tiny random Grounding DINO folder: config.json + model.safetensors, preprocessor_config.json,
+    BERT tokenizer files."""
     import json
     from pathlib import Path
 
@@ -157,7 +245,15 @@ def save_tiny_grounding_dino(folder, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = tf.GroundingDinoForObjectDetection(tf.GroundingDinoConfig(**kw)).eval()
     model.save_pretrained(str(folder))
-    (Path(folder) / "preprocessor_config.json").write_text(json.dumps(
-        {"do_resize": True, "size": {"shortest_edge": 64, "longest_edge": 128}, "do_normalize": True,
-         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    (Path(folder) / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_resize": True,
+                "size": {"shortest_edge": 64, "longest_edge": 128},
+                "do_normalize": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+            }
+        )
+    )
     return model

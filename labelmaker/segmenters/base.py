@@ -63,7 +63,9 @@ class Mask2FormerConfig:
     # mmengine dotted-key overrides of the config (tests shrink the model)
     cfg_options: Dict[str, Any] = field(default_factory=dict)
     allow_cpu_ops_stand_in: bool = False  # CPU only: run with mmcv-lite and a stand-in for mmcv's compiled ops
-    pytorch_deform_attn_on_cuda: bool = False  # opt-in: on CUDA without compiled mmcv ops, run mmcv's pure-PyTorch multi-scale deformable attention (slower, more memory)
+    # opt-in: on CUDA without compiled mmcv ops, run mmcv's pure-PyTorch multi-scale deformable attention (slower, more
+    # memory)
+    pytorch_deform_attn_on_cuda: bool = False
 
 
 @dataclass
@@ -72,13 +74,22 @@ class TransformersConfig:
     EoMT, Mask2Former, OneFormer or SegFormer, chosen by the folder's config.json (`model_type`).
     Preprocessing fields left null are read from the folder's preprocessor_config.json."""
 
-    checkpoint: Optional[str] = None  # manifest name, folder name in the checkpoint folder, or path of a folder with config.json + *.safetensors; null = random weights from `arch` (tests, benchmarks)
-    arch: Dict[str, Any] = field(default_factory=dict)  # checkpoint null: a transformers config as a dict (model_type + its fields); id2label defaults to the label space's names
+    # manifest name, folder name in the checkpoint folder, or path of a folder with config.json + *.safetensors; null =
+    # random weights from `arch` (tests, benchmarks)
+    checkpoint: Optional[str] = None
+    # checkpoint null: a transformers config as a dict (model_type + its fields); id2label defaults to the label space's
+    # names
+    arch: Dict[str, Any] = field(default_factory=dict)
     task: str = "semantic"  # OneFormer's task token: "the task is <task>" (tokenizer from the folder)
-    resize: Optional[str] = None  # fixed (size x size) | shortest_edge (shorter side to size, longer at most max_size, padded to size_divisor) | sliding_window (shorter side to size, size x size windows along the longer side: EoMT); null: preprocessor_config.json
+    # fixed (size x size) | shortest_edge (shorter side to size, longer at most max_size, padded to size_divisor) |
+    # sliding_window (shorter side to size, size x size windows along the longer side: EoMT); null:
+    # preprocessor_config.json
+    resize: Optional[str] = None
     size: Optional[int] = None  # pixels (see resize); null: preprocessor_config.json
-    max_size: Optional[int] = None  # shortest_edge: cap on the longer side; null: preprocessor_config.json (none there: 4 x size)
-    size_divisor: Optional[int] = None  # shortest_edge: pad to a multiple of this; null: preprocessor_config.json, else 32
+    # shortest_edge: cap on the longer side; null: preprocessor_config.json (none there: 4 x size)
+    max_size: Optional[int] = None
+    # shortest_edge: pad to a multiple of this; null: preprocessor_config.json, else 32
+    size_divisor: Optional[int] = None
     mean: Optional[List[float]] = None  # RGB normalisation mean in 0..1; null: preprocessor_config.json (image_mean)
     std: Optional[List[float]] = None  # RGB normalisation std in 0..1; null: preprocessor_config.json (image_std)
 
@@ -147,18 +158,25 @@ class GroundedSamConfig:
     finds boxes for prompts made of unified class names, SAM (segment-anything) turns each box
     into a mask, the mask takes the box's class."""
 
-    detector: TransformersConfig = field(default_factory=lambda: TransformersConfig(checkpoint="grounding_dino_base"))  # a Grounding DINO folder (config.json + safetensors + tokenizer files); resize/size/mean/std as for kind transformers (shortest_edge)
+    # a Grounding DINO folder (config.json + safetensors + tokenizer files); resize/size/mean/std as for kind
+    # transformers (shortest_edge)
+    detector: TransformersConfig = field(default_factory=lambda: TransformersConfig(checkpoint="grounding_dino_base"))
     classes: List[str] = field(default_factory=list)  # unified class names to prompt for; empty = all but unknown
-    names: Dict[str, str] = field(default_factory=dict)  # the phrase to prompt with per unified class (default: its name)
-    box_threshold: float = 0.3  # a box is kept when its best class scores at least this (sigmoid of the best token of the class's phrase)
-    nms_iou: float = 0.7  # boxes of one frame overlapping more than this (from any prompt chunk): the lower-scoring one goes
+    # the phrase to prompt with per unified class (default: its name)
+    names: Dict[str, str] = field(default_factory=dict)
+    # a box is kept when its best class scores at least this (sigmoid of the best token of the class's phrase)
+    box_threshold: float = 0.3
+    # boxes of one frame overlapping more than this (from any prompt chunk): the lower-scoring one goes
+    nms_iou: float = 0.7
     max_boxes: int = 100  # per frame, best first
-    sam: SamConfig = field(default_factory=SamConfig)  # the SAM that turns boxes into masks (its automatic-generator fields are unused)
+    # the SAM that turns boxes into masks (its automatic-generator fields are unused)
+    sam: SamConfig = field(default_factory=SamConfig)
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "simulated"  # registry key: precomputed | simulated | mask2former | transformers | open_vocab | grounded_sam | onnx
+    # registry key: precomputed | simulated | mask2former | transformers | open_vocab | grounded_sam | onnx
+    kind: str = "simulated"
     label_space: str = "ade20k"  # the label space its predictions are in
     weight: float = 1.0  # its vote weight in the consensus
     path: Optional[str] = None  # precomputed: the folder of per-frame label PNGs
@@ -242,7 +260,8 @@ def register_segmenter(kind: str):
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    from . import grounded_sam, huggingface, mask2former, onnx, open_vocab, precomputed, simulated  # noqa: F401  (register themselves)
+    # the kinds register themselves when imported
+    from . import grounded_sam, huggingface, mask2former, onnx, open_vocab, precomputed, simulated  # noqa: F401
 
     try:
         factory = _REGISTRY[cfg.kind]

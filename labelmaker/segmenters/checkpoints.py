@@ -110,7 +110,9 @@ def locate(spec: str, folder: Optional[str]) -> tuple[Path, Optional[CheckpointE
     if entry is not None and entry.folder_files:
         missing = [f for f in entry.folder_files if not (path / f).is_file()]
         if missing:
-            raise CheckpointError(path, f"the model folder {path.name} in {base} lacks {', '.join(missing)}", fetch_command(entry, base))
+            raise CheckpointError(
+                path, f"the model folder {path.name} in {base} lacks {', '.join(missing)}", fetch_command(entry, base)
+            )
     elif path.is_dir():
         pass  # a model folder outside the manifest: its loader checks what it needs
     elif not path.is_file():
@@ -118,19 +120,27 @@ def locate(spec: str, folder: Optional[str]) -> tuple[Path, Optional[CheckpointE
     return path, entry
 
 
-def locate_model_folder(spec: str, folder: Optional[str], needs: tuple[str, ...] = ("config.json",)) -> tuple[Path, Optional[CheckpointEntry]]:
+def locate_model_folder(
+    spec: str, folder: Optional[str], needs: tuple[str, ...] = ("config.json",)
+) -> tuple[Path, Optional[CheckpointEntry]]:
     """A Hugging Face model folder (config.json + *.safetensors, and `needs`) named like any
     checkpoint (manifest name, folder name in the checkpoint folder, or path)."""
     path, entry = locate(spec, folder)
     if not path.is_dir():
-        raise CheckpointError(path, "is a file, not a model folder in Hugging Face's format (config.json + *.safetensors)",
-                              "point the checkpoint at the folder that holds config.json")
+        raise CheckpointError(
+            path,
+            "is a file, not a model folder in Hugging Face's format (config.json + *.safetensors)",
+            "point the checkpoint at the folder that holds config.json",
+        )
     missing = [n for n in needs if not (path / n).is_file()]
     if not any(path.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise CheckpointError(path, f"the model folder lacks {', '.join(missing)} (only safetensors weights are loaded)",
-                              fetch_command(entry, path.parent))
+        raise CheckpointError(
+            path,
+            f"the model folder lacks {', '.join(missing)} (only safetensors weights are loaded)",
+            fetch_command(entry, path.parent),
+        )
     return path, entry
 
 
@@ -159,8 +169,11 @@ def load_checkpoint(spec: str, folder: Optional[str]) -> tuple[dict, Path]:
     path, entry = locate(spec, folder)
     verified = verify(path, entry)
     if not verified and not zipfile.is_zipfile(path):
-        raise CheckpointError(path, "cannot be read as a torch checkpoint (not the zip format torch.save writes)",
-                              f"fetch it again: {fetch_command(entry, path.parent)}")
+        raise CheckpointError(
+            path,
+            "cannot be read as a torch checkpoint (not the zip format torch.save writes)",
+            f"fetch it again: {fetch_command(entry, path.parent)}",
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True), path
     except pickle.UnpicklingError as err:

@@ -55,7 +55,9 @@ def prompt_chunks(tokenizer, class_ids: np.ndarray, phrases: list[str], max_toke
     groups, current, used = [], [], 2  # [CLS] and [SEP]
     for k, n in enumerate(lengths):
         if n + 2 > max_tokens:
-            raise ValueError(f"the phrase {phrases[k]!r} alone needs {n + 2} tokens, more than the detector's {max_tokens}")
+            raise ValueError(
+                f"the phrase {phrases[k]!r} alone needs {n + 2} tokens, more than the detector's {max_tokens}"
+            )
         if current and used + n > max_tokens:
             groups.append(current)
             current, used = [], 2
@@ -83,14 +85,18 @@ def prompt_chunks(tokenizer, class_ids: np.ndarray, phrases: list[str], max_toke
     return chunks
 
 
-def box_candidates(logits: torch.Tensor, token_class: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def box_candidates(
+    logits: torch.Tensor, token_class: torch.Tensor, n_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, T) token logits of one image and chunk -> per query its best class (index into the
     chunk's classes) and that class's score (sigmoid of its best token)."""
     probs = logits.sigmoid().float()
     per_class = probs.new_zeros((probs.shape[0], n_classes))
     valid = token_class >= 0
     cls = token_class[valid].to(probs.device)
-    per_class = per_class.scatter_reduce(1, cls.expand(probs.shape[0], -1), probs[:, :len(token_class)][:, valid], "amax")
+    per_class = per_class.scatter_reduce(
+        1, cls.expand(probs.shape[0], -1), probs[:, : len(token_class)][:, valid], "amax"
+    )
     score, best = per_class.max(1)
     return best, score
 
@@ -106,21 +112,35 @@ def paint(masks: np.ndarray, classes: np.ndarray, scores: np.ndarray, shape: tup
 def load_detector(cfg: GroundedSamConfig, checkpoint_dir):
     transformers = import_transformers()
     if not cfg.detector.checkpoint:
-        raise SetupError("grounded_sam", "no Grounding DINO folder is configured", "set grounded_sam.detector.checkpoint")
+        raise SetupError(
+            "grounded_sam", "no Grounding DINO folder is configured", "set grounded_sam.detector.checkpoint"
+        )
     folder, _ = locate_model_folder(cfg.detector.checkpoint, checkpoint_dir)
     config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     if config.model_type != MODEL_TYPE:
-        raise CheckpointError(folder, f"model_type {config.model_type!r} is not Grounding DINO ({MODEL_TYPE})",
-                              "point grounded_sam.detector.checkpoint at a Grounding DINO folder")
+        raise CheckpointError(
+            folder,
+            f"model_type {config.model_type!r} is not Grounding DINO ({MODEL_TYPE})",
+            "point grounded_sam.detector.checkpoint at a Grounding DINO folder",
+        )
     model, info = transformers.GroundingDinoForObjectDetection.from_pretrained(
-        str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True)
+        str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
+    )
     _check_loading(info, str(folder))
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CheckpointError(folder, f"its tokenizer files are missing or broken ({err})", "fetch the whole folder (vocab.txt, tokenizer_config.json)") from err
+        raise CheckpointError(
+            folder,
+            f"its tokenizer files are missing or broken ({err})",
+            "fetch the whole folder (vocab.txt, tokenizer_config.json)",
+        ) from err
     if not getattr(tokenizer, "is_fast", False):
-        raise CheckpointError(folder, "its tokenizer is not a fast tokenizer (needed for character offsets)", "fetch tokenizer.json with the folder")
+        raise CheckpointError(
+            folder,
+            "its tokenizer is not a fast tokenizer (needed for character offsets)",
+            "fetch tokenizer.json with the folder",
+        )
     return model.eval(), tokenizer, folder
 
 
@@ -134,7 +154,9 @@ class GroundedSamSegmenter:
 
         self.name = name
         if cfg.label_space != "unified":
-            raise ValueError(f"model {name!r}: grounded_sam predicts in the unified label space; set label_space: unified")
+            raise ValueError(
+                f"model {name!r}: grounded_sam predicts in the unified label space; set label_space: unified"
+            )
         self.label_space = "unified"
         self.cfg: GroundedSamConfig = cfg.grounded_sam
         self.device = resolve_device(cfg.device)
@@ -142,11 +164,14 @@ class GroundedSamSegmenter:
         model, self.tokenizer, folder = load_detector(self.cfg, cfg.checkpoint_dir)
         self.pre = resolve_preprocess(self.cfg.detector, folder, MODEL_TYPE, None)
         if self.pre.resize != "shortest_edge":
-            raise SetupError("grounded_sam preprocessing", f"resize {self.pre.resize!r}", "Grounding DINO takes resize=shortest_edge")
+            raise SetupError(
+                "grounded_sam preprocessing", f"resize {self.pre.resize!r}", "Grounding DINO takes resize=shortest_edge"
+            )
         self.chunks = prompt_chunks(self.tokenizer, self.class_ids, self.phrases, int(model.config.max_text_len))
         self.model = model.to(self.device)
         self.sam = SamMasks(f"{name}/sam", MaskModelConfig(kind="sam", sam=self.cfg.sam))
-        self.resources = Resources(gpu=True, memory_gb=8.0)  # rough: Grounding DINO + SAM ViT-H, not measured here (no GPU)
+        # rough: Grounding DINO + SAM ViT-H, not measured here (no GPU)
+        self.resources = Resources(gpu=True, memory_gb=8.0)
         self._mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.pre.std).view(1, 3, 1, 1) * 255.0
 
@@ -171,8 +196,12 @@ class GroundedSamSegmenter:
         found = [([], [], []) for _ in range(n)]
         for chunk in self.chunks:
             ids = chunk.input_ids.to(self.device).expand(n, -1)
-            out = self.model(pixel_values=x, input_ids=ids, attention_mask=chunk.attention_mask.to(self.device).expand(n, -1),
-                             token_type_ids=torch.zeros_like(ids))
+            out = self.model(
+                pixel_values=x,
+                input_ids=ids,
+                attention_mask=chunk.attention_mask.to(self.device).expand(n, -1),
+                token_type_ids=torch.zeros_like(ids),
+            )
             for i in range(n):
                 best, score = box_candidates(out.logits[i], chunk.token_class, len(chunk.class_ids))
                 keep = score >= self.cfg.box_threshold
@@ -183,7 +212,9 @@ class GroundedSamSegmenter:
         results = []
         for boxes, classes, scores in found:
             cxcywh, classes, scores = torch.cat(boxes), torch.cat(classes), torch.cat(scores)
-            xyxy = torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1).clamp(0, 1) * scale
+            xyxy = (
+                torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1).clamp(0, 1) * scale
+            )
             keep = nms(xyxy, scores, self.cfg.nms_iou)[: self.cfg.max_boxes]
             results.append((xyxy[keep].cpu().numpy(), classes[keep].cpu().numpy(), scores[keep].cpu().numpy()))
         return results
@@ -202,7 +233,9 @@ class GroundedSamSegmenter:
             box_t = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, device=predictor.device), (h, w))
             step = max(1, self.cfg.sam.points_per_batch)
             for a in range(0, len(box_t), step):
-                m, _, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=box_t[a:a + step], multimask_output=False)
+                m, _, _ = predictor.predict_torch(
+                    point_coords=None, point_labels=None, boxes=box_t[a : a + step], multimask_output=False
+                )
                 masks.append(m[:, 0].cpu().numpy())
         return paint(np.concatenate(masks), classes, scores, (h, w))
 

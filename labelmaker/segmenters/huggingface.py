@@ -93,12 +93,16 @@ def class_lut(id2label: dict, space_name: str, source: str) -> np.ndarray:
     taken = lut[lut >= 0]
     if not bad and len(np.unique(taken)) != len(taken):
         ids, counts = np.unique(taken, return_counts=True)
-        bad = [f"{[str(id2label.get(k, id2label.get(str(k)))) for k in np.flatnonzero(lut == d)]} all name {space_name} id {d}" for d in ids[counts > 1]]
+        names = {int(k): str(v) for k, v in id2label.items()}
+        bad = [f"{[names[k] for k in np.flatnonzero(lut == d)]} all name {space_name} id {d}" for d in ids[counts > 1]]
     if bad:
-        raise CheckpointError(source, f"its classes (config.json id2label, {n} classes) do not fit the declared label space "
-                              f"'{space_name}': {'; '.join(bad[:6])}{f' and {len(bad) - 6} more' if len(bad) > 6 else ''}",
-                              "declare the label space the model was trained on (label_space: ade20k | coco_panoptic | ...), "
-                              "or use a checkpoint trained on this one")
+        raise CheckpointError(
+            source,
+            f"its classes (config.json id2label, {n} classes) do not fit the declared label space "
+            f"'{space_name}': {'; '.join(bad[:6])}{f' and {len(bad) - 6} more' if len(bad) > 6 else ''}",
+            "declare the label space the model was trained on (label_space: ade20k | coco_panoptic | ...), "
+            "or use a checkpoint trained on this one",
+        )
     return lut
 
 
@@ -115,7 +119,9 @@ class Preprocess:
     std: tuple[float, float, float]
 
 
-def resolve_preprocess(cfg: TransformersConfig, folder: Optional[Path], model_type: str, image_size: Optional[int]) -> Preprocess:
+def resolve_preprocess(
+    cfg: TransformersConfig, folder: Optional[Path], model_type: str, image_size: Optional[int]
+) -> Preprocess:
     """The typed config's fields, each null one from the folder's preprocessor_config.json."""
     saved = {}
     file = folder / "preprocessor_config.json" if folder is not None else None
@@ -131,9 +137,16 @@ def resolve_preprocess(cfg: TransformersConfig, folder: Optional[Path], model_ty
         elif "shortest_edge" in size_dict:
             resize = "shortest_edge"
     size = cfg.size if cfg.size is not None else size_dict.get("shortest_edge") or size_dict.get("height")
-    if resize == "fixed" and cfg.size is None and size_dict.get("height") != size_dict.get("width", size_dict.get("height")):
-        raise SetupError("transformers preprocessing", f"{file} resizes to {size_dict}, not a square",
-                         "set transformers.resize=fixed and transformers.size explicitly")
+    if (
+        resize == "fixed"
+        and cfg.size is None
+        and size_dict.get("height") != size_dict.get("width", size_dict.get("height"))
+    ):
+        raise SetupError(
+            "transformers preprocessing",
+            f"{file} resizes to {size_dict}, not a square",
+            "set transformers.resize=fixed and transformers.size explicitly",
+        )
     mean, std = cfg.mean, cfg.std
     if mean is None and saved:
         mean = saved.get("image_mean") if saved.get("do_normalize", True) else [0.0, 0.0, 0.0]
@@ -141,19 +154,37 @@ def resolve_preprocess(cfg: TransformersConfig, folder: Optional[Path], model_ty
         std = saved.get("image_std") if saved.get("do_normalize", True) else [1.0, 1.0, 1.0]
     missing = [k for k, v in (("resize", resize), ("size", size), ("mean", mean), ("std", std)) if v is None]
     if missing:
-        where = f"{file} does not say" if saved else f"there is no {file or 'preprocessor_config.json (random weights)'}"
-        raise SetupError("transformers preprocessing", f"{', '.join(missing)} not configured and {where}",
-                         f"set transformers.{missing[0]} (and the other fields) in the model's config")
+        where = (
+            f"{file} does not say" if saved else f"there is no {file or 'preprocessor_config.json (random weights)'}"
+        )
+        raise SetupError(
+            "transformers preprocessing",
+            f"{', '.join(missing)} not configured and {where}",
+            f"set transformers.{missing[0]} (and the other fields) in the model's config",
+        )
     if resize not in RESIZE_MODES:
-        raise SetupError("transformers preprocessing", f"resize {resize!r} is not one of {', '.join(RESIZE_MODES)}", "fix transformers.resize")
+        raise SetupError(
+            "transformers preprocessing",
+            f"resize {resize!r} is not one of {', '.join(RESIZE_MODES)}",
+            "fix transformers.resize",
+        )
     if model_type == "eomt" and image_size and (resize == "shortest_edge" or int(size) != image_size):
-        raise SetupError("transformers preprocessing", f"EoMT takes {image_size} x {image_size} inputs, got resize={resize} size={size}",
-                         f"use resize=sliding_window (or fixed) with size={image_size}")
+        raise SetupError(
+            "transformers preprocessing",
+            f"EoMT takes {image_size} x {image_size} inputs, got resize={resize} size={size}",
+            f"use resize=sliding_window (or fixed) with size={image_size}",
+        )
     max_size = cfg.max_size or size_dict.get("longest_edge") or 4 * int(size)
     divisor = cfg.size_divisor or saved.get("size_divisor") or 32
     if len(mean) != 3 or len(std) != 3:
-        raise SetupError("transformers preprocessing", f"mean {list(mean)} / std {list(std)} need three values (RGB)", "fix transformers.mean/std")
-    return Preprocess(resize, int(size), int(max_size), int(divisor), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        raise SetupError(
+            "transformers preprocessing",
+            f"mean {list(mean)} / std {list(std)} need three values (RGB)",
+            "fix transformers.mean/std",
+        )
+    return Preprocess(
+        resize, int(size), int(max_size), int(divisor), tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    )
 
 
 def resized_shape(h: int, w: int, p: Preprocess) -> tuple[int, int]:
@@ -181,8 +212,11 @@ def _check_loading(info: dict, source: str) -> None:
     problems = {k: info.get(k) or [] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(problems.values()):
         detail = ", ".join(f"{len(v)} {k.replace('_', ' ')} {list(v)[:3]}" for k, v in problems.items() if v)
-        raise CheckpointError(source, f"does not fit the network its config.json describes: {detail}",
-                              "fetch the folder again (config.json and weights must come from one model)")
+        raise CheckpointError(
+            source,
+            f"does not fit the network its config.json describes: {detail}",
+            "fetch the folder again (config.json and weights must come from one model)",
+        )
 
 
 def load_model(cfg: TransformersConfig, label_space: str, checkpoint_dir: Optional[str]):
@@ -195,12 +229,17 @@ def load_model(cfg: TransformersConfig, label_space: str, checkpoint_dir: Option
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         model_type = config.model_type
         cls = _architecture(model_type, str(folder), transformers)
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True)
+        model, info = cls.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
         _check_loading(info, str(folder))
         return model.eval(), folder, model_type
     if not cfg.arch:
-        raise SetupError("transformers model", "neither a checkpoint nor an arch is configured",
-                         "set transformers.checkpoint to a model folder (or transformers.arch for random weights)")
+        raise SetupError(
+            "transformers model",
+            "neither a checkpoint nor an arch is configured",
+            "set transformers.checkpoint to a model folder (or transformers.arch for random weights)",
+        )
     arch = dict(cfg.arch)
     model_type = arch.pop("model_type", None)
     cls = _architecture(model_type, "transformers.arch", transformers)
@@ -215,11 +254,18 @@ def load_model(cfg: TransformersConfig, label_space: str, checkpoint_dir: Option
 
 def _architecture(model_type, source: str, transformers):
     if model_type not in ARCHITECTURES:
-        raise CheckpointError(source, f"model_type {model_type!r} is not one this kind runs ({', '.join(ARCHITECTURES)})",
-                              "use an EoMT, Mask2Former, OneFormer or SegFormer folder, or another model kind")
+        raise CheckpointError(
+            source,
+            f"model_type {model_type!r} is not one this kind runs ({', '.join(ARCHITECTURES)})",
+            "use an EoMT, Mask2Former, OneFormer or SegFormer folder, or another model kind",
+        )
     name = ARCHITECTURES[model_type][0]
     if not hasattr(transformers, name):
-        raise SetupError("transformers", f"version {transformers.__version__} has no {name}", "install the pinned version (constraints.txt)")
+        raise SetupError(
+            "transformers",
+            f"version {transformers.__version__} has no {name}",
+            "install the pinned version (constraints.txt)",
+        )
     return getattr(transformers, name)
 
 
@@ -238,12 +284,19 @@ def task_tokens(folder: Optional[Path], task: str, length: int):
 
     transformers = import_transformers()
     if folder is None:
-        raise SetupError("oneformer", "random OneFormer weights have no tokenizer for the task token", "give a model folder with tokenizer files")
+        raise SetupError(
+            "oneformer",
+            "random OneFormer weights have no tokenizer for the task token",
+            "give a model folder with tokenizer files",
+        )
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as err:
-        raise CheckpointError(folder, f"OneFormer's tokenizer files are missing or broken ({err})",
-                              "fetch the whole folder (vocab.json, merges.txt, tokenizer_config.json)") from err
+        raise CheckpointError(
+            folder,
+            f"OneFormer's tokenizer files are missing or broken ({err})",
+            "fetch the whole folder (vocab.json, merges.txt, tokenizer_config.json)",
+        ) from err
     tokens = tokenizer([f"the task is {task}"], padding="max_length", max_length=length, truncation=True)
     return torch.tensor(tokens["input_ids"]) * torch.tensor(tokens["attention_mask"])
 
@@ -265,10 +318,15 @@ class TransformersSegmenter:
         self.head = ARCHITECTURES[self.model_type][1]
         image_size = getattr(model.config, "image_size", None) if self.model_type == "eomt" else None
         self.pre = resolve_preprocess(self.cfg, self.folder, self.model_type, image_size)
-        self.task = task_tokens(self.folder, self.cfg.task, int(model.config.task_seq_len)) if self.model_type == "oneformer" else None
+        self.task = (
+            task_tokens(self.folder, self.cfg.task, int(model.config.task_seq_len))
+            if self.model_type == "oneformer"
+            else None
+        )
         self.model = model.to(self.device)
         n_params = sum(p.numel() for p in model.parameters())
-        self.resources = Resources(gpu=True, memory_gb=round(2.0 + 8 * n_params / 1e9, 1))  # rough: weights + activations, not measured
+        # rough: weights + activations, not measured
+        self.resources = Resources(gpu=True, memory_gb=round(2.0 + 8 * n_params / 1e9, 1))
         self._mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.pre.std).view(1, 3, 1, 1) * 255.0
 
@@ -313,7 +371,7 @@ class TransformersSegmenter:
                 x = F.pad(x, (0, -(-rw // d) * d - rw, 0, -(-rh // d) * d - rh))
             maps = self._forward(x)
         for i in range(n):
-            m = maps[i:i + 1, :, :rh, :rw]
+            m = maps[i : i + 1, :, :rh, :rw]
             yield F.interpolate(m.float(), size=(h, w), mode="bilinear", align_corners=False)[0]
 
     def _sliding(self, x):
@@ -324,18 +382,18 @@ class TransformersSegmenter:
         s = self.pre.size
         tall = rh > rw
         starts = windows(rh if tall else rw, s)
-        crops = torch.cat([x[:, :, a:a + s, :] if tall else x[:, :, :, a:a + s] for a in starts])  # window-major
+        crops = torch.cat([x[:, :, a : a + s, :] if tall else x[:, :, :, a : a + s] for a in starts])  # window-major
         maps = self._forward(crops)
         total = maps.new_zeros((n, maps.shape[1], rh, rw))
         count = maps.new_zeros((1, 1, rh, rw))
         for k, a in enumerate(starts):
-            part = maps[k * n:(k + 1) * n]
+            part = maps[k * n : (k + 1) * n]
             if tall:
-                total[:, :, a:a + s, :] += part
-                count[:, :, a:a + s, :] += 1
+                total[:, :, a : a + s, :] += part
+                count[:, :, a : a + s, :] += 1
             else:
-                total[:, :, :, a:a + s] += part
-                count[:, :, :, a:a + s] += 1
+                total[:, :, :, a : a + s] += part
+                count[:, :, :, a : a + s] += 1
         return total / count.clamp(min=1)
 
     def _forward(self, x):
@@ -353,6 +411,8 @@ class TransformersSegmenter:
         probs = out.class_queries_logits.softmax(-1)[..., :-1]  # drop "no object"
         maps = []
         for b in range(len(x)):  # one image at a time: Q masks at the input raster are large
-            masks = F.interpolate(out.masks_queries_logits[b:b + 1], size=x.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
+            masks = F.interpolate(
+                out.masks_queries_logits[b : b + 1], size=x.shape[-2:], mode="bilinear", align_corners=False
+            ).sigmoid()
             maps.append(torch.einsum("qc,qhw->chw", probs[b], masks[0]))
         return torch.stack(maps)

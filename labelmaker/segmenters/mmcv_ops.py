@@ -56,20 +56,42 @@ def deform_attn_path(status: str, cuda: bool, allow_stand_in: bool, pytorch_on_c
     Mask2Former given mmcv's ops status, whether it runs on CUDA and the model's two opt-ins.
     `labelmaker doctor` prints it."""
     if status == "no mmcv":
-        return False, "mmcv is not installed", "pip install -e '.[mmseg-cpu]' on CPU machines; GPU nodes: full mmcv==2.1.0 (docker/)"
+        return (
+            False,
+            "mmcv is not installed",
+            "pip install -e '.[mmseg-cpu]' on CPU machines; GPU nodes: full mmcv==2.1.0 (docker/)",
+        )
     if status == "compiled":
-        return True, "compiled CUDA kernel (mmcv._ext)" if cuda else "pure PyTorch (mmcv's CPU path; compiled ops present)", ""
+        return (
+            True,
+            "compiled CUDA kernel (mmcv._ext)" if cuda else "pure PyTorch (mmcv's CPU path; compiled ops present)",
+            "",
+        )
     if cuda:
         if pytorch_on_cuda:
-            return True, "pure PyTorch on CUDA (opted in: mask2former.pytorch_deform_attn_on_cuda; slower than the kernel)", ""
-        return False, "mmcv's compiled ops (mmcv._ext) are missing on this CUDA machine", (
-            "install full mmcv==2.1.0 built for this torch (docker/), or opt in to the pure-PyTorch deformable attention "
-            "on CUDA: segment.models.<name>.mask2former.pytorch_deform_attn_on_cuda=true")
+            return (
+                True,
+                "pure PyTorch on CUDA (opted in: mask2former.pytorch_deform_attn_on_cuda; slower than the kernel)",
+                "",
+            )
+        return (
+            False,
+            "mmcv's compiled ops (mmcv._ext) are missing on this CUDA machine",
+            (
+                "install full mmcv==2.1.0 built for this torch (docker/), or opt in to the pure-PyTorch "
+                "deformable attention on CUDA: segment.models.<name>.mask2former.pytorch_deform_attn_on_cuda=true"
+            ),
+        )
     if allow_stand_in or pytorch_on_cuda:
         return True, "pure PyTorch on the CPU (mmcv-lite with labelmaker's stand-in for the compiled ops)", ""
-    return False, "mmcv's compiled ops (mmcv._ext) are missing (mmcv-lite?)", (
-        "install full mmcv==2.1.0 built for this torch; on a CPU-only machine you may set "
-        "segment.models.<name>.mask2former.allow_cpu_ops_stand_in=true")
+    return (
+        False,
+        "mmcv's compiled ops (mmcv._ext) are missing (mmcv-lite?)",
+        (
+            "install full mmcv==2.1.0 built for this torch; on a CPU-only machine you may set "
+            "segment.models.<name>.mask2former.allow_cpu_ops_stand_in=true"
+        ),
+    )
 
 
 def use_pytorch_deform_attn() -> None:
@@ -84,7 +106,9 @@ def use_pytorch_deform_attn() -> None:
     class PyTorchDeformAttn:
         @staticmethod
         def apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-            return msda.multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+            return msda.multi_scale_deformable_attn_pytorch(
+                value, spatial_shapes, sampling_locations, attention_weights
+            )
 
     setattr(PyTorchDeformAttn, STAND_IN_FLAG, True)
     msda.MultiScaleDeformableAttnFunction = PyTorchDeformAttn
