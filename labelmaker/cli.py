@@ -228,10 +228,10 @@ def cmd_demo(args) -> None:
 
 
 def cmd_doctor(args) -> None:
-    from .doctor import doctor, other_checkpoints
+    from .doctor import doctor, other_checkpoints, pipeline_checks
 
     cfg, _ = _load(args.overrides)
-    doctor(cfg.segment.models, other_checkpoints(cfg))
+    doctor(cfg.segment.models, other_checkpoints(cfg), pipeline_checks(cfg))
 
 
 def cmd_download(args) -> None:

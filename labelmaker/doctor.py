@@ -41,16 +41,43 @@ def version(package: str) -> Optional[str]:
 def model_checkpoints(cfg) -> list[str]:
     """A model's checkpoint specs: the `checkpoint` of its kind's own config section (the field
     named like the kind, e.g. `mask2former` for kind mask2former), when it names one, and those of
-    models inside it (the open-vocabulary model's SAM proposals)."""
+    the parts inside it (the open-vocabulary model's SAM proposals, Grounded SAM's detector and SAM)."""
     section = getattr(cfg, cfg.kind, None)
-    if not dataclasses.is_dataclass(section):
-        return []
+    return _section_checkpoints(section) if dataclasses.is_dataclass(section) else []
+
+
+def _section_checkpoints(section) -> list[str]:
     specs = [section.checkpoint] if getattr(section, "checkpoint", None) else []
     for f in dataclasses.fields(section):
         inner = getattr(section, f.name)
-        if dataclasses.is_dataclass(inner) and isinstance(getattr(inner, "kind", None), str):
+        if not dataclasses.is_dataclass(inner):
+            continue
+        if isinstance(getattr(inner, "kind", None), str):  # a model inside the model (kind + its own section)
             specs += model_checkpoints(inner)
+        elif hasattr(inner, "checkpoint"):  # a part with weights of its own
+            specs += _section_checkpoints(inner)
     return specs
+
+
+def describe_model(cfg: ModelConfig) -> str:
+    """One line per configured model for doctor's table: what runs, in which label space, how."""
+    parts = [f"kind {cfg.kind}", f"label space {cfg.label_space}", f"weight {cfg.weight:g}"]
+    section = getattr(cfg, cfg.kind, None)
+    if cfg.kind == "transformers":
+        parts.append(f"Hugging Face folder {section.checkpoint or 'random weights'}")
+    elif cfg.kind == "grounded_sam":
+        parts.append(
+            f"Grounding DINO {section.detector.checkpoint} + SAM {section.sam.model_type} ({section.sam.checkpoint})"
+        )
+    elif cfg.kind == "mask2former":
+        parts.append(f"mmseg config {section.config}")
+    elif cfg.kind == "open_vocab":
+        parts.append(f"CLIP {section.clip_model} over SAM {section.proposals.sam.model_type} proposals")
+    if cfg.kind not in ("simulated", "precomputed"):
+        parts.append(
+            f"device {cfg.device}, fp16 {'on' if cfg.fp16 else 'off'}, flip TTA {'on' if cfg.flip_tta else 'off'}"
+        )
+    return "; ".join(parts)
 
 
 def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
@@ -70,6 +97,25 @@ def other_checkpoints(cfg) -> dict[str, tuple[str, Optional[str]]]:
     return found
 
 
+def pipeline_checks(cfg) -> list[Check]:
+    """The pieces of a full config beside segment.models: mask models, SAM refinement, flip TTA."""
+    checks = []
+    masks = dict(getattr(getattr(cfg, "masks", None), "models", None) or {})
+    for name, m in masks.items():
+        what = f"SAM {m.sam.model_type} automatic masks" if m.kind == "sam" else f"kind {m.kind}"
+        checks.append(Check(f"masks {name}", True, what))
+    refine = getattr(getattr(cfg, "consensus", None), "sam_refine", None)
+    if refine is not None and refine.enabled:
+        ok = refine.masks in masks
+        detail = (
+            f"consensus snapped to masks '{refine.masks}' (min_share {refine.min_share:g}, require_vote {refine.require_vote})"
+            if ok
+            else f"enabled, but no mask model '{refine.masks}' is configured (add masks=sam)"
+        )
+        checks.append(Check("SAM refinement", ok, detail, required=True))
+    return checks
+
+
 def run_checks(
     models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None
 ) -> list[Check]:
@@ -81,10 +127,18 @@ def run_checks(
     checks = [
         Check("python", True, platform.python_version()),
         Check("torch", True, f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})"),
-        Check("CUDA", cuda, f"GPUs: {gpus}" if cuda else "no GPU visible: models run on the CPU (slow)",
-              required=bool(wants_gpu)),
-        Check("open3d", version("open3d") is not None or version("open3d-cpu") is not None,
-              version("open3d") or version("open3d-cpu") or "not installed", required=True),
+        Check(
+            "CUDA",
+            cuda,
+            f"GPUs: {gpus}" if cuda else "no GPU visible: models run on the CPU (slow)",
+            required=bool(wants_gpu),
+        ),
+        Check(
+            "open3d",
+            version("open3d") is not None or version("open3d-cpu") is not None,
+            version("open3d") or version("open3d-cpu") or "not installed",
+            required=True,
+        ),
     ]
     m2f = {n: m for n, m in models.items() if m.kind == "mask2former"}
     for package in MMSEG_PACKAGES:
@@ -98,12 +152,18 @@ def run_checks(
     onnx_models = [n for n, m in models.items() if m.kind == "onnx"]
     if onnx_models or version("onnxruntime") or version("onnxruntime-gpu"):
         checks.append(_onnxruntime_check(bool(onnx_models), cuda))
-    needs_torchvision = bool(extra) or any(m.kind == "open_vocab" for m in models.values())  # SAM, open_clip
+    hf_models = [n for n, m in models.items() if m.kind in ("transformers", "grounded_sam")]
+    if hf_models or version("transformers"):
+        checks.append(_transformers_check(bool(hf_models)))
+    # SAM and open_clip import torchvision
+    needs_torchvision = bool(extra) or any(m.kind in ("open_vocab", "grounded_sam") for m in models.values())
     if needs_torchvision or version("torchvision"):
         checks.append(_torchvision_check(needs_torchvision))
     for name, cfg in models.items():
-        for spec in model_checkpoints(cfg):
-            checks.append(_checkpoint_check(name, spec, cfg.checkpoint_dir))
+        checks.append(Check(f"model {name}", True, describe_model(cfg)))
+        specs = model_checkpoints(cfg)
+        for spec in specs:
+            checks.append(_checkpoint_check(name if len(specs) == 1 else f"{name}/{spec}", spec, cfg.checkpoint_dir))
     for name, (spec, folder) in (extra or {}).items():
         checks.append(_checkpoint_check(name, spec, folder))
     return checks
@@ -153,6 +213,25 @@ def _onnxruntime_check(required: bool, cuda: bool) -> Check:
     return Check("onnxruntime", True, detail, required=required)
 
 
+def _transformers_check(required: bool) -> Check:
+    """transformers (kinds transformers, grounded_sam) and which of the classes we run it has."""
+    v = version("transformers")
+    if v is None:
+        return Check("transformers", False, "not installed (pip install -e '.[hf]')", required=required)
+    from .segmenters.huggingface import ARCHITECTURES, import_transformers
+
+    try:
+        transformers = import_transformers()
+    except RuntimeError as err:  # torchvision it imports cannot load (CPU torch, no opt-in)
+        return Check("transformers", False, f"{v}: {err}", required=required)
+    names = [cls for cls, _ in ARCHITECTURES.values()] + ["GroundingDinoForObjectDetection"]
+    missing = [n for n in names if not hasattr(transformers, n)]
+    detail = f"{v} (offline: models load from local folders only)"
+    if missing:
+        detail += f"; lacks {', '.join(missing)}: install the pinned version (constraints.txt)"
+    return Check("transformers", not missing, detail, required=required)
+
+
 def _torchvision_check(required: bool) -> Check:
     """torchvision must import (SAM and open_clip need it); a CPU torch next to the registry's
     CUDA-built torchvision fails unless the pure-PyTorch NMS is opted in (compat/torchvision_cpu.py)."""
@@ -174,7 +253,10 @@ def _checkpoint_check(model: str, spec: str, folder: Optional[str]) -> Check:
         verified = verify(path, entry)
     except CheckpointError as err:
         return Check(name, False, str(err), required=True)
-    size = path.stat().st_size / 2**20
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    size = sum(p.stat().st_size for p in files) / 2**20
+    if path.is_dir():
+        return Check(name, True, f"{path}/ ({len(files)} files, {size:.0f} MiB, no published sha256)", required=True)
     return Check(
         name, True, f"{path} ({size:.0f} MiB, {'sha256 matches' if verified else 'no published sha256'})", required=True
     )
@@ -190,10 +272,14 @@ class DoctorFailed(LabelmakerError):
     exit_code = 5
 
 
-def doctor(models: dict[str, ModelConfig], extra: Optional[dict[str, tuple[str, Optional[str]]]] = None) -> list[Check]:
+def doctor(
+    models: dict[str, ModelConfig],
+    extra: Optional[dict[str, tuple[str, Optional[str]]]] = None,
+    more: Optional[list[Check]] = None,
+) -> list[Check]:
     """Print the table; raise DoctorFailed when a required check fails. `extra`: more
-    checkpoints to check, name -> (checkpoint, folder)."""
-    checks = run_checks(models, extra)
+    checkpoints to check, name -> (checkpoint, folder); `more`: further checks (pipeline_checks)."""
+    checks = run_checks(models, extra) + list(more or [])
     print(f"labelmaker doctor: {len(models)} configured model(s): {', '.join(models) or 'none'}")
     print(format_table(checks))
     failed = [c.name for c in checks if c.required and not c.ok]

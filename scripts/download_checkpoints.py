@@ -16,8 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from labelmaker.errors import LabelmakerError
 from labelmaker.segmenters.checkpoints import ENV_DIR, manifest
 from labelmaker.segmenters.download import download
@@ -32,7 +30,8 @@ def main(argv=None) -> int:
     known = manifest()
     if not args.models and not args.all:
         for e in known.values():
-            print(f"{e.model:<28} {e.file}\n{'':<28} {e.licence}; sha256 {e.sha256 or 'not published'}")
+            what = f"{e.file}/ ({len(e.folder_files)} files)" if e.folder_files else e.file
+            print(f"{e.model:<36} {what}\n{'':<36} {e.licence}; sha256 {e.sha256 or 'not published'}")
         return 0
     names = list(known) if args.all else args.models
     unknown = [n for n in names if n not in known]
@@ -41,16 +40,14 @@ def main(argv=None) -> int:
         return 2
     folder, results, failed = Path(args.dir).expanduser(), {}, 0
     for name in names:
-        with tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024) as bar:
-            def progress(n, total):
-                if total is not None:
-                    bar.total = total
-                bar.update(n)
-            try:
-                results[name] = download(known[name], folder, progress)
-            except (LabelmakerError, OSError) as err:
-                results[name] = f"FAILED: {err}"
-                failed += 1
+        e = known[name]
+        what = f"{len(e.folder_files)} files into {folder / e.file}/" if e.folder_files else f"{folder / e.file}"
+        print(f"{name}: {what}")
+        try:
+            results[name] = download(e, folder)
+        except (LabelmakerError, OSError) as err:
+            results[name] = f"FAILED: {err}"
+            failed += 1
     print(f"\ncheckpoints in {folder}:")
     for name, result in results.items():
         print(f"  {name:<28} {result}")

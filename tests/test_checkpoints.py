@@ -109,6 +109,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
         body = PAYLOAD[start:]
         self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -127,16 +129,31 @@ def server():
 
 def test_download_resumes_and_verifies(server, tmp_path):
     entry = CheckpointEntry("toy", "toy.pth", f"{server}/toy.pth", DIGEST[:8], "MIT")
-    (tmp_path / "toy.pth.part").write_bytes(PAYLOAD[:1000])  # an interrupted earlier run
-    seen = []
-    assert download(entry, tmp_path, lambda n, total: seen.append((n, total))) == "resumed"
-    assert (tmp_path / "toy.pth").read_bytes() == PAYLOAD and not (tmp_path / "toy.pth.part").exists()
-    assert seen[0] == (1000, len(PAYLOAD)) and sum(n for n, _ in seen) == len(PAYLOAD)
-    assert download(entry, tmp_path) == "present"
+    (tmp_path / ".toy.pth.part").write_bytes(PAYLOAD[:1000])  # an interrupted earlier run (the project's one fetcher)
+    assert download(entry, tmp_path, progress=False) == "resumed"
+    assert (tmp_path / "toy.pth").read_bytes() == PAYLOAD and not list(tmp_path.glob(".*.part"))
+    assert download(entry, tmp_path, progress=False) == "present"
     bad = CheckpointEntry("bad", "bad.pth", f"{server}/bad.pth", "00000000", "MIT")
     with pytest.raises(CheckpointError, match="does not match"):
-        download(bad, tmp_path)
-    assert not (tmp_path / "bad.pth").exists() and not (tmp_path / "bad.pth.part").exists()
+        download(bad, tmp_path, progress=False)
+    assert not (tmp_path / "bad.pth").exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_a_hugging_face_folder_is_fetched_file_by_file_and_resumes(server, tmp_path, fake_manifest):
+    files = "config.json;model.safetensors;preprocessor_config.json"
+    entry = CheckpointEntry("hfmodel", "hfmodel", f"{server}/org/repo/resolve/main", "", "MIT", files)
+    fake_manifest(hfmodel=entry)
+    with pytest.raises(CheckpointError, match="lacks config.json, model.safetensors, preprocessor_config.json.*"
+                                              "download_checkpoints.py hfmodel --dir"):
+        locate("hfmodel", str(tmp_path))
+    folder = tmp_path / "hfmodel"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(PAYLOAD)  # finished before the interruption
+    (folder / ".model.safetensors.part").write_bytes(PAYLOAD[:5000])  # interrupted
+    assert download(entry, tmp_path, progress=False) == "resumed"
+    assert all((folder / f).read_bytes() == PAYLOAD for f in files.split(";")) and not list(folder.glob(".*"))
+    assert locate("hfmodel", str(tmp_path)) == (folder, entry)
+    assert download(entry, tmp_path, progress=False) == "present"
 
 
 def _m2f(folder, checkpoint, stand_in=True):
@@ -229,3 +246,53 @@ def test_doctor_checks_torchvision_where_sam_or_open_clip_need_it(tmp_path, caps
     assert "FAIL torchvision" in out and "Fix: install the torchvision build" in out
     checks = {c.name: c for c in doctor({})}  # nothing needs it: reported, not required
     assert not checks["torchvision"].ok and not checks["torchvision"].required
+
+
+def test_the_ensemble_preset_composes_and_doctor_lists_every_checkpoint_it_needs(tmp_path, capsys):
+    from labelmaker.config import load_config
+    from labelmaker.doctor import model_checkpoints, other_checkpoints
+
+    cfg = load_config(["models=ensemble", f"checkpoints.dir={tmp_path}"])[0]
+    models = cfg.segment.models
+    assert {n: (m.kind, m.label_space) for n, m in models.items()} == {
+        "eomt_ade20k": ("transformers", "ade20k"),
+        "mask2former_coco": ("transformers", "coco_panoptic"),
+        "grounded_sam": ("grounded_sam", "unified"),
+    }
+    assert models["eomt_ade20k"].flip_tta and models["mask2former_coco"].flip_tta
+    assert cfg.consensus.sam_refine.enabled and cfg.masks.models["sam"].kind == "sam"
+    assert load_config(["models=ensemble", "consensus.sam_refine.enabled=false"])[0].consensus.sam_refine.enabled is False
+    assert not load_config(["models=simulated"])[0].consensus.sam_refine.enabled  # other presets keep the default
+    needed = {s for m in models.values() for s in model_checkpoints(m)} | {
+        s for s, _ in other_checkpoints(cfg).values()
+    }
+    assert needed == {
+        "eomt_large_ade20k_512",
+        "mask2former_swin_l_coco_panoptic_hf",
+        "grounding_dino_base",
+        "sam_vit_h",
+    }
+    assert needed <= set(manifest())
+
+    assert main(["doctor", "models=ensemble", f"checkpoints.dir={tmp_path}"]) == 5
+    out = capsys.readouterr().out
+    for spec in needed:
+        assert f"download_checkpoints.py {spec} --dir {tmp_path}" in out
+    for piece in (
+        "model eomt_ade20k",
+        "model mask2former_coco",
+        "model grounded_sam",
+        "masks sam",
+        "ok   SAM refinement",
+    ):
+        assert piece in out
+    for spec in needed:  # every file in place (contents are not checked without a published sha256)
+        e = manifest()[spec]
+        for name in e.folder_files or [e.file]:
+            path = tmp_path / (f"{e.file}/{name}" if e.folder_files else name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    assert main(["doctor", "models=ensemble", f"checkpoints.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   checkpoint eomt_ade20k " in out and "ok   checkpoint grounded_sam/grounding_dino_base" in out
+    assert "all required checks passed" in out

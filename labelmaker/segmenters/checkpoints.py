@@ -89,6 +89,9 @@ def fetch_command(entry: Optional[CheckpointEntry], folder: Path) -> str:
     if not entry.url:
         return (f"put {entry.file} into {folder} "
                 f"(no download is known for {entry.model}: see its licence note in {MANIFEST.name})")
+    if entry.folder_files:
+        return (f"{DOWNLOAD_SCRIPT} {entry.model} --dir {folder}  (or download {', '.join(entry.folder_files)} "
+                f"from {entry.url}/ into {folder / entry.file}/)")
     return f"{DOWNLOAD_SCRIPT} {entry.model} --dir {folder}  (or download {entry.url} into {folder})"
 
 
