@@ -108,7 +108,8 @@ def pipeline_checks(cfg) -> list[Check]:
     if refine is not None and refine.enabled:
         ok = refine.masks in masks
         detail = (
-            f"consensus snapped to masks '{refine.masks}' (min_share {refine.min_share:g}, require_vote {refine.require_vote})"
+            f"consensus snapped to masks '{refine.masks}' "
+            f"(min_share {refine.min_share:g}, require_vote {refine.require_vote})"
             if ok
             else f"enabled, but no mask model '{refine.masks}' is configured (add masks=sam)"
         )

@@ -261,7 +261,8 @@ def test_the_ensemble_preset_composes_and_doctor_lists_every_checkpoint_it_needs
     }
     assert models["eomt_ade20k"].flip_tta and models["mask2former_coco"].flip_tta
     assert cfg.consensus.sam_refine.enabled and cfg.masks.models["sam"].kind == "sam"
-    assert load_config(["models=ensemble", "consensus.sam_refine.enabled=false"])[0].consensus.sam_refine.enabled is False
+    off = load_config(["models=ensemble", "consensus.sam_refine.enabled=false"])[0]
+    assert off.consensus.sam_refine.enabled is False
     assert not load_config(["models=simulated"])[0].consensus.sam_refine.enabled  # other presets keep the default
     needed = {s for m in models.values() for s in model_checkpoints(m)} | {
         s for s, _ in other_checkpoints(cfg).values()
