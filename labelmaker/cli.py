@@ -7,13 +7,15 @@
     labelmaker download <video id> <out dir> [download.split=Training ...]
     labelmaker demo [out dir] [key=value ...]
     labelmaker doctor [models=mask2former checkpoints.dir=... ...]
-    labelmaker batch <captures folder | list file> <out root> [cluster=local|slurm|inprocess] [key=value ...]
+    labelmaker batch <captures folder | list file> <out root> [--pred SPACE=PATTERN ...] [cluster=...] [key=value ...]
     labelmaker batch --download <video list> <out root> [download.base_url=... download.split=...] [key=value ...]
     labelmaker status <out root> [--json] [--all]
     labelmaker retry <out root> [--error-class CLASS] [key=value ...]
 
-Errors a user can fix (bad input, a missing earlier stage) print one clear line and exit
-non-zero; anything else prints its traceback.
+Errors a user can fix (bad input, a typo in a key, a missing earlier stage) print one clear line
+and exit non-zero (bad input: 2); an unexpected exception prints one line saying where its full
+traceback was logged (the workspace's logs/, else a temporary file) and that it is a bug to report
+(exit 1). No traceback reaches the terminal, except with `run --pdb`.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import LabelmakerError
+from .errors import LabelmakerError, config_message, one_line
 
 log = logging.getLogger("labelmaker")
 
@@ -68,15 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     batch = sub.add_parser(
         "batch", help="many scenes through every stage as jobs (local processes or SLURM), resumable"
     )
-    batch.add_argument(
-        "scenes",
-        help="a folder of capture folders, or a list file with one capture folder per line; "
-        "with --download: ARKitScenes video ids (the dataset's *_splits.csv, or one id per line)",
-    )
+    batch.add_argument("scenes", help="a folder of capture folders, or a list file with one capture folder per line; "
+                       "with --download: ARKitScenes video ids (the dataset's *_splits.csv, or one id per line)")
     batch.add_argument(
         "--download",
         action="store_true",
         help="fetch each listed video first (a download stage) into <download.root or out_root>/raw/<split>/<id>",
+    )
+    batch.add_argument(
+        "--pred",
+        action="append",
+        default=[],
+        metavar="SPACE=PATTERN",
+        help="each scene's folder of precomputed label PNGs in label space SPACE, a pattern with {scene} "
+        "and {capture} (e.g. ade20k='preds/ade20k/{scene}'; repeatable)",
     )
     batch.add_argument("out_root", help="workspaces go to <out_root>/<scene>; the batch's journal to <out_root>/_batch")
     batch.add_argument("overrides", nargs="*")
@@ -118,11 +125,13 @@ def _print_summary(title: str, lines: dict) -> None:
 
 
 def cmd_import(args) -> None:
+    from .config import absolute_path_overrides
     from .pipeline.stages import import_scene
     from .workspace import Workspace
 
-    cfg, raw = _load([f"data={args.source}", *args.overrides])
+    cfg, raw = _load([f"data={args.source}", *absolute_path_overrides(args.overrides)])
     ws = Workspace(args.workspace)
+    ws.create(scene=Path(args.input).name)
     t0 = time.perf_counter()
     outcome = import_scene(args.input, ws, cfg.data, force=cfg.force, progress=cfg.progress)
     _record_run(ws.root, "import", raw, args.overrides)
@@ -173,30 +182,21 @@ def cmd_synth(args) -> None:
     )
 
 
-def _precomputed_models(preds: list[str]) -> dict:
-    """`--pred ade20k=/some/folder` -> a precomputed model entry for segment.models."""
-    from .segmenters import ModelConfig
-
-    models = {}
-    for i, spec in enumerate(preds, start=1):
-        space, sep, folder = spec.partition("=")
-        if not sep or not space or not folder:
-            raise LabelmakerError(
-                f"--pred {spec!r}: expected SPACE=FOLDER, e.g. --pred ade20k=/preds/mask2former/scene0"
-            )
-        models[f"pred{i}_{space}"] = ModelConfig(
-            kind="precomputed", label_space=space, path=str(Path(folder).resolve())
-        )
-    return models
-
-
 def cmd_run(args) -> None:
+    from .config import absolute_path_overrides, precomputed_models
+    from .pipeline.graph import refuse_missing_inputs
     from .pipeline.run import run_scene
     from .workspace import Workspace
 
-    overrides = list(args.overrides)
-    cfg, raw = _load(overrides, _precomputed_models(args.pred))
+    overrides = absolute_path_overrides(list(args.overrides))
+    cfg, raw = _load(overrides, precomputed_models(args.pred))
     ws = Workspace(args.workspace)
+    ws.create(scene=Path(args.input).name)
+    missing = refuse_missing_inputs(
+        cfg, ws, Path(args.input).name, Path(args.input).resolve(), with_capture=True
+    )  # before import: seconds, not an import
+    if missing is not None:
+        raise missing
     t0 = time.perf_counter()
     done = run_scene(cfg, args.input, ws)
     _record_run(ws.root, "run", raw, [*(f"--pred {p}" for p in args.pred), *overrides])
@@ -277,7 +277,7 @@ def cmd_batch(args) -> int:
     from .pipeline import commands
 
     controller, scenes, config_path = commands.start_batch(args.scenes, args.out_root, list(args.overrides), _load,
-                                                           download=args.download)
+                                                           download=args.download, preds=args.pred)
     _configure_job_logging(controller.cfg)
     states, seconds = commands.run_controller(controller, controller.cfg.progress)
     _print_summary(*commands.final_lines(states, controller.folder, seconds, config_path))
@@ -346,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = COMMANDS[args.command](args)
     except LabelmakerError as err:
-        print(f"error ({err.error_class}): {err}", file=sys.stderr)
+        print(f"error ({err.error_class}): {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except Exception as err:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if isinstance(err, (HydraException, OmegaConfBaseException)):
-            print(f"error (config): {err}", file=sys.stderr)
+        if isinstance(err, (HydraException, OmegaConfBaseException)):  # (load_config turns its own into ConfigError)
+            print(f"error (config): {one_line(config_message(err))}", file=sys.stderr)
             return 2
         if getattr(args, "pdb", False):  # `labelmaker run --pdb`: the full traceback, then the debugger
             import pdb
@@ -362,8 +362,42 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             pdb.post_mortem(err.__traceback__)
             return 1
-        raise
+        log_path = _log_crash(args, argv)
+        hint = " (`labelmaker run --pdb ...` stops in the debugger)" if args.command == "run" else ""
+        print(
+            f"error (bug): unexpected {type(err).__name__}: {one_line(str(err))[:300]} -- this is a bug in labelmaker, "
+            f"please report it with the full traceback, written to {log_path}{hint}",
+            file=sys.stderr,
+        )
+        return 1
     return code or 0
+
+
+def _log_crash(args, argv: list[str] | None) -> Path:
+    """Write the traceback of the exception being handled to the workspace's logs/ (or the batch
+    folder's), else to a temporary file; returns where."""
+    import tempfile
+    import traceback
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    text = f"# labelmaker {' '.join(argv if argv is not None else sys.argv[1:])}\n{traceback.format_exc()}"
+    folder = None
+    if getattr(args, "workspace", None):
+        folder = Path(args.workspace) / "logs"
+    elif getattr(args, "out_root", None):
+        folder = Path(args.out_root) / "_batch" / "logs"
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"crash-{stamp}-{args.command}.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            pass  # the workspace itself may be the problem
+    fd, name = tempfile.mkstemp(prefix=f"labelmaker-crash-{stamp}-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(text)
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ or a wrong type is an error at start-up instead of a silently ignored setting.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf, open_dict
 
 from .consensus import ConsensusConfig
+from .errors import ConfigError, config_message
 from .fusion import FusionConfig
 from .io.download import DownloadConfig
 from .io.registry import all_importers
@@ -71,13 +73,144 @@ def register_configs() -> None:
 def load_config(overrides: list[str], models: dict[str, ModelConfig] | None = None) -> tuple[LabelmakerConfig, Any]:
     """Compose configs/config.yaml with command-line overrides, plus `models` added to
     segment.models (the CLI's --pred; Hydra overrides cannot add typed dict entries);
-    returns (typed, raw) configs."""
+    returns (typed, raw) configs. A key that is not in the schema (a typo), a value of the wrong
+    type, or an attempt to add a key with `+` is a ConfigError naming the closest known keys."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        raw = compose(config_name="config", overrides=overrides)
-    with open_dict(raw.segment.models):
-        for name, model in (models or {}).items():
-            raw.segment.models[name] = OmegaConf.structured(model)
-    return OmegaConf.to_object(raw), raw
+    added = [o for o in overrides if o.startswith("+")]  # (`~segment.models.x` removing a model is fine)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            if added:
+                key = added[0].lstrip("+").split("=", 1)[0]
+                close = _close_keys(key, compose(config_name="config"))
+                raise ConfigError(
+                    f"override {added[0]!r}: keys cannot be added, every setting is already in the config"
+                    + (f" (did you mean {' or '.join(close)}?)" if close else f" and {key!r} is not one of them"),
+                    f"write KEY=VALUE with a key that exists, e.g. {close[0] if close else key}=... "
+                    "(keys: configs/*.yaml)",
+                )
+            try:
+                raw = compose(config_name="config", overrides=overrides)
+            except (HydraException, OmegaConfBaseException) as err:
+                raise ConfigError(config_message(err, _known_keys(compose(config_name="config"))),
+                                  "fix the override's key or value (keys and types are those in configs/)") from None
+        with open_dict(raw.segment.models):
+            for name, model in (models or {}).items():
+                raw.segment.models[name] = OmegaConf.structured(model)
+        return OmegaConf.to_object(raw), raw
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(
+            config_message(err), "fix the override's key or value (keys and types are those in configs/)"
+        ) from None
+
+
+def _known_keys(raw) -> list[str]:
+    """Every dotted key of a composed config (leaves and sections)."""
+    keys: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for key in node.keys() if OmegaConf.is_dict(node) else ():
+            path = f"{prefix}{key}"
+            keys.append(path)
+            try:
+                child = node._get_node(key)
+            except Exception:  # noqa: BLE001 - a missing (???) value has no children
+                continue
+            if OmegaConf.is_dict(child):
+                walk(child, path + ".")
+
+    walk(raw, "")
+    return keys
+
+
+def _close_keys(key: str, raw) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(key, _known_keys(raw), n=3, cutoff=0.6)
+
+
+# Overrides that are paths a user types relative to where they run the command: made absolute
+# before a run or a batch stores them (a batch's jobs and `status` run elsewhere; the workspace
+# stores absolute paths). Patterns starting with {capture} are absolute once expanded.
+PATH_OVERRIDES = ("lift.mesh", "data.metadata_csv", "evaluate.ground_truth")
+
+
+def absolute_path_overrides(overrides: list[str], cwd: Path | None = None) -> list[str]:
+    """`overrides` with the values of PATH_OVERRIDES made absolute (relative to `cwd`), and their
+    {placeholders} checked: only {scene} and {capture} exist."""
+    from .workspace import SCENE_PLACEHOLDERS, pattern_fields
+
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key in PATH_OVERRIDES and value not in ("", "null", "None"):
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # quoted for Hydra already
+            value = _absolute_pattern(value, key, cwd)
+            # quoted: Hydra's override grammar takes braces, spaces and the like only in quotes
+            override = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            try:
+                unknown = [f for f in pattern_fields(value) if f not in SCENE_PLACEHOLDERS]
+            except ValueError as err:
+                raise ConfigError(
+                    f"{key}: {err}", "write {scene} or {capture} in braces, or no braces at all"
+                ) from None
+            if unknown:
+                raise ConfigError(f"{key}={value!r} names {{{unknown[0]}}}",
+                                  "use only {scene} (the scene's name) and {capture} (its capture folder)")
+        elif sep and re.search(r"\{(scene|capture)\}", value) and value[:1] not in "'\"":
+            override = f"{key}='{value}'"  # (a pattern under a misspelt key: let Hydra name the key, not the braces)
+        out.append(override)
+    return out
+
+
+def _absolute_pattern(value: str, what: str, cwd: Path | None) -> str:
+    import os
+
+    if value.startswith("{capture}") or os.path.isabs(value):
+        return value
+    if value.startswith("{"):
+        raise ConfigError(f"{what}={value!r} starts with a placeholder other than {{capture}}",
+                          "start the pattern with {capture}, an absolute path or a path relative to here")
+    return os.path.join(os.path.abspath(str(cwd or Path.cwd())), value)
+
+
+def precomputed_models(specs: list[str], cwd: Path | None = None) -> dict[str, ModelConfig]:
+    """`--pred ade20k=/some/folder` (or a pattern with {scene} and {capture}) -> precomputed
+    model entries for segment.models, named pred<i>_<space>. A malformed spec or an unknown label
+    space is a ConfigError, raised before anything runs."""
+    import difflib
+
+    from .labels import SPACES
+    from .workspace import SCENE_PLACEHOLDERS, pattern_fields
+
+    models = {}
+    for i, spec in enumerate(specs, start=1):
+        space, sep, folder = spec.partition("=")
+        if not sep or not space or not folder:
+            raise ConfigError(
+                f"--pred {spec!r} is not SPACE=FOLDER",
+                "write e.g. --pred ade20k=/preds/mask2former/scene0 (batch: --pred ade20k='preds/{scene}')",
+            )
+        if space not in SPACES:
+            close = difflib.get_close_matches(space, SPACES, n=1)
+            raise ConfigError(
+                f"--pred {spec!r}: unknown label space {space!r}" + (f" (did you mean {close[0]}?)" if close else ""),
+                f"use one of {', '.join(SPACES)}",
+            )
+        try:
+            unknown = [f for f in pattern_fields(folder) if f not in SCENE_PLACEHOLDERS]
+        except ValueError as err:
+            raise ConfigError(
+                f"--pred {spec!r}: {err}", "write {scene} or {capture} in braces, or no braces at all"
+            ) from None
+        if unknown:
+            raise ConfigError(
+                f"--pred {spec!r} names {{{unknown[0]}}}", "use only {scene} and {capture} in the folder pattern"
+            )
+        models[f"pred{i}_{space}"] = ModelConfig(kind="precomputed", label_space=space,
+                                                 path=_absolute_pattern(folder, f"--pred {space}", cwd))
+    return models

@@ -456,6 +456,30 @@ def boundary_weight(labels: torch.Tensor, width: int) -> torch.Tensor:
     return weight
 
 
+def frames_in_view(vertices: np.ndarray, T_cw: np.ndarray, K: np.ndarray, hw: tuple[int, int],
+                   max_depth_m: float = 10.0, sample: int = 4096) -> np.ndarray:
+    """(N,) whether each camera (world-to-camera T_cw (N,4,4), intrinsics K (N,3,3), images of
+    height, width `hw`) has any of (a sample of) the vertices in front of it within
+    `max_depth_m` and inside its image. Cheap: for telling "no frame looks at the mesh" apart
+    from "the frames look at it but their depth disagrees"."""
+    verts = np.asarray(vertices, dtype=np.float64)
+    if len(verts) > sample:
+        verts = verts[np.linspace(0, len(verts) - 1, sample).astype(np.int64)]
+    T_cw, K = np.asarray(T_cw, dtype=np.float64), np.asarray(K, dtype=np.float64)
+    h, w = hw
+    out = np.zeros(len(T_cw), dtype=bool)
+    for start in range(0, len(T_cw), 64):  # (64 frames x 4096 vertices x 3) at a time
+        T, k = T_cw[start:start + 64], K[start:start + 64]
+        cam = np.einsum("nij,vj->nvi", T[:, :3, :3], verts) + T[:, None, :3, 3]
+        z = cam[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = k[:, None, 0, 0] * cam[..., 0] / z + k[:, None, 0, 2]
+            v = k[:, None, 1, 1] * cam[..., 1] / z + k[:, None, 1, 2]
+        inside = (z > 0.05) & (z < max_depth_m) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        out[start:start + 64] = inside.any(axis=1)
+    return out
+
+
 def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
          cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
          progress: Callable[[int], Any] | None = None) -> LiftResult:

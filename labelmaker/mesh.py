@@ -122,3 +122,83 @@ def read_mesh_or_points(path: Path) -> MeshArrays:
         return mesh
     cloud = o3d.io.read_point_cloud(str(path))
     return _from_open3d(cloud.points, np.zeros((0, 3)), cloud.colors, cloud.normals)
+
+
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def ply_shortfall(path: Path) -> str | None:
+    """Why a PLY file holds less than its header promises (a truncated download or copy), or None.
+
+    open3d reads what it can of such a file with a warning only; we compare the file's length
+    with the least its header's elements need (binary: each element's bytes, faces counted as
+    triangles; ASCII: one line per element).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if not head.startswith(b"ply"):
+        return None
+    end = head.find(b"end_header")
+    if end < 0:
+        return "its header has no end_header line"
+    header_len = head.index(b"\n", end) + 1 if b"\n" in head[end:] else len(head)
+    fmt, elements = None, []
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "format" and len(parts) > 1:
+            fmt = parts[1]
+        elif parts[0] == "element" and len(parts) == 3:
+            elements.append([parts[1], int(parts[2]) if parts[2].isdigit() else 0, 0])
+        elif parts[0] == "property" and elements:
+            if parts[1] == "list" and len(parts) == 5:  # list <count type> <item type> name: a triangle's 3 items
+                elements[-1][2] += _PLY_SIZES.get(parts[2], 1) + 3 * _PLY_SIZES.get(parts[3], 4)
+            else:
+                elements[-1][2] += _PLY_SIZES.get(parts[1], 4)
+    size = Path(path).stat().st_size
+    if fmt in ("binary_little_endian", "binary_big_endian"):
+        need = header_len + sum(count * width for _, count, width in elements)
+        if size < need:
+            counts = ", ".join(f"{count} {name}" for name, count, _ in elements)
+            return f"it is {size} bytes long, but its header ({counts}) needs at least {need}: the file is truncated"
+        return None
+    if fmt == "ascii":
+        with open(path, "rb") as fh:
+            fh.seek(header_len)
+            lines = sum(1 for line in fh if line.strip())
+        need = sum(count for _, count, _ in elements)
+        if lines < need:
+            return f"it has {lines} data lines, but its header promises {need}: the file is truncated"
+    return None
+
+
+def read_checked_mesh(path: Path, scene: str, fix: str) -> MeshArrays:
+    """A mesh (or point cloud) given as input, read and checked: it exists, is complete (not
+    truncated), has vertices and only finite ones. Anything else is a BadInputError naming the
+    file and `fix`."""
+    from .errors import BadInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(scene, path, "the mesh does not exist", fix)
+    try:
+        short = ply_shortfall(path) if path.suffix.lower() == ".ply" else None
+    except OSError as err:
+        raise BadInputError(scene, path, f"the mesh cannot be read ({err.strerror or err})", fix) from None
+    if short:
+        raise BadInputError(scene, path, f"the mesh is incomplete: {short}", fix)
+    try:
+        mesh = read_mesh_or_points(path)
+    except Exception as err:  # noqa: BLE001 - open3d raises RuntimeError or plain Exception on bad files
+        raise BadInputError(scene, path, f"the mesh cannot be read ({type(err).__name__}: {err})", fix) from None
+    if len(mesh) == 0:
+        raise BadInputError(scene, path, "the mesh cannot be read or has no vertices", fix)
+    bad = ~np.isfinite(mesh.vertices).all(axis=1)
+    if bad.any():
+        raise BadInputError(scene, path, f"{int(bad.sum())} of the mesh's {len(mesh)} vertices are NaN or infinite "
+                            f"(the first is vertex {int(np.flatnonzero(bad)[0])})", fix)
+    if len(mesh.triangles) and (mesh.triangles.min() < 0 or mesh.triangles.max() >= len(mesh)):
+        raise BadInputError(scene, path, "the mesh's faces name vertices it does not have", fix)
+    return mesh

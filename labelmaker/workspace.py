@@ -94,6 +94,27 @@ STAGE_ENTRIES = {
 STAGED_ALWAYS = (STATE_DIR, LOGS_DIR)
 
 
+SCENE_PLACEHOLDERS = ("scene", "capture")  # what per-scene path patterns may name: {scene}, {capture}
+
+
+def pattern_fields(pattern: str) -> list[str]:
+    """The {placeholders} of a per-scene path pattern (`--pred ade20k=preds/{scene}`, `lift.mesh=...`)."""
+    import string
+
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    except ValueError as err:  # an unmatched brace
+        raise ValueError(f"{pattern!r} is not a path pattern ({err})") from None
+
+
+def scene_input_path(pattern: str, scene: str, capture: str | Path | None) -> Path:
+    """A scene's own input file or folder from a pattern with {scene} (the scene's name) and
+    {capture} (its capture folder); a plain path is returned as it is."""
+    if not pattern_fields(pattern):
+        return Path(pattern)
+    return Path(pattern.format(scene=scene, capture=str(capture) if capture is not None else "{capture}"))
+
+
 def stage_entries(kind: str, model: str | None = None) -> tuple[str, ...]:
     """The workspace paths a stage of `kind` (and `model`) works on: what scratch staging copies."""
     return STAGED_ALWAYS + tuple(e.format(model=model) for e in STAGE_ENTRIES[kind])
@@ -194,9 +215,20 @@ class Workspace:
                 return json.loads(meta_path.read_text())["scene"]
         return self.root.name
 
-    def create(self) -> None:
-        for sub in (FRAMES_DIR, STATE_DIR, LOGS_DIR):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+    def create(self, scene: str | None = None) -> None:
+        """Make the workspace's folders; a path that cannot be a folder is bad input of `scene`
+        (default: the workspace's name)."""
+        try:
+            for sub in (FRAMES_DIR, STATE_DIR, LOGS_DIR):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError, PermissionError) as err:
+            from .errors import BadInputError
+
+            blocker = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+            problem = (f"the workspace cannot be created: {blocker} is a file, not a folder" if blocker is not None
+                       else f"the workspace cannot be created ({type(err).__name__}: {err.strerror or err})")
+            raise BadInputError(scene or self.root.name, blocker or self.root, problem,
+                                "choose a workspace path whose parent folders are folders you can write to") from None
 
     @property
     def logs_dir(self) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..geometry import axis_angle_to_transforms, interpolate_poses
 from .capture import CaptureIndex, FrameRecord, ImportConfig
+from .framefiles import check_principal_point, image_size
 from .registry import Importer, register_importer
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,27 @@ class ArkitScenesConfig(ImportConfig):
     metadata_csv: str | None = None  # None: look for metadata.csv in the video folder and the two above
 
 
+# <video_id>_<seconds>.<ext>: names of frames, depth, confidence and intrinsics files. Anything else in those
+# folders (macOS '._' resource forks, '.DS_Store', Finder copies like '..._6917.604 (1).png') is not a frame.
+_FRAME_NAME = re.compile(r"(?P<video>[^.][^/]*)_(?P<ts>\d+(?:\.\d+)?)\.(?P<ext>png|pincam)")
+
+
 def _timestamp(path: Path) -> float:
-    return float(path.stem.rsplit("_", 1)[-1])
+    return float(_FRAME_NAME.fullmatch(path.name).group("ts"))
+
+
+def frame_files(folder: Path, ext: str, scene: str, ignored: list[str]) -> list[Path]:
+    """The frame files of one asset folder, sorted; other files are appended to `ignored`."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _FRAME_NAME.fullmatch(path.name)
+        if match and match.group("ext") == ext and path.is_file():
+            found.append(path)
+        else:
+            ignored.append(str(path.relative_to(folder.parent)))
+    return found
 
 
 def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +76,13 @@ def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise BadInputError(scene, path, "camera trajectory is missing", "download the video's lowres_wide.traj asset")
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInputError(
+            scene, path, f"trajectory is not a text file ({err})", "re-download lowres_wide.traj"
+        ) from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -69,11 +96,26 @@ def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
                 "re-download lowres_wide.traj",
             )
         rows.append(values)
-    if len(rows) < 2:
+    data = np.array(rows).reshape(-1, 7)
+    # a line repeated as it is (a file appended to itself, a concatenated copy) says nothing new: drop it
+    _, first = np.unique(data, axis=0, return_index=True)
+    if len(first) < len(data):
+        log.warning("scene %s: %s repeats %d line(s); each is used once", scene, path.name, len(data) - len(first))
+        data = data[np.sort(first)]
+    if len(data) < 2:
         raise BadInputError(
-            scene, path, f"trajectory has {len(rows)} pose(s), at least 2 are needed", "re-download lowres_wide.traj"
+            scene,
+            path,
+            f"trajectory has {len(data)} distinct pose(s), at least 2 are needed",
+            "re-download lowres_wide.traj",
         )
-    data = np.array(rows)
+    if (np.diff(data[:, 0]) < 0).any():  # each line carries its time: lines out of order are sorted
+        log.warning("scene %s: %s is not in time order; its lines are sorted", scene, path.name)
+        data = data[np.argsort(data[:, 0], kind="stable")]
+    same = np.flatnonzero(np.diff(data[:, 0]) == 0)
+    if len(same):
+        raise BadInputError(scene, path, f"two different poses at time {data[same[0], 0]!r}",
+                            "re-download lowres_wide.traj (one pose per time; merged or mixed trajectories are not)")
     return data[:, 0], axis_angle_to_transforms(data[:, 1:4], data[:, 4:7])
 
 
@@ -84,11 +126,22 @@ def read_pincam(path: Path, scene: str) -> tuple[tuple[int, int], np.ndarray]:
         raise BadInputError(
             scene, path, f"intrinsics file is not 'w h fx fy cx cy' ({err})", "re-download the intrinsics asset"
         ) from None
-    if not all(np.isfinite([w, h, fx, fy, cx, cy])) or fx <= 0 or fy <= 0:
+    if not all(np.isfinite([w, h, fx, fy, cx, cy])) or fx <= 0 or fy <= 0 or w < 1 or h < 1:
         raise BadInputError(
             scene, path, "intrinsics are not finite positive numbers", "re-download the intrinsics asset"
         )
     return (int(w), int(h)), np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+
+
+def check_pincam(
+    path: Path, wh: tuple[int, int], K: np.ndarray, image_wh: tuple[int, int], scene: str, stream: str
+) -> None:
+    """A .pincam made for other images (another stream's, another resolution's) is bad input."""
+    fix = f"use the {stream}_intrinsics asset of this video (its 'w h' must be the {stream} frames' size)"
+    if tuple(wh) != tuple(image_wh):
+        raise BadInputError(scene, path, f"intrinsics are for {wh[0]}x{wh[1]} images, the {stream} frames are "
+                            f"{image_wh[0]}x{image_wh[1]}", fix)
+    check_principal_point(K, image_wh, scene, path, fix)
 
 
 def find_metadata(video_dir: Path, cfg: ArkitScenesConfig) -> Path | None:
@@ -146,14 +199,15 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
             scene, None, f"unknown colour stream {cfg.color!r}", f"set data.color to one of {COLOR_STREAMS}"
         )
 
+    ignored: list[str] = []
     color_dir = video_dir / cfg.color
-    colors = sorted(color_dir.glob("*.png")) if color_dir.is_dir() else []
+    colors = frame_files(color_dir, "png", scene, ignored)
     if not colors:
         raise BadInputError(
             scene, color_dir, "no colour frames (folder missing or empty)", f"download the video's {cfg.color} asset"
         )
     depth_dir = video_dir / "lowres_depth"
-    depths = sorted(depth_dir.glob("*.png")) if depth_dir.is_dir() else []
+    depths = frame_files(depth_dir, "png", scene, ignored)
     if not depths:
         raise BadInputError(
             scene, depth_dir, "no depth frames (folder missing or empty)", "download the video's lowres_depth asset"
@@ -182,29 +236,50 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
     dropped["pose_gap"] = int((has_depth & (reason == "gap")).sum())
 
     conf_dir = video_dir / "confidence"
+    confidences = {p.name: p for p in frame_files(conf_dir, "png", scene, ignored)}
     intr_dir = video_dir / f"{cfg.color}_intrinsics"
+    pincams = frame_files(intr_dir, "pincam", scene, ignored)
+    pincam_t = np.array(sorted(_timestamp(p) for p in pincams))
+    pincams = sorted(pincams, key=_timestamp)
+    color_wh = image_size(colors[0], scene, "colour")
     frames: list[FrameRecord] = []
-    missing_intrinsics = 0
+    missing_intrinsics = missing_confidence = 0
+    checked_pincam = False
     for i in np.flatnonzero(has_depth & ok):
         color_path, depth_path = colors[i], depths[j[i]]
-        pincam = intr_dir / f"{color_path.stem}.pincam"
-        if not pincam.exists():
+        pincam = _pincam_of(pincam_t, pincams, color_t[i])
+        if pincam is None:
             missing_intrinsics += 1
             continue
-        _, K = read_pincam(pincam, scene)
-        conf_path = conf_dir / depth_path.name
+        wh, K = read_pincam(pincam, scene)
+        if not checked_pincam or tuple(wh) != color_wh:
+            check_pincam(pincam, wh, K, color_wh, scene, cfg.color)
+            checked_pincam = True
+        conf_path = confidences.get(depth_path.name)
+        if confidences and conf_path is None:  # the video has confidence maps, but not this frame's
+            missing_confidence += 1
+            continue
         frames.append(
             FrameRecord(
                 name=color_path.stem,
                 timestamp=float(color_t[i]),
                 color_path=color_path,
                 depth_path=depth_path,
-                confidence_path=conf_path if conf_path.exists() else None,
+                confidence_path=conf_path,
                 K_color=K,
                 K_depth=_lowres_depth_K(video_dir, depth_path, K, scene, cfg),
                 T_cw=T_cw[i],
             )
         )
+    if missing_confidence:
+        dropped["no_confidence"] = missing_confidence
+        log.warning(
+            "scene %s: %d frames have no confidence map in %s and are dropped", scene, missing_confidence, conf_dir
+        )
+    if not confidences:
+        log.warning("scene %s: no confidence maps (%s): depth is used unfiltered", scene, conf_dir)
+    if ignored:
+        log.warning("scene %s: %d files are not frames and are ignored, e.g. %s", scene, len(ignored), ignored[0])
     dropped["no_intrinsics"] = missing_intrinsics
     kept = len(frames)
     log.info("scene %s: %d of %d colour frames kept; dropped %s", scene, kept, len(colors), dropped)
@@ -230,8 +305,21 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
             "source_mesh": str(mesh_path) if mesh_path.exists() else None,
             "source_mesh_vertices": mesh_vertices,
             "color_stream": cfg.color,
+            "confidence_maps": bool(confidences),
+            "ignored_files": len(ignored),
         },
     )
+
+
+PINCAM_TOLERANCE_S = 1.5e-3  # the dataset's own reader also looks for the .pincam 1 ms before and after the frame
+
+
+def _pincam_of(pincam_t: np.ndarray, pincams: list[Path], t: float) -> Path | None:
+    """The .pincam of the frame at time `t`: same time, else the nearest within +-1 ms."""
+    if not len(pincam_t):
+        return None
+    k = int(_nearest(pincam_t, np.array([t]))[0])
+    return pincams[k] if abs(pincam_t[k] - t) <= PINCAM_TOLERANCE_S else None
 
 
 def _nearest(sorted_times: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -243,19 +331,9 @@ def _nearest(sorted_times: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 def check_mesh(path: Path, scene: str) -> int:
     """Read a mesh to make sure later stages can; returns its vertex count."""
-    import open3d as o3d
+    from ..mesh import read_checked_mesh
 
-    try:
-        mesh = o3d.io.read_triangle_mesh(str(path))
-    except Exception as err:  # open3d raises RuntimeError or plain Exception
-        raise BadInputError(
-            scene, path, f"mesh cannot be read ({err})", "re-download the mesh asset or delete it"
-        ) from None
-    if len(mesh.vertices) == 0:
-        raise BadInputError(
-            scene, path, "mesh cannot be read or has no vertices", "re-download the mesh asset or delete it"
-        )
-    return len(mesh.vertices)
+    return len(read_checked_mesh(path, scene, "re-download the mesh asset or delete it"))
 
 
 def _lowres_depth_K(

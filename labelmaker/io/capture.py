@@ -132,6 +132,9 @@ class _FrameDecoder:
             raise BadInputError(
                 scene, rec.depth_path, "depth image has several channels", "export single-channel 16-bit depth"
             )
+        if depth_raw.dtype == np.uint8:  # a depth map saved for viewing: 256 levels cannot hold depth in mm
+            raise BadInputError(scene, rec.depth_path, "depth image is 8-bit (at most 255 depth units)",
+                                "export the raw 16-bit depth (millimetres), not a preview of it")
         if rec.confidence_path is not None:
             conf = read_image(rec.confidence_path, scene, "confidence")
             self._check_size(conf, self.depth_src_wh, rec.confidence_path, "confidence")

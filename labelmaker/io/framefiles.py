@@ -22,8 +22,13 @@ RIGID_TOLERANCE = 1e-2
 
 
 def files_by_frame(folder: Path, pattern: str) -> dict[int, Path]:
-    """Files in `folder` whose name fully matches `pattern`, keyed by its first group (a number)."""
-    regex = re.compile(pattern)
+    """Files in `folder` whose name fully matches `pattern`, keyed by its first group (a number).
+    The pattern may start with a sub-folder (`color/(\\d+)\\.jpg`); a missing sub-folder has no files."""
+    sub, _, name_pattern = pattern.rpartition("/")
+    folder = folder / sub if sub else folder
+    if not folder.is_dir():
+        return {}
+    regex = re.compile(name_pattern)
     found = {}
     for path in folder.iterdir():
         match = regex.fullmatch(path.name)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..errors import BadInputError
 from ..workspace import BatchFolder, Workspace
 from .executors import Executor, Task, make_executor
-from .graph import StageSpec, scale, scene_graph
+from .graph import StageSpec, missing_scene_input, refuse_missing_inputs, scale, scene_graph
 from .journal import Journal
 from .state import StateCache, SceneState, StateReader
 
@@ -236,6 +236,8 @@ class Controller:
         for name, scene in self.scenes.items():
             st = states[name]
             n_frames = None
+            if st.status != "done" and self._inputs_missing(scene, st):
+                continue  # recorded as bad input; fix it, then `labelmaker retry` (or run the batch again)
             for spec in self.graph:
                 s = st.stages[spec.name]
                 if s.status == "done" or (name, spec.name) in flying or s.status == "running":
@@ -275,6 +277,18 @@ class Controller:
                 planned.append(Planned(spec, scene, n_frames, mem_factor))
         return planned, waiting
 
+    def _inputs_missing(self, scene: SceneInput, st: SceneState) -> bool:
+        """Whether a per-scene input the config names (--pred folders, lift.mesh; patterns with
+        {scene} and {capture}) is missing for a stage of `scene` that is not done; if so, that
+        stage is recorded as failed with bad input and nothing of the scene is submitted."""
+        if "download" in st.stages and st.stages["download"].status != "done":
+            return False  # the capture folder ({capture}) is filled by the download stage
+        missing = missing_scene_input(self.cfg, scene.scene, scene.input_dir)
+        if missing is None or st.stages.get(missing[0]) is None or st.stages[missing[0]].status == "done":
+            return False
+        refuse_missing_inputs(self.cfg, Workspace(scene.workspace), scene.scene, scene.input_dir)
+        return True
+
     def submit(self, planned: list[Planned]) -> int:
         """One array per (stage, length group, memory factor)."""
         groups: dict[tuple, list[Planned]] = {}
@@ -301,7 +315,9 @@ class Controller:
     def read_states(self) -> dict[str, SceneState]:
         """Every scene's state; unchanged scenes come from an in-memory cache between rounds."""
         self.cache.now_ns = time.time_ns()
-        states = {name: self.reader.scene(name, s.workspace, self.cache) for name, s in self.scenes.items()}
+        states = {
+            name: self.reader.scene(name, s.workspace, self.cache, s.input_dir) for name, s in self.scenes.items()
+        }
         self.cache.save()
         return states
 

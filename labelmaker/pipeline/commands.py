@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..config import absolute_path_overrides, precomputed_models
 from ..errors import LabelmakerError
 from ..workspace import BatchFolder, atomic_path
 from .batch import Controller, SceneInput, discover_scenes, download_scenes
@@ -36,16 +37,22 @@ def _scenes_of(folder: BatchFolder) -> list[SceneInput]:
     return [SceneInput(**s) for s in folder.read_batch()["scenes"]]
 
 
-def start_batch(source: str, out_root: str, overrides: list[str], load, download: bool = False
-                ) -> tuple[Controller, list[SceneInput], Path]:
+def start_batch(source: str, out_root: str, overrides: list[str], load, download: bool = False,
+                preds: list[str] | None = None) -> tuple[Controller, list[SceneInput], Path]:
     """Scenes from `source`, merged with those of an earlier batch under `out_root`.
 
     `download` (`--download`, the same as `batch.download=true`): `source` lists ARKitScenes
     video ids and each scene's graph starts with a download stage. The override is stored with
-    the others in batch.json, so `status` and `retry` rebuild the same graph."""
+    the others in batch.json, so `status` and `retry` rebuild the same graph.
+    `preds` (`--pred SPACE=PATTERN`): precomputed models whose folder patterns name {scene} and
+    {capture}; stored (with absolute paths) in batch.json like the overrides, whose paths
+    (lift.mesh, a pattern too) are made absolute as well."""
     folder = BatchFolder(out_root)
+    overrides = absolute_path_overrides(overrides)
+    models = precomputed_models(list(preds or []))
+    stored_preds = [f"{m.label_space}={m.path}" for m in models.values()]
     stored_overrides = [*overrides, "batch.download=true"] if download else list(overrides)
-    cfg, raw = load(stored_overrides)
+    cfg, raw = load(stored_overrides, models)
     downloading = _check_downloading(cfg)
     if folder.exists():
         _same_kind(folder, downloading)
@@ -54,8 +61,13 @@ def start_batch(source: str, out_root: str, overrides: list[str], load, download
         old = {s.scene: s for s in _scenes_of(folder)}
         old.update({s.scene: s for s in scenes})
         scenes = list(old.values())
-    folder.write_batch({"scenes": [s.__dict__ for s in scenes], "overrides": stored_overrides, "download": downloading})
-    return Controller(cfg, scenes, folder), scenes, _record_config(folder, "batch", raw, stored_overrides)
+    folder.write_batch({"scenes": [s.__dict__ for s in scenes], "overrides": stored_overrides, "download": downloading,
+                        "pred": stored_preds})
+    return (
+        Controller(cfg, scenes, folder),
+        scenes,
+        _record_config(folder, "batch", raw, [*(f"--pred {p}" for p in stored_preds), *stored_overrides]),
+    )
 
 
 def _check_downloading(cfg) -> bool:
@@ -82,7 +94,9 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
     folder = BatchFolder(out_root)
     scenes = _scenes_of(folder)
     stored = folder.read_batch().get("overrides", [])
-    cfg, raw = load([*stored, *overrides])
+    cfg, raw = load(
+        [*stored, *absolute_path_overrides(overrides)], precomputed_models(folder.read_batch().get("pred", []))
+    )
     _same_kind(folder, bool(cfg.batch.download))
     config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command != "status" else None
     return cfg, scenes, folder, config_path
@@ -91,7 +105,7 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
 def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[SceneState]:
     reader = StateReader(cfg, scene_graph(cfg))
     cache = StateCache(folder.status_cache_path, use_index=True)
-    states = [reader.scene(s.scene, s.workspace, cache) for s in scenes]
+    states = [reader.scene(s.scene, s.workspace, cache, s.input_dir) for s in scenes]
     cache.save()
     flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}
     for st in states:

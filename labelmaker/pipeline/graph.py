@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..workspace import Workspace
+from ..errors import BadInputError
+from ..workspace import Workspace, scene_input_path
 from .hashes import (
     REPORT_CONFIG,
     consensus_input_hash,
@@ -31,7 +32,7 @@ from .hashes import (
     segment_config,
     versioned,
 )
-from .records import StageOutcome, run_stage
+from .records import StageOutcome, failures_recorded, record_failure, run_stage
 
 
 @dataclass
@@ -139,11 +140,13 @@ def input_constants(cfg) -> dict:
     return {"evaluate": evaluate_inputs(cfg.segment.models, cfg.lift)}
 
 
-def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None) -> Optional[str]:
+def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None,
+                        where: tuple[str, str] | None = None) -> Optional[str]:
     """The input hash the stage would compute now from its dependencies' done-records, or None
     when it cannot be known without the scene's raw input: download (the video and split are
     in the scene's capture path), and import reading a capture it did not get from a download
-    stage (with one, its input is the download's output hash)."""
+    stage (with one, its input is the download's output hash). `where`: the scene's name and
+    capture folder, for per-scene paths (a lift.mesh pattern)."""
 
     def out(name: str) -> Optional[str]:
         rec = records.get(name)
@@ -160,7 +163,8 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
         return consensus_input_hash({n: out(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models,
                                     refine, out(f"masks-{refine.masks}"))
     if spec.kind == "lift":
-        return lift_input_hash(out("consensus"), out("fuse"), cfg.lift.mesh)
+        mesh = None if cfg.lift.mesh is None else scene_input_path(cfg.lift.mesh, *(where or ("", None)))
+        return lift_input_hash(out("consensus"), out("fuse"), mesh)
     if spec.kind in ("export", "report"):
         return out("lift")
     if spec.kind == "evaluate":
@@ -169,7 +173,13 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
 
 
 def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Workspace) -> StageOutcome:
-    """Run one stage of one scene in this process (what a batch task does)."""
+    """Run one stage of one scene in this process (what a batch task does). A failure leaves a
+    failed record even when the stage fails before it began (bad input is then not retried)."""
+    with failures_recorded(ws, spec.name):
+        return _run_graph_stage(cfg, spec, input_dir, ws)
+
+
+def _run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Workspace) -> StageOutcome:
     from .eval_stages import evaluate_scene, ground_truth_of, report_scene
     from .label_stages import consensus_scene, export_scene, lift_scene, segment_scene
     from .stages import download_scene, fuse_scene, import_scene, require_done
@@ -214,3 +224,48 @@ def _not_applicable(ws: Workspace, spec: StageSpec, cfg, lifted: dict, reason: s
         return {"not_applicable": reason}
 
     return run_stage(ws, spec.name, stage_config(spec, cfg), input_hash, body, force=cfg.force)
+
+
+def refuse_missing_inputs(
+    cfg, ws: Workspace, scene: str, capture: str | Path, with_capture: bool = False
+) -> BadInputError | None:
+    """The scene's own inputs that the config names (precomputed prediction folders, lift.mesh;
+    patterns expanded for this scene) exist, else a BadInputError naming the first missing one,
+    recorded as the failure of the stage that needs it (once: an identical failed record is kept).
+    `labelmaker run` raises it before import; the batch planner checks every scene it would
+    submit a stage of, and leaves the scene alone while the error stands."""
+    missing = missing_scene_input(cfg, scene, capture, with_capture)
+    if missing is None:
+        return None
+    stage, path, problem, fix = missing
+    err = BadInputError(scene, path, problem, fix)
+    previous = ws.read_state(stage)
+    if not previous or previous.get("status") != "failed" or previous.get("error") != str(err):
+        record_failure(ws, stage, err, previous)
+    return err
+
+
+def missing_scene_input(
+    cfg, scene: str, capture: str | Path, with_capture: bool = False
+) -> tuple[str, Path, str, str] | None:
+    """(stage, path, problem, fix) of the first of the scene's inputs that is missing (with
+    `with_capture`, its capture folder first; then the config's per-scene inputs), or None."""
+    if with_capture and not Path(capture).is_dir():
+        return ("import", Path(capture), "the capture folder does not exist (or is not a folder)",
+                "pass the folder of the scene's capture")
+    for name, model in sorted(cfg.segment.models.items()):
+        if model.kind == "precomputed" and model.path:
+            folder = scene_input_path(model.path, scene, capture)
+            if not folder.is_dir():
+                return (f"segment-{name}", folder, f"the prediction folder of model '{name}' does not exist",
+                        f"put the scene's label PNGs there or fix the path (--pred / segment.models.{name}.path)")
+    if cfg.lift.mesh is not None:
+        mesh = scene_input_path(cfg.lift.mesh, scene, capture)
+        if not mesh.is_file():
+            return (
+                "lift",
+                mesh,
+                "the mesh to lift onto does not exist",
+                "fix lift.mesh (patterns may use {scene} and {capture})",
+            )
+    return None

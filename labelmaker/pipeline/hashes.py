@@ -66,8 +66,9 @@ def consensus_input_hash(segment_outputs: Mapping[str, Optional[str]], models: M
     return stable_hash([plain, masks_output]) if refine_cfg.enabled else plain
 
 
-def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str]) -> str:
-    """The fused mesh's output hash, or a given mesh file's path, size and time."""
+def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str | Path]) -> str:
+    """The fused mesh's output hash, or a given mesh file's path, size and time (`mesh`: the
+    scene's own path, a lift.mesh pattern expanded)."""
     mesh_id = [consensus_output]
     if mesh is None:
         mesh_id.append(fuse_output)

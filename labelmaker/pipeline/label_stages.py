@@ -18,12 +18,12 @@ from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, v
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
-from ..lifting import LiftConfig, LiftFrame, lift
-from ..mesh import MeshArrays, read_mesh_or_points
+from ..lifting import LiftConfig, LiftFrame, frames_in_view, lift
+from ..mesh import MeshArrays, read_checked_mesh, read_mesh_or_points
 from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
-from ..workspace import Workspace, atomic_path, write_json_atomic
+from ..workspace import Workspace, atomic_path, scene_input_path, write_json_atomic
 from .hashes import consensus_input_hash, lift_input_hash, segment_config, versioned
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
@@ -37,7 +37,10 @@ class SegmentConfig:
 
 @dataclass
 class LiftStageConfig(LiftConfig):
-    mesh: Optional[str] = None  # lift onto this mesh or point cloud (vertex order kept) instead of the fused mesh
+    mesh: Optional[str] = None
+    min_labelled_share: float = (
+        0.01  # fewer labelled vertices than this share is bad input (mesh and poses do not match); 0 = no check
+    )
 
     def core(self) -> LiftConfig:
         """The lifting options alone, for `lifting.lift`."""
@@ -316,23 +319,22 @@ def lift_frames(ws: Workspace, labels_of_shard=None) -> Iterator[LiftFrame]:
                 )
 
 
-def target_mesh(ws: Workspace, mesh_path: str | None) -> tuple[MeshArrays, Path]:
-    """The mesh (or point cloud) to label: a given file, else the fused mesh."""
-    if mesh_path is None:
+def mesh_of_scene(ws: Workspace, mesh_pattern: str) -> Path:
+    """lift.mesh for this scene: the pattern's {scene} and {capture} from the import."""
+    meta = ws.read_scene_meta()
+    return scene_input_path(mesh_pattern, meta["scene"], meta.get("input_dir")).absolute()
+
+
+def target_mesh(ws: Workspace, mesh_pattern: str | None) -> tuple[MeshArrays, Path]:
+    """The mesh (or point cloud) to label: a given file (a pattern expanded for this scene),
+    checked, else the fused mesh."""
+    if mesh_pattern is None:
         require_done(ws, "lift", "fuse")
         return ws.read_mesh(), ws.mesh_path
-    path = Path(mesh_path)
-    if not path.exists():
-        raise BadInputError(ws.scene, path, "the mesh to lift onto does not exist", "fix lift.mesh")
-    mesh = read_mesh_or_points(path)
-    if len(mesh) == 0:
-        raise BadInputError(
-            ws.scene,
-            path,
-            "the mesh to lift onto cannot be read or has no vertices",
-            "pass a PLY/OBJ mesh or point cloud with vertices",
-        )
-    return mesh, path
+    path = mesh_of_scene(ws, mesh_pattern)
+    return read_checked_mesh(
+        path, ws.scene, "fix lift.mesh, or pass a complete PLY/OBJ mesh or point cloud (re-download or re-export it)"
+    ), path
 
 
 def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progress: bool = True) -> StageOutcome:
@@ -340,7 +342,9 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
     consensus = require_done(ws, "lift", "consensus")
     config = versioned("lift", dataclasses.asdict(cfg))
     fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
-    input_hash = lift_input_hash(consensus["output_hash"], fused, cfg.mesh)
+    input_hash = lift_input_hash(
+        consensus["output_hash"], fused, None if cfg.mesh is None else mesh_of_scene(ws, cfg.mesh)
+    )
 
     def body() -> dict:
         mesh, path = target_mesh(ws, cfg.mesh)
@@ -349,25 +353,52 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
             result = lift(lift_frames(ws), mesh.vertices, triangles, len(unified_space().ids), cfg.core(),
                           normals=mesh.normals, progress=bar.update)
+        labelled = result.labels > 0
+        share = float(labelled.mean()) if len(mesh) else 0.0
+        if share < cfg.min_labelled_share:
+            raise _too_few_labelled(ws, mesh, path, int(labelled.sum()), share, cfg)
         _save_npy(ws.output_path("labels"), result.labels.astype(np.int32))
         _save_npy(ws.output_path("confidence"), result.confidence.astype(np.float32))
         with atomic_path(ws.output_path("soft")) as tmp:
             write_soft_labels(
                 tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names
             )
-        labelled = result.labels > 0
         return {
             "mesh": ws.path_for_record(path),
             "vertices": len(mesh),
             "triangles": int(len(mesh.triangles)),
             "labelled_vertices": int(labelled.sum()),
-            "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
+            "labelled_share": round(share, 4),
             "classes_present": int(len(np.unique(result.labels[labelled]))),
             # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
             "output_hash": stable_hash([input_hash, config]),
         }
 
     return run_stage(ws, "lift", config, input_hash, body, force=force)
+
+
+def _too_few_labelled(ws: Workspace, mesh: MeshArrays, path: Path, n_labelled: int, share: float,
+                      cfg: LiftStageConfig) -> BadInputError:
+    """The error for a lift that labels almost nothing, naming what the frames see of the mesh."""
+    poses, intrinsics, sizes = [], [], []
+    for batch in ws.iter_frame_shards():
+        poses.append(batch.T_cw)
+        intrinsics.append(batch.K_color)
+        sizes.append(batch.color.shape[1:3])
+    seeing = int(frames_in_view(mesh.vertices, np.concatenate(poses), np.concatenate(intrinsics), sizes[0]).sum())
+    n_frames = sum(len(p) for p in poses)
+    sight = ("no frame looks at the mesh" if seeing == 0 else
+             f"{seeing} of {n_frames} frames look at the mesh, but their depth does not meet its surface")
+    return BadInputError(
+        ws.scene,
+        path,
+        f"the lift labelled only {n_labelled} of {len(mesh)} vertices ({share:.2%}, below lift.min_labelled_share="
+        f"{cfg.min_labelled_share}): {sight}",
+        "check that the mesh is in the capture's frame of reference "
+        "(the same scan, not another one or a re-aligned copy), "
+        "that the trajectory's translations are in metres, and that mesh and capture belong to the same scene; "
+        "for a capture that sees only a small part of the mesh lower lift.min_labelled_share",
+    )
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

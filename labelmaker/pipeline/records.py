@@ -11,10 +11,11 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import LabelmakerError
 from ..workspace import Workspace
@@ -133,6 +134,38 @@ def run_stage(
     )
     ws.write_state(stage, record)
     return StageOutcome(record, skipped=False)
+
+
+@contextmanager
+def failures_recorded(ws: Workspace, stage: str) -> Iterator[None]:
+    """Around a whole stage function: an error it raises before `run_stage` wrote its record (a
+    check of its config or its inputs, e.g. consensus without models) is recorded as a failed
+    attempt too, so that a batch sees why the job ended (bad input is not retried) and no old
+    done-record stands for a run that failed."""
+    before = ws.read_state(stage)
+    try:
+        yield
+    except Exception as err:
+        if ws.read_state(stage) == before:  # run_stage did not record this attempt
+            record_failure(ws, stage, err, before)
+        raise
+
+
+def record_failure(ws: Workspace, stage: str, err: Exception, previous: dict | None = None) -> None:
+    """A failed record of `stage` for an error raised outside `run_stage` (its class from the error)."""
+    error_class = (
+        err.error_class
+        if isinstance(err, LabelmakerError)
+        else ("out_of_memory" if is_out_of_memory(err) else "crashed")
+    )
+    message = str(err) if isinstance(err, LabelmakerError) else f"{type(err).__name__}: {err}"
+    record = {"stage": stage, "scene": ws.scene, "attempt": int((previous or {}).get("attempt", 0)) + 1,
+              "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+    try:
+        ws.create()
+        _record_failure(ws, stage, record, time.perf_counter(), error_class, message)
+    except (LabelmakerError, OSError):
+        pass  # no workspace to record in (its path is the problem); the error itself says so
 
 
 def _record_failure(ws: Workspace, stage: str, record: dict, t0: float, error_class: str, message: str):

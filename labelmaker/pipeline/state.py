@@ -91,29 +91,34 @@ class StateReader:
         self.names = [spec.name for spec in graph]
         self.key = stable_hash([self.names, self.config_hashes, self.consts])
 
-    def scene(self, scene: str, workspace: str, cache: "StateCache | None" = None) -> SceneState:
+    def scene(
+        self, scene: str, workspace: str, cache: "StateCache | None" = None, capture: str | None = None
+    ) -> SceneState:
         """A scene's state; with a cache, the derived state is reused while the scene's state
-        folder is unchanged (and nothing of it runs)."""
+        folder is unchanged (and nothing of it runs). `capture`: the scene's capture folder
+        (for per-scene input paths such as a lift.mesh pattern)."""
         workspace = str(workspace)
         if cache is None:
-            return self.from_records(scene, workspace, Workspace(workspace).read_states(self.names))
+            return self.from_records(scene, workspace, Workspace(workspace).read_states(self.names), capture)
         ws = Workspace(workspace)
         stamp = ws.state_stamp()
         stages = cache.lookup(workspace, stamp, self.key)
         if stages is not None:
             return SceneState(scene, workspace, stages)
-        state = self.from_records(scene, workspace, cache.records(ws, self.names, stamp))
+        state = self.from_records(scene, workspace, cache.records(ws, self.names, stamp), capture)
         if all(s.status != "running" for s in state.stages.values()):
             cache.store(workspace, stamp, self.key, state.stages)
         return state
 
-    def from_records(self, scene: str, workspace: str, records: dict[str, Optional[dict]]) -> SceneState:
+    def from_records(
+        self, scene: str, workspace: str, records: dict[str, Optional[dict]], capture: str | None = None
+    ) -> SceneState:
         out = SceneState(scene, str(workspace))
         for spec in self.graph:
-            out.stages[spec.name] = self._stage(spec, records, out.stages)
+            out.stages[spec.name] = self._stage(spec, records, out.stages, (scene, capture))
         return out
 
-    def _stage(self, spec: StageSpec, records: dict, before: dict[str, StageState]) -> StageState:
+    def _stage(self, spec: StageSpec, records: dict, before: dict[str, StageState], where: tuple) -> StageState:
         rec = records.get(spec.name)
         deps = [before[d] for d in spec.deps]
         if rec is None:
@@ -132,7 +137,7 @@ class StateReader:
             if rec.get("config_hash") != self.config_hashes[spec.name] or any(d.status != "done" for d in deps):
                 state.status = "stale"
             else:
-                expected = expected_input_hash(spec, self.cfg, records, self.consts)
+                expected = expected_input_hash(spec, self.cfg, records, self.consts, where)
                 if expected is not None and rec.get("input_hash") != expected:
                     state.status = "stale"
         return state

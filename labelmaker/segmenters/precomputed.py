@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..frames import FrameBatch
 from ..io.images import read_image, resize_nearest
+from ..workspace import scene_input_path
 from .base import ModelConfig, SceneContext, register_segmenter
 
 ASPECT_TOLERANCE = 0.01
@@ -25,18 +26,30 @@ class PrecomputedSegmenter:
             raise ValueError(f"model {name!r}: precomputed needs `path`, the folder of label PNGs")
         self.name = name
         self.label_space = cfg.label_space
-        self.folder = Path(cfg.path)
+        self.pattern = cfg.path  # a folder, or a pattern with {scene} and {capture} (batches)
+
+    def folder(self, ctx: SceneContext) -> Path:
+        folder = scene_input_path(self.pattern, ctx.scene, ctx.input_dir)
+        if not folder.is_dir():
+            raise BadInputError(
+                ctx.scene,
+                folder,
+                f"the prediction folder of model '{self.name}' does not exist",
+                "put the scene's label PNGs there or fix the path (--pred / segment.models.<model>.path)",
+            )
+        return folder
 
     def predict(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
         h, w = batch.color.shape[1:3]
-        return np.stack([self._read(name, (w, h), ctx.scene) for name in batch.names])
+        folder = self.folder(ctx)
+        return np.stack([self._read(folder, name, (w, h), ctx.scene) for name in batch.names])
 
-    def _read(self, frame: str, wh: tuple[int, int], scene: str) -> np.ndarray:
-        path = self.folder / f"{frame}.png"
+    def _read(self, folder: Path, frame: str, wh: tuple[int, int], scene: str) -> np.ndarray:
+        path = folder / f"{frame}.png"
         if not path.exists():
             raise BadInputError(
                 scene, path, f"model '{self.name}' has no prediction for frame {frame}",
-                f"write one label PNG per frame into {self.folder}, named <frame name>.png",
+                f"write one label PNG per frame into {folder}, named <frame name>.png",
             )
         labels = read_image(path, scene, f"prediction ({self.name})")
         if labels.ndim != 2:
