@@ -141,7 +141,6 @@ PATH_OVERRIDES = ("lift.mesh", "data.metadata_csv", "evaluate.ground_truth")
 def absolute_path_overrides(overrides: list[str], cwd: Path | None = None) -> list[str]:
     """`overrides` with the values of PATH_OVERRIDES made absolute (relative to `cwd`), and their
     {placeholders} checked: only {scene} and {capture} exist."""
-    from .workspace import SCENE_PLACEHOLDERS, pattern_fields
 
     out = []
     for override in overrides:
@@ -152,19 +151,24 @@ def absolute_path_overrides(overrides: list[str], cwd: Path | None = None) -> li
             value = _absolute_pattern(value, key, cwd)
             # quoted: Hydra's override grammar takes braces, spaces and the like only in quotes
             override = f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-            try:
-                unknown = [f for f in pattern_fields(value) if f not in SCENE_PLACEHOLDERS]
-            except ValueError as err:
-                raise ConfigError(
-                    f"{key}: {err}", "write {scene} or {capture} in braces, or no braces at all"
-                ) from None
-            if unknown:
-                raise ConfigError(f"{key}={value!r} names {{{unknown[0]}}}",
-                                  "use only {scene} (the scene's name) and {capture} (its capture folder)")
+            check_pattern(value, f"{key}={value!r}")
         elif sep and re.search(r"\{(scene|capture)\}", value) and value[:1] not in "'\"":
             override = f"{key}='{value}'"  # (a pattern under a misspelt key: let Hydra name the key, not the braces)
         out.append(override)
     return out
+
+
+def check_pattern(pattern: str, what: str) -> None:
+    """A per-scene path pattern names only {scene} and {capture}; else a ConfigError about `what`."""
+    from .workspace import SCENE_PLACEHOLDERS, pattern_fields
+
+    try:
+        unknown = [f for f in pattern_fields(pattern) if f not in SCENE_PLACEHOLDERS]
+    except ValueError as err:
+        raise ConfigError(f"{what}: {err}", "write {scene} or {capture} in braces, or no braces at all") from None
+    if unknown:
+        raise ConfigError(f"{what} names {{{unknown[0]}}}",
+                          "use only {scene} (the scene's name) and {capture} (its capture folder) in braces")
 
 
 def _absolute_pattern(value: str, what: str, cwd: Path | None) -> str:
@@ -185,7 +189,6 @@ def precomputed_models(specs: list[str], cwd: Path | None = None) -> dict[str, M
     import difflib
 
     from .labels import SPACES
-    from .workspace import SCENE_PLACEHOLDERS, pattern_fields
 
     models = {}
     for i, spec in enumerate(specs, start=1):
@@ -201,16 +204,7 @@ def precomputed_models(specs: list[str], cwd: Path | None = None) -> dict[str, M
                 f"--pred {spec!r}: unknown label space {space!r}" + (f" (did you mean {close[0]}?)" if close else ""),
                 f"use one of {', '.join(SPACES)}",
             )
-        try:
-            unknown = [f for f in pattern_fields(folder) if f not in SCENE_PLACEHOLDERS]
-        except ValueError as err:
-            raise ConfigError(
-                f"--pred {spec!r}: {err}", "write {scene} or {capture} in braces, or no braces at all"
-            ) from None
-        if unknown:
-            raise ConfigError(
-                f"--pred {spec!r} names {{{unknown[0]}}}", "use only {scene} and {capture} in the folder pattern"
-            )
+        check_pattern(folder, f"--pred {spec!r}")
         models[f"pred{i}_{space}"] = ModelConfig(kind="precomputed", label_space=space,
                                                  path=_absolute_pattern(folder, f"--pred {space}", cwd))
     return models

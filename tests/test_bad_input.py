@@ -430,7 +430,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def _params(cases):
+    """Cases that run every stage (a correct result, or an error only the lift can see) are slow."""
+    return [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.expect == "ok" or c.stage == "lift" else [])
+            for c in cases]
+
+
+@pytest.mark.parametrize("case", _params(CASES))
 def test_broken_input_gives_a_clear_error_or_a_correct_result(pristine, tmp_path, capsys, case):
     cap = build_capture(pristine, tmp_path)
     case.damage(cap)
@@ -442,7 +448,7 @@ def test_broken_input_gives_a_clear_error_or_a_correct_result(pristine, tmp_path
         return
     line = error_line(err)
     assert code == 2, err
-    assert "+" not in line.split("Fix:")[-1] and "use +" not in line, line  # never a recommendation to add a key
+    assert "+" not in line.split("Fix:")[-1] and "use +" not in err, err  # never a recommendation to add a key
     for text in case.mentions:
         assert text in line, (text, line)
     if case.expect == "config":

@@ -63,15 +63,18 @@ def _kitchen_sensreader(dest: Path, color_scale: float = 2.0) -> Path:
     return dest
 
 
+def _beside_7scenes(tmp_path: Path, folder: Path) -> tuple[Workspace, Workspace, dict]:
+    """The kitchen imported from its 7-Scenes frames and from `folder` (another layout of them):
+    both workspaces and the second import's summary."""
+    seven, other = Workspace(tmp_path / "ws7"), Workspace(tmp_path / "ws_other")
+    import_scene(_kitchen_7scenes(tmp_path / "kitchen"), seven, _data("data=posed_rgbd"), progress=False)
+    summary = import_scene(folder, other, _data("data=posed_rgbd"), progress=False).record["summary"]
+    return seven, other, summary
+
+
 @needs_kitchen
 def test_scannet_sensreader_export_imports_like_the_frame_export(tmp_path):
-    seven = Workspace(tmp_path / "ws7")
-    import_scene(_kitchen_7scenes(tmp_path / "kitchen"), seven, _data("data=posed_rgbd"), progress=False)
-    scannet = Workspace(tmp_path / "wss")
-    record = import_scene(
-        _kitchen_sensreader(tmp_path / "scene0000_00"), scannet, _data("data=posed_rgbd"), progress=False
-    ).record
-    summary = record["summary"]
+    seven, scannet, summary = _beside_7scenes(tmp_path, _kitchen_sensreader(tmp_path / "scene0000_00"))
     assert summary["layout"] == "sensreader" and summary["n_frames"] == len(FRAMES)
     assert summary["color_size"] == [1280, 960] and summary["depth_size"] == [640, 480]
     a, b = seven.read_frame_shard(0), scannet.read_frame_shard(0)
@@ -189,11 +192,7 @@ def _kitchen_tum(dest: Path) -> Path:
 
 @needs_kitchen
 def test_tum_style_pose_list(tmp_path):
-    seven = Workspace(tmp_path / "ws7")
-    import_scene(_kitchen_7scenes(tmp_path / "kitchen"), seven, _data("data=posed_rgbd"), progress=False)
-    tum = Workspace(tmp_path / "wst")
-    summary = import_scene(_kitchen_tum(tmp_path / "rgbd_dataset_kitchen"), tum, _data("data=posed_rgbd"),
-                           progress=False).record["summary"]
+    seven, tum, summary = _beside_7scenes(tmp_path, _kitchen_tum(tmp_path / "rgbd_dataset_kitchen"))
     assert summary["layout"] == "tum"
     assert (
         summary["n_frames"] == len(FRAMES) - 1 and summary["dropped"]["outside_trajectory"] == 1
