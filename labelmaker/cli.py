@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabelmakerError as err:
         print(f"error ({err.error_class}): {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished stages and shards are kept; the same command resumes", file=sys.stderr)
+        return 130
     except Exception as err:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
