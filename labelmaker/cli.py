@@ -124,14 +124,27 @@ def _print_summary(title: str, lines: dict) -> None:
         print(f"  {key:<18} {value}")
 
 
+def _scene_workspace(args):
+    """The workspace of `run` / `import`, created: bad input when it cannot be a folder or is the
+    capture folder itself (its outputs would mix with the capture's files)."""
+    from .errors import BadInputError
+    from .workspace import Workspace
+
+    scene = Path(args.input).name
+    if Path(args.workspace).resolve() == Path(args.input).resolve():
+        raise BadInputError(scene, args.workspace, "the workspace is the capture folder itself",
+                            "give the scene its own workspace folder, e.g. ws/<scene>")
+    ws = Workspace(args.workspace)
+    ws.create(scene=scene)
+    return ws
+
+
 def cmd_import(args) -> None:
     from .config import absolute_path_overrides
     from .pipeline.stages import import_scene
-    from .workspace import Workspace
 
     cfg, raw = _load([f"data={args.source}", *absolute_path_overrides(args.overrides)])
-    ws = Workspace(args.workspace)
-    ws.create(scene=Path(args.input).name)
+    ws = _scene_workspace(args)
     t0 = time.perf_counter()
     outcome = import_scene(args.input, ws, cfg.data, force=cfg.force, progress=cfg.progress)
     _record_run(ws.root, "import", raw, args.overrides)
@@ -186,12 +199,10 @@ def cmd_run(args) -> None:
     from .config import absolute_path_overrides, precomputed_models
     from .pipeline.graph import refuse_missing_inputs
     from .pipeline.run import run_scene
-    from .workspace import Workspace
 
     overrides = absolute_path_overrides(list(args.overrides))
     cfg, raw = _load(overrides, precomputed_models(args.pred))
-    ws = Workspace(args.workspace)
-    ws.create(scene=Path(args.input).name)
+    ws = _scene_workspace(args)
     missing = refuse_missing_inputs(
         cfg, ws, Path(args.input).name, Path(args.input).resolve(), with_capture=True
     )  # before import: seconds, not an import

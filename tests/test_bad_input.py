@@ -427,6 +427,7 @@ CASES = [
     Case("no_models", lambda c: setattr(c, "args", c.args[2:]), "bad_input", ("no segmentation models",), "consensus"),
     Case("capture_is_a_file", lambda c: (shutil.rmtree(c.vid), c.vid.write_text("x")), "bad_input", (), "import"),
     Case("workspace_under_a_file", _workspace_under_file, "bad_input", ("afile", "is a file")),
+    Case("workspace_is_the_capture", lambda c: setattr(c, "ws", c.vid), "bad_input", ("the capture folder itself",)),
 ]
 
 

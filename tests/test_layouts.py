@@ -136,7 +136,8 @@ def _labelmaker_workspace(scene, ws: Workspace, dest: Path) -> Path:
 @pytest.mark.slow
 def test_labelmaker_workspace_is_revoted_and_relifted(synth_scene_factory, tmp_path):
     """An existing LabelMaker workspace: its frames and its intermediate/ predictions, voted and
-    lifted onto its mesh by us; the labels match the scene's ground truth where seen."""
+    lifted onto its mesh by us; the labels match the scene's ground truth where seen. The same as
+    a batch of such workspaces, one of them without its predictions."""
     from labelmaker.io.ground_truth import GroundTruth
     from labelmaker.labels import unified_to
 
@@ -145,27 +146,29 @@ def test_labelmaker_workspace_is_revoted_and_relifted(synth_scene_factory, tmp_p
     import_scene(scene.video_dir, ours, _data(), progress=False)
     lm = _labelmaker_workspace(scene, ours, tmp_path / "lm" / scene.video_id)
     out = tmp_path / "ws"
-    assert (
-        main(
-            [
-                "run",
-                str(lm),
-                str(out),
-                "data=labelmaker",
-                "--pred",
-                "ade20k={capture}/intermediate/ade20k_internimage_1",
-                "lift.mesh={capture}/mesh.ply",
-                "progress=false",
-            ]
-        )
-        == 0
-    )
+    preds = "{capture}/intermediate/ade20k_internimage_1"
+    args = ["run", str(lm), str(out), "data=labelmaker", "--pred", "ade20k=" + preds, "lift.mesh={capture}/mesh.ply"]
+    assert main([*args, "progress=false"]) == 0
     ws = Workspace(out)
     assert ws.read_state("import")["summary"]["intermediate"] == ["ade20k_internimage_1"]
     ids = np.load(ws.output_path("labels_scannet200"))
     truth = unified_to("scannet200")[GroundTruth(scene.gt_dir, scene.video_id).vertex_labels()]
     seen = ids > 0
     assert seen.mean() > 0.2 and (ids[seen] == truth[seen]).mean() > 0.8
+
+    # a batch of LabelMaker workspaces, one without its intermediate/ folder: done and bad_input
+    from batch_helpers import status_json
+
+    shutil.copytree(lm, lm.parent / "broken")
+    shutil.rmtree(lm.parent / "broken" / "intermediate")
+    batch_out = tmp_path / "out"
+    args = ["batch", str(lm.parent), str(batch_out), "data=labelmaker", "--pred", "ade20k=" + preds,
+            "lift.mesh={capture}/mesh.ply", "cluster=inprocess", "progress=false", "batch.skip=[evaluate,report]"]
+    assert main(args) == 1
+    status = status_json(batch_out)
+    assert status["scene_status"] == {scene.video_id: "done", "broken": "failed"}
+    assert [f["error_class"] for f in status["failures"]] == ["bad_input"]
+    np.testing.assert_array_equal(np.load(Workspace(batch_out / scene.video_id).output_path("labels_scannet200")), ids)
 
 
 def _kitchen_tum(dest: Path) -> Path:
@@ -202,3 +205,58 @@ def test_tum_style_pose_list(tmp_path):
     centres = lambda T: np.einsum("nji,nj->ni", T[:, :3, :3], -T[:, :3, 3])  # noqa: E731
     assert np.abs(centres(a.T_cw[:-1]) - centres(b.T_cw)).max() < 0.01  # 3 ms of interpolation
     assert np.abs(a.T_cw[:-1, :3, :3] - b.T_cw[:, :3, :3]).max() < 0.02
+
+
+def _eight_bit_depths(folder: Path) -> None:
+    for path in sorted(folder.glob("*.png")):
+        Image.fromarray((np.asarray(Image.open(path)) // 20).clip(0, 255).astype(np.uint8)).save(path)
+
+
+LAYOUT_DAMAGES = {
+    # layout builder, damage, what the error line names
+    "sensreader_no_depth_intrinsics": (
+        _kitchen_sensreader,
+        lambda d: (d / "intrinsic" / "intrinsic_depth.txt").unlink(),
+        ("intrinsic_depth.txt",),
+    ),
+    "sensreader_pose_garbage": (
+        _kitchen_sensreader,
+        lambda d: (d / "pose" / "3.txt").write_text("1 2 3\n"),
+        ("3.txt", "16"),
+    ),
+    "sensreader_all_poses_lost": (
+        _kitchen_sensreader,
+        lambda d: [p.write_text("-inf " * 16) for p in (d / "pose").iterdir()],
+        ("tracking lost",),
+    ),
+    "sensreader_8_bit_depth": (_kitchen_sensreader, lambda d: _eight_bit_depths(d / "depth"), ("8-bit",)),
+    "tum_pose_list_garbage": (
+        _kitchen_tum,
+        lambda d: (d / "groundtruth.txt").write_text("1 2 3\n"),
+        ("groundtruth.txt",),
+    ),
+    "tum_no_depth": (_kitchen_tum, lambda d: shutil.rmtree(d / "depth"), ("depth",)),
+    "tum_poses_of_another_recording": (
+        _kitchen_tum,
+        lambda d: (d / "groundtruth.txt").write_text("10.0 0 0 0 0 0 0 1\n11.0 0 0 0 0 0 0 1\n"),
+        ("groundtruth.txt", "same recording"),
+    ),
+    "tum_no_intrinsics": (_kitchen_tum, lambda d: (d / "camera-intrinsics.txt").unlink(), ("camera-intrinsics.txt",)),
+}
+
+
+@needs_kitchen
+@pytest.mark.parametrize("name", sorted(LAYOUT_DAMAGES))
+def test_broken_posed_rgbd_layouts_fail_clearly(tmp_path, capsys, name):
+    """More of the corpus: broken ScanNet / TUM-style captures give one line (exit 2) naming the
+    scene, the file and the fix, and a failed import record."""
+    build, damage, mentions = LAYOUT_DAMAGES[name]
+    folder = build(tmp_path / "scene0")
+    damage(folder)
+    code = main(["import", "posed_rgbd", str(folder), str(tmp_path / "ws"), "progress=false"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error (bad_input): scene 'scene0'") and "Fix:" in lines[0], lines[0]
+    assert all(text in lines[0] for text in mentions), lines[0]
+    assert Workspace(tmp_path / "ws").read_state("import")["status"] == "failed"

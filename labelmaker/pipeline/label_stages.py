@@ -19,7 +19,7 @@ from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
 from ..lifting import LiftConfig, LiftFrame, frames_in_view, lift
-from ..mesh import MeshArrays, read_checked_mesh, read_mesh_or_points
+from ..mesh import MeshArrays, read_checked_mesh
 from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
@@ -411,7 +411,8 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
     lifted = require_done(ws, "export", "lift")
 
     def body() -> dict:
-        mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
+        mesh = read_checked_mesh(ws.path_from_record(lifted["summary"]["mesh"]), ws.scene,
+                                 "restore the mesh the lift labelled, or rerun lift (force=true)")
         labels = np.load(ws.output_path("labels")).astype(np.int64)
         if len(labels) != len(mesh):
             raise BadInputError(
