@@ -11,6 +11,8 @@
     labelmaker batch --download <video list> <out root> [download.base_url=... download.split=...] [key=value ...]
     labelmaker status <out root> [--json] [--all]
     labelmaker retry <out root> [--error-class CLASS] [key=value ...]
+    labelmaker report <out root> [batch_report.min_frames=100 ...]
+    labelmaker export-dataset <out root> <dest> [dataset.grid_size_m=0.02 dataset.split_file=... ...]
 
 Errors a user can fix (bad input, a typo in a key, a missing earlier stage) print one clear line
 and exit non-zero (bad input: 2); an unexpected exception prints one line saying where its full
@@ -100,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
         "--error-class", default=None, help="only scenes that failed with this class (bad_input, timeout, ...)"
     )
     retry.add_argument("overrides", nargs="*")
+
+    report = sub.add_parser("report", help="a static HTML report of a batch (table, flags, plots, a page per scene); opens from disk")
+    report.add_argument("out_root")
+    report.add_argument("overrides", nargs="*", help="e.g. batch_report.min_frames=100 batch_report.out_dir=/some/folder")
+
+    dataset = sub.add_parser("export-dataset", help="a batch's finished scenes as a training dataset (Pointcept ScanNet layout)")
+    dataset.add_argument("out_root", help="the batch's output root")
+    dataset.add_argument("dest", help="the dataset folder to write or bring up to date")
+    dataset.add_argument("overrides", nargs="*", help="e.g. dataset.grid_size_m=0.02 dataset.split_file=splits.csv")
 
     demo = sub.add_parser("demo", help="synthetic scene -> labelled mesh with simulated models, with a summary")
     demo.add_argument("out_dir", nargs="?", default=None)
@@ -300,10 +311,42 @@ def cmd_status(args) -> int:
 
     cfg, scenes, folder, _ = commands.reopen_batch(args.out_root, list(args.overrides), _load, "status")
     states = commands.read_status(cfg, scenes, folder)
+    report = commands.report_link(folder)
     if args.json:
-        print(commands.dump_json(commands.status_report(states)))
+        print(commands.dump_json(commands.status_report(states, report)))
     else:
-        print(commands.format_status(states, show_all=args.all))
+        print(commands.format_status(states, show_all=args.all, report=report))
+    return 0
+
+
+def cmd_export_dataset(args) -> int:
+    from .pipeline import commands
+    from .pipeline.dataset_export import export_dataset
+
+    cfg, scenes, folder, _ = commands.reopen_batch(args.out_root, list(args.overrides), _load, "export-dataset")
+    result = export_dataset(cfg, scenes, folder, Path(args.dest), progress=cfg.progress)
+    n_in = len(scenes) - len(result.left_out)
+    lines = {"scenes": f"{n_in} in, {len(result.left_out)} left out of {len(scenes)}",
+             "this run": ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items())) or "nothing to do"}
+    for scene, reason in list(result.left_out.items())[:10]:
+        lines[f"left out {scene}"] = reason
+    if len(result.left_out) > 10:
+        lines["left out ..."] = f"{len(result.left_out) - 10} more (see the manifest)"
+    lines.update({"dataset": result.dest.resolve(), "manifest": result.manifest.resolve()})
+    _print_summary(f"export-dataset done in {result.seconds:.1f}s", lines)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .pipeline import commands
+    from .pipeline.batch_report import write_report
+
+    cfg, scenes, folder, _ = commands.reopen_batch(args.out_root, list(args.overrides), _load, "report")
+    result = write_report(cfg, scenes, folder, cfg.batch_report, progress=cfg.progress)
+    lines = {"scenes": f"{result.scenes} ({result.written} pages written, the others up to date)",
+             "flagged": ", ".join(f"{k}={v}" for k, v in sorted(result.flagged.items())) or "none",
+             "open": result.index.resolve().as_uri()}
+    _print_summary(f"report written: {result.scenes} scenes in {result.seconds:.1f}s", lines)
     return 0
 
 
@@ -341,6 +384,8 @@ COMMANDS = {
     "batch": cmd_batch,
     "status": cmd_status,
     "retry": cmd_retry,
+    "report": cmd_report,
+    "export-dataset": cmd_export_dataset,
 }
 
 

@@ -21,6 +21,8 @@ from .io.download import DownloadConfig
 from .io.registry import all_importers
 from .masks import MasksConfig
 from .pipeline.batch_config import BatchConfig, ClusterConfig
+from .pipeline.batch_report import BatchReportConfig
+from .pipeline.dataset_export import DatasetExportConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
@@ -54,6 +56,8 @@ class LabelmakerConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # where batch jobs run: the `cluster` group
     batch: BatchConfig = field(default_factory=BatchConfig)  # retries, backoff, length groups, resources
+    batch_report: BatchReportConfig = field(default_factory=BatchReportConfig)  # `labelmaker report`: flags' thresholds
+    dataset: DatasetExportConfig = field(default_factory=DatasetExportConfig)  # `labelmaker export-dataset`
 
 
 def config_dir() -> Path:

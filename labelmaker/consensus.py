@@ -16,6 +16,7 @@ the distinct prefixes before the next prediction is folded in.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -28,7 +29,7 @@ from .refine import SamRefineConfig
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "resolve_device", "dense_mapping"]
+           "resolve_device", "dense_mapping", "disagreement"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
 TIE_TOLERANCE = 1e-5
@@ -481,3 +482,43 @@ def class_counts(predictions: Sequence[Any], mappings: Sequence[Any], weights: S
         o[:, cols] = table.cpu().numpy()
     wins[cols] = np.rint(won.cpu().numpy()).astype(np.int64)
     return out, wins
+
+
+def _compatible(a: Any, b: Any, n_classes: int) -> np.ndarray:
+    """(S_a, S_b) bool: whether source class i of mapping a and j of mapping b share a unified class."""
+    def member(m) -> np.ndarray:
+        offsets, targets = np.asarray(m.offsets, dtype=np.int64), np.asarray(m.targets, dtype=np.int64)
+        rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        out = np.zeros((len(offsets) - 1, n_classes), dtype=np.float32)
+        out[rows, targets] = 1.0
+        return out
+
+    return (member(a) @ member(b).T) > 0
+
+
+_compatible_cached = functools.lru_cache(maxsize=64)(_compatible)
+
+
+def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_classes: int) -> tuple[int, int]:
+    """How often the models contradict each other: (pixels where some two models name classes that
+    share no unified class, pixels where at least two models name a class that maps somewhere).
+
+    A coarse class agrees with each of its members (ADE20K "cabinet" with "kitchen cabinet"); a
+    class that maps to nothing (sky, unlabelled) takes no part. predictions: one integer array per
+    model, all of one shape, in the source space of its mapping (CSR `.offsets`, `.targets`).
+    """
+    preds = [np.asarray(p, dtype=np.int64).reshape(-1) for p in predictions]
+    if len(preds) < 2:
+        return 0, 0
+    known = [np.diff(np.asarray(m.offsets))[p] > 0 for p, m in zip(preds, mappings)]
+    contradict = np.zeros(preds[0].shape, dtype=bool)
+    for i in range(len(preds)):
+        for j in range(i + 1, len(preds)):
+            try:  # label mappings are hashable (cached tables); other mapping objects may not be
+                table = _compatible_cached(mappings[i], mappings[j], n_classes)
+            except TypeError:
+                table = _compatible(mappings[i], mappings[j], n_classes)
+            both = known[i] & known[j]
+            contradict |= both & ~table[preds[i], preds[j]]
+    compared = np.sum(known, axis=0) >= 2
+    return int(contradict.sum()), int(compared.sum())

@@ -72,7 +72,14 @@ OUTPUTS = {
     "iou_plot": "eval/per_class_iou.png",
     "confusion_plot": "eval/confusion.png",
     "preview": "report/preview.png",
+    # small per-scene summaries the batch report is built from (never the meshes themselves)
+    "label_summary": "labels/summary.json",  # export: counts per class, entropy, agreement, frames, upright
+    "preview_points": "labels/preview_points.npy",  # export: (N, 7) float16 x y z r g b unified-id, subsampled
+    "eval_summary": "eval/summary.json",  # evaluate: mIoU and per-class IoU of the lifted consensus
 }
+
+# Sums a consensus shard keeps in its attributes (the stage's agreement figures add them up)
+CONSENSUS_STATS = ("pixels", "known_pixels", "confidence_sum", "disagree_pixels", "compared_pixels")
 
 LABELS_DIR, EVAL_DIR, REPORT_DIR = "labels", "eval", "report"  # where OUTPUTS live
 
@@ -294,6 +301,32 @@ class Workspace:
         for index in range(self.frame_shard_count()):
             yield self.read_frame_shard(index)
 
+    def write_summary(self, name: str, data: dict) -> None:
+        """Write a per-scene summary (`label_summary` or `eval_summary`)."""
+        write_json_atomic(self.output_path(name), data)
+
+    def read_summary(self, name: str) -> dict | None:
+        """A per-scene summary, or None when it is absent or unreadable (fast: one open, no stat)."""
+        try:
+            with open(os.path.join(str(self.root), OUTPUTS[name]), "rb") as fh:
+                data = json.loads(fh.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_preview_points(self, points: np.ndarray) -> None:
+        """(N, 7) rows x y z r g b unified-id, a subsample of the labelled vertices, stored as float16
+        (a preview: millimetres to centimetres of position are enough; colours and ids are exact)."""
+        with atomic_path(self.output_path("preview_points")) as tmp:
+            np.save(tmp, np.ascontiguousarray(points, dtype=np.float16))
+
+    def read_preview_points(self) -> np.ndarray | None:
+        try:
+            points = np.load(os.path.join(str(self.root), OUTPUTS["preview_points"]))
+        except (FileNotFoundError, NotADirectoryError, ValueError, OSError):
+            return None
+        return points if points.ndim == 2 and points.shape[1] == 7 else None
+
     def output_path(self, name: str) -> Path:
         """Where output `name` (a key of OUTPUTS) lives; write it through atomic_path."""
         return self.root / OUTPUTS[name]
@@ -505,6 +538,15 @@ class BatchFolder:
     @property
     def status_cache_path(self) -> Path:
         return self.root / "status-cache.pickle"
+
+    @property
+    def report_dir(self) -> Path:
+        """`labelmaker report`'s static HTML report of the batch."""
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report_dir / "index.html"
 
     def exists(self) -> bool:
         return (self.root / "batch.json").exists()

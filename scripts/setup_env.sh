@@ -16,6 +16,18 @@ if ! ldconfig -p | grep -q "libusb-1.0.so.0" || ! ldconfig -p | grep -q "libGL.s
   fi
 fi
 
+# The batch report's tests open it in a real browser: headless Chromium (Debian's package).
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium (headless browser for the report tests)"
+    (apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+      (apt-get update -qq >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null)) ||
+      echo "[setup] could not install chromium: the browser tests will be skipped (CI fails them)" >&2
+  else
+    echo "[setup] please install chromium (apt-get install chromium): the report's browser tests need it" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   python3 -m venv .venv

@@ -18,6 +18,7 @@ from .graph import scene_graph
 from .journal import Journal
 from .state import StateCache, SceneState, StateReader, counts
 
+READ_ONLY = ("status", "report", "export-dataset")  # commands that leave no config in _batch/configs
 STATUS_ORDER = ("done", "stale", "queued", "running", "pending", "failed", "dependency_failed")
 
 
@@ -98,7 +99,7 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
         [*stored, *absolute_path_overrides(overrides)], precomputed_models(folder.read_batch().get("pred", []))
     )
     _same_kind(folder, bool(cfg.batch.download))
-    config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command != "status" else None
+    config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command not in READ_ONLY else None
     return cfg, scenes, folder, config_path
 
 
@@ -115,10 +116,16 @@ def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[Scen
     return states
 
 
-def status_report(states: list[SceneState]) -> dict:
+def report_link(folder: BatchFolder) -> str | None:
+    """The batch report's index as a file:// address, when `labelmaker report` has written one."""
+    return folder.report_index.resolve().as_uri() if folder.report_index.exists() else None
+
+
+def status_report(states: list[SceneState], report: str | None = None) -> dict:
     """What `status --json` prints: counts, and per scene its status and failures."""
     summary = counts(states)
     summary["n_scenes"] = len(states)
+    summary["report"] = report
     summary["failures"] = [
         {"scene": st.scene, "stage": f.stage, "error_class": f.error_class, "error": f.error, "attempt": f.attempt,
          "workspace": st.workspace}
@@ -128,8 +135,9 @@ def status_report(states: list[SceneState]) -> dict:
     return summary
 
 
-def format_status(states: list[SceneState], show_all: bool = False, max_rows: int = 40) -> str:
-    """Tables: per stage (counts by status), per scene (not done ones, or all), failures."""
+def format_status(states: list[SceneState], show_all: bool = False, max_rows: int = 40, report: str | None = None) -> str:
+    """Tables: per stage (counts by status), per scene (not done ones, or all), failures; the
+    batch report's address when there is one."""
     lines = []
     stage_names = list(states[0].stages) if states else []
     per_stage = {name: Counter(st.stages[name].status for st in states) for name in stage_names}
@@ -164,6 +172,8 @@ def format_status(states: list[SceneState], show_all: bool = False, max_rows: in
             lines.append(f"  {st.scene} {f.stage} [{f.error_class}, attempt {f.attempt}]: {f.error}")
         if len(failures) > max_rows:
             lines.append(f"  ... and {len(failures) - max_rows} more")
+    lines.append("")
+    lines.append(f"report: {report}" if report else "report: none yet (`labelmaker report <out root>` writes one)")
     return "\n".join(lines)
 
 

@@ -113,6 +113,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
         plot_per_class_iou(results3d, names, ws.output_path("iou_plot"), f"{ws.scene}: 3D IoU per class")
         conf = confusion_matrix(np.load(ws.output_path("labels")), gt3d, n)
         plot_confusion(conf, names, ws.output_path("confusion_plot"), f"{ws.scene}: 3D confusion (lifted consensus)")
+        ws.write_summary("eval_summary", eval_summary(results3d, results2d))
         return {
             "miou_3d": {k: round(v.miou, 4) for k, v in results3d.items()},
             "accuracy_3d": {k: round(v.accuracy, 4) for k, v in results3d.items()},
@@ -121,6 +122,22 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
         }
 
     return run_stage(ws, "evaluate", versioned("evaluate", dataclasses.asdict(cfg)), input_hash, body, force=force)
+
+
+def eval_summary(results3d: dict[str, Scores], results2d: dict[str, Scores]) -> dict:
+    """What the batch report shows of a scene's scores: every method's mIoU and accuracy, and the
+    lifted consensus' IoU and ground-truth support per unified class."""
+    def num(x) -> float | None:  # NaN (nothing to score) as null: the report's JSON is read by browsers
+        return round(float(x), 4) if np.isfinite(x) else None
+
+    ours = results3d["lifted consensus"]
+    return {
+        "miou_3d": {k: num(v.miou) for k, v in results3d.items()},
+        "accuracy_3d": {k: num(v.accuracy) for k, v in results3d.items()},
+        "miou_2d": {k: num(v.miou) for k, v in results2d.items()},
+        "per_class_iou_3d": {str(c): num(iou) for c, iou in sorted(ours.per_class_iou.items())},
+        "support_3d": {str(c): int(n) for c, n in sorted(ours.support.items())},
+    }
 
 
 def _scores_2d(

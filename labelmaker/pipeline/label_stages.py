@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, vote, vote_calibrated
+from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, disagreement, vote, vote_calibrated
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
@@ -23,7 +23,7 @@ from ..mesh import MeshArrays, read_checked_mesh
 from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
-from ..workspace import Workspace, atomic_path, scene_input_path, write_json_atomic
+from ..workspace import CONSENSUS_STATS, Workspace, atomic_path, scene_input_path, write_json_atomic
 from .hashes import consensus_input_hash, lift_input_hash, segment_config, versioned
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
@@ -51,6 +51,7 @@ class LiftStageConfig(LiftConfig):
 class ExportConfig:
     pointcept: bool = True
     pointcept_grid_m: float = 0.0  # > 0: one point per grid cell of this size (Pointcept-style 2 cm = 0.02)
+    preview_points: int = 6000  # labelled vertices kept (a random subsample) for the batch report's 3D view
 
 
 def segment_stage(model: str) -> str:
@@ -190,9 +191,11 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         weights = [float(models[n].weight) for n in names]
         n_classes = len(unified_space().ids)
 
-        def votes_of(i: int) -> tuple[list, list, list]:
-            """Shard i's predictions (flip TTA ones too), their mappings and weights."""
-            votes = [(p, mapping, w) for n, mapping, w in zip(names, mappings, weights) for p in model_votes(ws, n, i)]
+        def votes_of(i: int) -> tuple[list, list, list, list]:
+            """Shard i's predictions (flip TTA ones too), their mappings and weights, and which of
+            them are the models' own labels (not mirrored frames)."""
+            votes = [(p, mapping, w, k == 0) for n, mapping, w in zip(names, mappings, weights)
+                     for k, p in enumerate(model_votes(ws, n, i))]
             return tuple(list(x) for x in zip(*votes))
 
         out = ws.consensus_shards
@@ -211,7 +214,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 progress,
             )
             calibration_fp = calibration.fingerprint()
-        fingerprints, reused, unknown, pixels, refined = [], 0, 0, 0, 0
+        fingerprints, reused, refined = [], 0, 0
+        stats = dict.fromkeys(CONSENSUS_STATS, 0.0)
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
             for i in range(n_shards):
                 fp = stable_hash([config, weights, inputs[i], calibration_fp])
@@ -220,8 +224,9 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 fingerprints.append(fp)
                 if out.fingerprint(i) == fp:
                     reused += 1
+                    shard_stats = {k: float(v) for k, v in out.attrs(i).items() if k in CONSENSUS_STATS}
                 else:
-                    preds, vote_maps, vote_weights = votes_of(i)
+                    preds, vote_maps, vote_weights, own = votes_of(i)
                     if calibration is None:
                         result = vote(
                             preds, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(), ranks=max(2, cfg.ranks)
@@ -235,19 +240,27 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
                         refined += n_changed
                     labels = ranked[0]
+                    shard_stats = _agreement_stats(labels, shares[0], [p for p, k in zip(preds, own) if k],
+                                                   [m for m, k in zip(vote_maps, own) if k], n_classes)
                     out.write(i, {"labels": labels.astype(np.uint16), "confidence": shares[0].astype(np.float16),
                                   "more_labels": np.moveaxis(ranked[1:cfg.ranks], 0, 1).astype(np.uint16),
-                                  "more_confidence": np.moveaxis(shares[1:cfg.ranks], 0, 1).astype(np.float16)}, fp)
-                    unknown += int((labels == 0).sum())
-                    pixels += labels.size
+                                  "more_confidence": np.moveaxis(shares[1:cfg.ranks], 0, 1).astype(np.float16)}, fp,
+                              attrs=shard_stats)
+                for key in CONSENSUS_STATS:
+                    stats[key] += shard_stats.get(key, 0.0)
                 bar.update(1)
         out.remove_from(n_shards)
+        pixels, known, compared = stats["pixels"], stats["known_pixels"], stats["compared_pixels"]
         summary = {
             "models": names,
             "weights": weights,
             "shards": n_shards,
             "shards_reused": reused,
-            "unknown_share": round(unknown / pixels, 4) if pixels else None,
+            "unknown_share": round(1.0 - known / pixels, 4) if pixels else None,
+            # agreement between the models: the winner's mean vote share where a label is known, and
+            # the share of pixels (seen by 2+ models) where two models name unrelated classes
+            "mean_confidence": round(stats["confidence_sum"] / known, 4) if known else None,
+            "disagree_share": round(stats["disagree_pixels"] / compared, 4) if compared else None,
             "output_hash": stable_hash(fingerprints),
         }
         if calibration is not None:
@@ -257,6 +270,17 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         return summary
 
     return run_stage(ws, "consensus", config, input_hash, body, force=force)
+
+
+def _agreement_stats(labels: np.ndarray, confidence: np.ndarray, own_labels: list, own_mappings: list,
+                     n_classes: int) -> dict[str, float]:
+    """One consensus shard's sums behind the stage's agreement figures (kept in the shard's attrs,
+    so a resumed stage adds them up without voting again)."""
+    known = labels > 0
+    disagree, compared = disagreement(own_labels, own_mappings, n_classes)
+    return {"pixels": float(labels.size), "known_pixels": float(known.sum()),
+            "confidence_sum": float(np.asarray(confidence, dtype=np.float64)[known].sum()),
+            "disagree_pixels": float(disagree), "compared_pixels": float(compared)}
 
 
 def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
@@ -280,7 +304,7 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
         for i in tqdm(
             range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress
         ):
-            preds, mappings, weights = votes_of(i)
+            preds, mappings, weights, _ = votes_of(i)
             shard_counts, shard_wins = class_counts(
                 preds, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration
             )
@@ -427,6 +451,8 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
         for space, ids in per_space.items():
             _save_npy(ws.output_path(f"labels_{space}"), ids.astype(np.int32))
         write_json_atomic(ws.output_path("classes"), {"unified": classes_json("unified")})
+        ws.write_preview_points(preview_points(mesh, labels, cfg.preview_points))
+        ws.write_summary("label_summary", label_summary(ws, mesh, labels, lifted))
         summary = {
             "vertices": len(mesh),
             "files": [
@@ -448,6 +474,55 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
     return run_stage(
         ws, "export", versioned("export", dataclasses.asdict(cfg)), lifted["output_hash"], body, force=force
     )
+
+
+def preview_points(mesh: MeshArrays, labels: np.ndarray, n: int) -> np.ndarray:
+    """(min(n, V), 7) rows x y z r g b unified-id of a random (seeded, so repeatable)
+    subsample of the mesh's vertices, in vertex order."""
+    keep = np.arange(len(mesh))
+    if len(mesh) > max(0, n):
+        keep = np.sort(np.random.default_rng(0).choice(len(mesh), size=max(0, n), replace=False))
+    colors = mesh.colors[keep] if mesh.colors is not None else np.zeros((len(keep), 3))
+    return np.concatenate([mesh.vertices[keep], colors, labels[keep, None]], axis=1).astype(np.float32)
+
+
+def label_entropy_bits(counts: np.ndarray) -> float:
+    """Shannon entropy (bits) of a class histogram (unknown, id 0, left out): 0 for one class."""
+    c = np.asarray(counts, dtype=np.float64)[1:]
+    total = c.sum()
+    if total <= 0:
+        return 0.0
+    p = c[c > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def label_summary(ws: Workspace, mesh: MeshArrays, labels: np.ndarray, lifted: dict) -> dict:
+    """What the batch report shows of a scene, from what export has in hand: frames and upright
+    turns (scene.json), vertices and per-class counts (labels), the models' agreement (the
+    consensus record) and the lifted vertices' mean confidence."""
+    meta = ws.read_scene_meta()
+    counts = np.bincount(labels, minlength=len(unified_space().ids))
+    confidence = np.load(ws.output_path("confidence"))
+    labelled = labels > 0
+    consensus = (ws.read_state("consensus") or {}).get("summary") or {}
+    return {
+        "scene": ws.scene,
+        "source": meta.get("source"),
+        "n_frames": int(meta["n_frames"]),
+        "upright_counts": meta.get("upright_counts", {}),
+        "sky_direction": meta.get("sky_direction_metadata"),
+        "vertices": int(len(labels)),
+        "triangles": int(len(mesh.triangles)),
+        "labelled_share": round(float(labelled.mean()), 4) if len(labels) else 0.0,
+        "mean_vertex_confidence": round(float(confidence[labelled].mean()), 4) if labelled.any() else None,
+        "class_counts": {str(i): int(c) for i, c in enumerate(counts) if c},  # unified id -> vertices
+        "entropy_bits": round(label_entropy_bits(counts), 4),
+        "models": consensus.get("models", []),
+        "mean_confidence": consensus.get("mean_confidence"),
+        "disagree_share": consensus.get("disagree_share"),
+        "unknown_share": consensus.get("unknown_share"),
+        "lift_output": lifted.get("output_hash"),
+    }
 
 
 def _contiguous(ids: np.ndarray, space: str) -> np.ndarray:
