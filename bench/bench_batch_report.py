@@ -7,6 +7,7 @@ the preview points (export.preview_points of them) and a preview picture; then t
 
     python bench/bench_batch_report.py [--scenes 5000] [--points 8000] [--root /tmp/lm-bench-report]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,21 +43,38 @@ def add_summaries(root: Path, n_points: int, seed: int = 1) -> None:
         counts = rng.integers(10, 20000, len(classes))
         frames = int(rng.integers(20, 3000))
         turn = int(rng.choice([0, 0, 0, 1, 3]))
-        ws.write_summary("label_summary", {
-            "scene": s["scene"], "source": "arkitscenes", "n_frames": frames, "upright_counts": {str(turn): frames},
-            "sky_direction": str(rng.choice(["Up", "Up", "Up", "Left", "Right"])), "vertices": int(counts.sum() + 100),
-            "triangles": int(counts.sum() * 2), "labelled_share": round(float(rng.uniform(0.4, 1.0)), 4),
-            "mean_vertex_confidence": round(float(rng.uniform(0.5, 1.0)), 4),
-            "class_counts": {str(int(c)): int(n) for c, n in zip(classes, counts)} | {"0": 100},
-            "entropy_bits": round(float(rng.uniform(0.5, 4.0)), 4), "models": ["a", "b", "c"],
-            "mean_confidence": round(float(rng.beta(8, 2)), 4), "disagree_share": round(float(rng.beta(2, 8)), 4),
-            "unknown_share": 0.01, "lift_output": "x"})
+        ws.write_summary(
+            "label_summary",
+            {
+                "scene": s["scene"],
+                "source": "arkitscenes",
+                "n_frames": frames,
+                "upright_counts": {str(turn): frames},
+                "sky_direction": str(rng.choice(["Up", "Up", "Up", "Left", "Right"])),
+                "vertices": int(counts.sum() + 100),
+                "triangles": int(counts.sum() * 2),
+                "labelled_share": round(float(rng.uniform(0.4, 1.0)), 4),
+                "mean_vertex_confidence": round(float(rng.uniform(0.5, 1.0)), 4),
+                "class_counts": {str(int(c)): int(n) for c, n in zip(classes, counts)} | {"0": 100},
+                "entropy_bits": round(float(rng.uniform(0.5, 4.0)), 4),
+                "models": ["a", "b", "c"],
+                "mean_confidence": round(float(rng.beta(8, 2)), 4),
+                "disagree_share": round(float(rng.beta(2, 8)), 4),
+                "unknown_share": 0.01,
+                "lift_output": "x",
+            },
+        )
         if rng.random() < 0.5:
-            ws.write_summary("eval_summary", {
-                "miou_3d": {"lifted consensus": round(float(rng.uniform(0.3, 0.9)), 4)},
-                "accuracy_3d": {"lifted consensus": 0.9}, "miou_2d": {"consensus": 0.7},
-                "per_class_iou_3d": {str(int(c)): round(float(rng.random()), 4) for c in classes},
-                "support_3d": {str(int(c)): int(n) for c, n in zip(classes, counts)}})
+            ws.write_summary(
+                "eval_summary",
+                {
+                    "miou_3d": {"lifted consensus": round(float(rng.uniform(0.3, 0.9)), 4)},
+                    "accuracy_3d": {"lifted consensus": 0.9},
+                    "miou_2d": {"consensus": 0.7},
+                    "per_class_iou_3d": {str(int(c)): round(float(rng.random()), 4) for c in classes},
+                    "support_3d": {str(int(c)): int(n) for c, n in zip(classes, counts)},
+                },
+            )
         xyz = rng.uniform(0, 6, (n_points, 3))
         rgb = rng.integers(0, 256, (n_points, 3))
         ids = rng.choice(classes, n_points)[:, None]
@@ -95,9 +113,12 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         size = sum(p.stat().st_size for p in report.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
-        print(f"`labelmaker report` of {args.scenes} scenes ({attempt}): {wall:.1f}s wall, {cpu:.1f}s CPU (user+sys, "
-              f"all processes; fresh interpreter, imports included; load average {load:.1f} on {os.cpu_count()} CPUs); "
-              f"report {size / 1e6:.0f} MB without the linked pictures, {len(list((report / 'scenes').glob('*.html')))} pages")
+        print(
+            f"`labelmaker report` of {args.scenes} scenes ({attempt}): {wall:.1f}s wall, {cpu:.1f}s CPU (user+sys, "
+            f"all processes; fresh interpreter, imports included; load average {load:.1f} on {os.cpu_count()} CPUs); "
+            f"report {size / 1e6:.0f} MB without the linked pictures, "
+            f"{len(list((report / 'scenes').glob('*.html')))} pages"
+        )
 
 
 if __name__ == "__main__":

@@ -103,11 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("overrides", nargs="*")
 
-    report = sub.add_parser("report", help="a static HTML report of a batch (table, flags, plots, a page per scene); opens from disk")
+    report = sub.add_parser(
+        "report", help="a static HTML report of a batch (table, flags, plots, a page per scene); opens from disk"
+    )
     report.add_argument("out_root")
-    report.add_argument("overrides", nargs="*", help="e.g. batch_report.min_frames=100 batch_report.out_dir=/some/folder")
+    report.add_argument(
+        "overrides", nargs="*", help="e.g. batch_report.min_frames=100 batch_report.out_dir=/some/folder"
+    )
 
-    dataset = sub.add_parser("export-dataset", help="a batch's finished scenes as a training dataset (Pointcept ScanNet layout)")
+    dataset = sub.add_parser(
+        "export-dataset", help="a batch's finished scenes as a training dataset (Pointcept ScanNet layout)"
+    )
     dataset.add_argument("out_root", help="the batch's output root")
     dataset.add_argument("dest", help="the dataset folder to write or bring up to date")
     dataset.add_argument("overrides", nargs="*", help="e.g. dataset.grid_size_m=0.02 dataset.split_file=splits.csv")

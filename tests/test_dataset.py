@@ -3,6 +3,7 @@
 
 The batch: three small synthetic scenes through every stage in-process: s0 as captured, s1 held
 sideways (sky Left) while its metadata says Up, s2 with a corrupt frame (fails at import)."""
+
 from __future__ import annotations
 
 import base64
@@ -23,12 +24,18 @@ from browser import dump_dom, screenshot
 from labelmaker.cli import main
 from labelmaker.consensus import disagreement
 from labelmaker.errors import BadInputError
-from labelmaker.pipeline.batch_report import (BatchReportConfig, encode_points, scene_flags, upright_disagreement)
+from labelmaker.pipeline.batch_report import BatchReportConfig, encode_points, scene_flags, upright_disagreement
 from labelmaker.pipeline.dataset_export import benchmark_text, read_split_file, split_name
 from labelmaker.workspace import BatchFolder, Workspace
 
-SMALL = ["progress=false", "data.shard_size=8", "fusion.voxel_size_m=0.05", "batch.poll_s=0.3", "batch.backoff_s=0",
-         "models=simulated"]
+SMALL = [
+    "progress=false",
+    "data.shard_size=8",
+    "fusion.voxel_size_m=0.05",
+    "batch.poll_s=0.3",
+    "batch.backoff_s=0",
+    "models=simulated",
+]
 CORRUPT = b"\x89PNG\r\n\x1a\n not really a png"
 
 
@@ -61,22 +68,31 @@ def test_upright_disagreement_follows_the_sky_direction_table():
 
 
 def test_flags_use_the_configured_thresholds():
-    row = {"failures": [], "stale": [], "mean_confidence": 0.55, "disagree_share": 0.1, "labelled_share": 0.5,
-           "frames": 12, "upright_message": None}
+    row = {
+        "failures": [],
+        "stale": [],
+        "mean_confidence": 0.55,
+        "disagree_share": 0.1,
+        "labelled_share": 0.5,
+        "frames": 12,
+        "upright_message": None,
+    }
     cfg = BatchReportConfig(min_mean_confidence=0.6, max_disagree_share=0.25, min_labelled_share=0.6, min_frames=30)
     assert set(scene_flags(row, cfg)) == {"low_agreement", "low_coverage", "few_frames"}
     relaxed = BatchReportConfig(min_mean_confidence=0.5, max_disagree_share=0.25, min_labelled_share=0.4, min_frames=10)
     assert scene_flags(row, relaxed) == {}
-    failed = dict(row, failures=[{"stage": "import", "error_class": "bad_input", "error": "bad frame x.png"}],
-                  stale=["export"])
+    failed = dict(
+        row, failures=[{"stage": "import", "error_class": "bad_input", "error": "bad frame x.png"}], stale=["export"]
+    )
     flags = scene_flags(failed, relaxed)
     assert "bad frame x.png" in flags["failed"] and "export" in flags["stale"]
 
 
 def test_encoded_points_decode_to_the_points():
     rng = np.random.default_rng(0)
-    pts = np.concatenate([rng.uniform(-2, 3, (500, 3)), rng.integers(0, 256, (500, 3)), rng.integers(0, 205, (500, 1))],
-                         axis=1).astype(np.float32)
+    pts = np.concatenate(
+        [rng.uniform(-2, 3, (500, 3)), rng.integers(0, 256, (500, 3)), rng.integers(0, 205, (500, 1))], axis=1
+    ).astype(np.float32)
     enc = encode_points(pts, 1000)
     raw = base64.b64decode(enc["data"])
     n = enc["n"]
@@ -84,8 +100,8 @@ def test_encoded_points_decode_to_the_points():
     q = np.frombuffer(raw[: 6 * n], "<u2").reshape(n, 3)
     xyz = np.array(enc["min"]) + q / 65535 * np.array(enc["span"])
     assert np.abs(xyz - pts[:, :3]).max() < 5.0 / 65535 * 1.01 + 1e-4
-    assert (np.frombuffer(raw[6 * n: 9 * n], np.uint8).reshape(n, 3) == pts[:, 3:6]).all()
-    assert (np.frombuffer(raw[9 * n:], np.uint8) == pts[:, 6]).all()
+    assert (np.frombuffer(raw[6 * n : 9 * n], np.uint8).reshape(n, 3) == pts[:, 3:6]).all()
+    assert (np.frombuffer(raw[9 * n :], np.uint8) == pts[:, 6]).all()
     assert encode_points(pts, 100)["n"] == 100
 
 
@@ -112,8 +128,20 @@ def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     raw = root / "raw"
     for i, (sky, meta) in enumerate([("Up", None), ("Left", "Up"), ("Up", None)]):
-        make_scene(SynthConfig(seed=i, video_id=f"s{i}", n_frames=16, width=128, height=96, fx=106.0, sky_direction=sky,
-                               metadata_sky_direction=meta), raw, progress=False)
+        make_scene(
+            SynthConfig(
+                seed=i,
+                video_id=f"s{i}",
+                n_frames=16,
+                width=128,
+                height=96,
+                fx=106.0,
+                sky_direction=sky,
+                metadata_sky_direction=meta,
+            ),
+            raw,
+            progress=False,
+        )
     sorted((raw / "s2" / "lowres_wide").iterdir())[5].write_bytes(CORRUPT)
     out = root / "out"
     assert main(["batch", str(raw), str(out), "cluster=inprocess", *SMALL]) == 1
@@ -138,8 +166,16 @@ def test_report_opens_in_a_browser_with_table_flags_scene_pages_and_3d_view(batc
     index = folder.report_index
     assert index.exists() and index.resolve().as_uri() in printed and "failed=1" in printed
     files = {p.relative_to(folder.report_dir).as_posix() for p in folder.report_dir.rglob("*") if p.is_file()}
-    assert {"assets/report.js", "assets/viewer.js", "assets/report.css", "assets/data.js", "scenes/s0.html",
-            "scenes/s0.js", "scenes/s0.png", "scenes/s2.html"} <= files
+    assert {
+        "assets/report.js",
+        "assets/viewer.js",
+        "assets/report.css",
+        "assets/data.js",
+        "scenes/s0.html",
+        "scenes/s0.js",
+        "scenes/s0.png",
+        "scenes/s2.html",
+    } <= files
     assert "scenes/s2.js" not in files  # nothing exported for the failed scene
     html_text = "".join(p.read_text() for p in folder.report_dir.rglob("*.html"))
     assert not re.search(r"""(src|href)=["'](https?:)?//""", html_text), "the report must not fetch from the network"
@@ -259,7 +295,10 @@ def test_export_dataset_reads_back_with_pointcept_conventions(batch, tmp_path, c
     assert not (dest / "train" / "s1").exists() and (dest / "val" / "s1" / "coord.npy").exists()
     assert (dest / "splits" / "val.txt").read_text() == "s1\n"
     full = len(np.load(dest / "train" / "s0" / "coord.npy"))
-    assert main(["export-dataset", str(batch), str(dest), f"dataset.split_file={split_file}", "dataset.grid_size_m=0.1"]) == 0
+    assert (
+        main(["export-dataset", str(batch), str(dest), f"dataset.split_file={split_file}", "dataset.grid_size_m=0.1"])
+        == 0
+    )
     assert "updated=2" in capsys.readouterr().out
     assert len(np.load(dest / "train" / "s0" / "coord.npy")) < full
     assert json.loads((dest / "manifest.json").read_text())["scenes"]["s0"]["n_points"] < full

@@ -16,6 +16,7 @@ preview points export keeps for the 3D view. Output, under `<out root>/_batch/re
 Functional core (rows, flags, plots, pages as strings) plus one writer, which updates the report
 in place: a scene's files are rewritten only when what they are made from changed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,8 +69,10 @@ def upright_disagreement(upright_counts: dict, sky_direction: Optional[str]) -> 
     if turn == expected:
         return None
     share = counts[turn] / max(1, sum(counts.values()))
-    return (f"poses turn {share:.0%} of frames by {turn * 90} deg, metadata sky_direction {sky_direction} "
-            f"implies {expected * 90} deg")
+    return (
+        f"poses turn {share:.0%} of frames by {turn * 90} deg, metadata sky_direction {sky_direction} "
+        f"implies {expected * 90} deg"
+    )
 
 
 def scene_flags(row: dict, cfg: BatchReportConfig) -> dict[str, str]:
@@ -124,8 +127,10 @@ def scene_row(state, summary: Optional[dict], scores: Optional[dict], imported: 
         "stage_seconds": seconds,
         "stages": stages,
         "stale": [name for name, st in stages.items() if st == "stale"],
-        "failures": [{"stage": f.stage, "error_class": f.error_class, "error": f.error, "attempt": f.attempt}
-                     for f in state.failures()],
+        "failures": [
+            {"stage": f.stage, "error_class": f.error_class, "error": f.error, "attempt": f.attempt}
+            for f in state.failures()
+        ],
         "upright_counts": upright or {},
         "sky_direction": sky,
         "upright_message": upright_disagreement(upright or {}, sky),
@@ -154,8 +159,10 @@ def dataset_aggregates(rows: list[dict], summaries: dict[str, dict], stage_kinds
         for name, secs in row["stage_seconds"].items():
             time_per_kind[stage_kinds.get(name, name)] += float(secs)
     return {
-        "classes200": [(cid, names200.get(cid, "unlabelled" if cid == 0 else f"id {cid}"), n)
-                       for cid, n in sorted(per200.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "classes200": [
+            (cid, names200.get(cid, "unlabelled" if cid == 0 else f"id {cid}"), n)
+            for cid, n in sorted(per200.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
         "mean_confidence": [r["mean_confidence"] for r in rows if r["mean_confidence"] is not None],
         "disagree_share": [r["disagree_share"] for r in rows if r["disagree_share"] is not None],
         "time_per_kind": dict(sorted(time_per_kind.items(), key=lambda kv: -kv[1])),
@@ -167,46 +174,67 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def svg_hbars(items: list[tuple[str, float, str]], title: str, unit: str = "", width: int = 680, bar_h: int = 14) -> str:
+def svg_hbars(
+    items: list[tuple[str, float, str]], title: str, unit: str = "", width: int = 680, bar_h: int = 14
+) -> str:
     """Horizontal bar chart: (label, value, value text) per bar, longest first as given."""
     label_w, pad = 230, 4
     height = 28 + len(items) * (bar_h + pad) + 6
     vmax = max([v for _, v, _ in items] + [1e-12])
-    out = [f'<svg class="plot" role="img" aria-label="{_e(title)}" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}"><text x="0" y="16" class="ptitle">{_e(title)}</text>']
+    out = [
+        f'<svg class="plot" role="img" aria-label="{_e(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><text x="0" y="16" class="ptitle">{_e(title)}</text>'
+    ]
     for i, (label, value, text) in enumerate(items):
         y = 28 + i * (bar_h + pad)
         w = max(1.0, (width - label_w - 150) * value / vmax)
-        out.append(f'<text x="{label_w - 6}" y="{y + bar_h - 3}" text-anchor="end" class="plabel">{_e(label)}</text>'
-                   f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" class="bar"><title>{_e(label)}: {_e(text)}{_e(unit)}</title></rect>'
-                   f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 3}" class="pval">{_e(text)}</text>')
+        out.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h - 3}" text-anchor="end" class="plabel">{_e(label)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" class="bar">'
+            f"<title>{_e(label)}: {_e(text)}{_e(unit)}</title></rect>"
+            f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h - 3}" class="pval">{_e(text)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
 
-def svg_histogram(values: list[float], title: str, lo: float = 0.0, hi: float = 1.0, bins: int = 20,
-                  threshold: Optional[float] = None, width: int = 440, height: int = 180) -> str:
+def svg_histogram(
+    values: list[float],
+    title: str,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    bins: int = 20,
+    threshold: Optional[float] = None,
+    width: int = 440,
+    height: int = 180,
+) -> str:
     """Histogram of values in [lo, hi] with an optional threshold line (a flag's limit)."""
     counts, edges = np.histogram(np.clip(np.asarray(values, dtype=np.float64), lo, hi), bins=bins, range=(lo, hi))
     left, bottom, top = 36, height - 24, 26
     plot_w = width - left - 8
     cmax = max(int(counts.max()) if len(counts) else 0, 1)
-    out = [f'<svg class="plot" role="img" aria-label="{_e(title)}" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}"><text x="0" y="16" class="ptitle">{_e(title)} ({len(values)} scenes)</text>',
-           f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" class="axis"/>',
-           f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="pval">{cmax}</text>']
+    out = [
+        f'<svg class="plot" role="img" aria-label="{_e(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><text x="0" y="16" class="ptitle">{_e(title)} ({len(values)} scenes)</text>',
+        f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" class="axis"/>',
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="pval">{cmax}</text>',
+    ]
     bw = plot_w / bins
     for i, c in enumerate(counts.tolist()):
         h = (bottom - top) * c / cmax
-        out.append(f'<rect x="{left + i * bw + 1:.1f}" y="{bottom - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" class="bar">'
-                   f'<title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c} scenes</title></rect>')
+        out.append(
+            f'<rect x="{left + i * bw + 1:.1f}" y="{bottom - h:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" class="bar">'
+            f"<title>{edges[i]:.2f}-{edges[i + 1]:.2f}: {c} scenes</title></rect>"
+        )
     for x in (lo, (lo + hi) / 2, hi):
         px = left + plot_w * (x - lo) / (hi - lo)
         out.append(f'<text x="{px:.1f}" y="{bottom + 14}" text-anchor="middle" class="pval">{x:g}</text>')
     if threshold is not None:
         px = left + plot_w * (threshold - lo) / (hi - lo)
-        out.append(f'<line x1="{px:.1f}" y1="{top - 4}" x2="{px:.1f}" y2="{bottom}" class="limit">'
-                   f'<title>flag threshold {threshold:g}</title></line>')
+        out.append(
+            f'<line x1="{px:.1f}" y1="{top - 4}" x2="{px:.1f}" y2="{bottom}" class="limit">'
+            f"<title>flag threshold {threshold:g}</title></line>"
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -242,8 +270,12 @@ def encode_points(points: np.ndarray, max_points: int) -> dict:
     rgb = points[:, 3:6].astype(np.uint8)  # 0..255 and 0..204 as export stores them
     ids = points[:, 6].astype(np.uint8)
     blob = q.tobytes() + rgb.tobytes() + ids.tobytes()
-    return {"n": int(len(points)), "min": [round(float(v), 5) for v in lo], "span": [round(float(v), 5) for v in span],
-            "data": base64.b64encode(blob).decode("ascii")}
+    return {
+        "n": int(len(points)),
+        "min": [round(float(v), 5) for v in lo],
+        "span": [round(float(v), 5) for v in span],
+        "data": base64.b64encode(blob).decode("ascii"),
+    }
 
 
 def points_js(points: np.ndarray, max_points: int) -> str:
@@ -274,26 +306,36 @@ def _fmt(value, kind: str = "") -> str:
 
 
 def _head(title: str, prefix: str) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<link rel="stylesheet" href="{prefix}assets/report.css"></head>')
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f'<link rel="stylesheet" href="{prefix}assets/report.css"></head>'
+    )
 
 
 def index_html(title: str, totals: dict, plots: list[str], generated: str, cfg: BatchReportConfig) -> str:
     flag_options = "".join(f'<option value="{f}">{f.replace("_", " ")}</option>' for f in FLAGS)
-    cards = "".join(f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in totals.items())
-    thresholds = (f"low agreement: mean consensus confidence &lt; {cfg.min_mean_confidence:g} or models disagree on &gt; "
-                  f"{cfg.max_disagree_share:.0%} of pixels; low coverage: &lt; {cfg.min_labelled_share:.0%} of vertices labelled; "
-                  f"few frames: &lt; {cfg.min_frames}; upright vs sky: the poses' upright turn differs from metadata's "
-                  "sky_direction (config section <code>batch_report</code>)")
+    cards = "".join(
+        f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>' for k, v in totals.items()
+    )
+    thresholds = (
+        f"low agreement: mean consensus confidence &lt; {cfg.min_mean_confidence:g} or models disagree on &gt; "
+        f"{cfg.max_disagree_share:.0%} of pixels; low coverage: &lt; {cfg.min_labelled_share:.0%} of vertices "
+        "labelled; "
+        f"few frames: &lt; {cfg.min_frames}; upright vs sky: the poses' upright turn differs from metadata's "
+        "sky_direction (config section <code>batch_report</code>)"
+    )
     return f"""{_head(title, "")}<body>
 <h1>{_e(title)}</h1><p class="meta">generated {_e(generated)} by <code>labelmaker report</code></p>
 <div class="cards">{cards}</div>
 <h2>Scenes</h2>
 <div class="controls"><input id="filter" type="search" placeholder="filter: scene, flag, status, error text" size="40">
-<select id="flag"><option value="">all scenes</option><option value="any">flagged</option><option value="none">not flagged</option>{flag_options}</select>
-<select id="status"><option value="">any status</option><option>done</option><option>failed</option><option>pending</option><option>running</option></select>
+<select id="flag"><option value="">all scenes</option><option value="any">flagged</option>
+<option value="none">not flagged</option>{flag_options}</select>
+<select id="status"><option value="">any status</option><option>done</option><option>failed</option>
+<option>pending</option><option>running</option></select>
 <span id="shown"></span></div>
-<p class="meta">Flags: {thresholds}. Click a column to sort; the view is kept in the address (#sort=..&amp;flag=..&amp;q=..).</p>
+<p class="meta">Flags: {thresholds}. Click a column to sort; the view is kept in the address
+(#sort=..&amp;flag=..&amp;q=..).</p>
 <table id="scenes" class="scenes"><thead><tr></tr></thead><tbody></tbody></table>
 <h2>Dataset</h2><div class="plots">{"".join(plots)}</div>
 <script src="assets/data.js"></script><script src="assets/report.js"></script>
@@ -314,73 +356,120 @@ class ClassCells:
 
         unified = unified_space()
         to200 = unified_to("scannet200")
-        return cls(tuple(_e(n) for n in unified.names),
-                   tuple(f'<span class="sw" style="background:rgb({int(c[0])},{int(c[1])},{int(c[2])})"></span>' for c in unified.colors),
-                   tuple(str(int(i)) if i else "–" for i in to200))
+        return cls(
+            tuple(_e(n) for n in unified.names),
+            tuple(
+                f'<span class="sw" style="background:rgb({int(c[0])},{int(c[1])},{int(c[2])})"></span>'
+                for c in unified.colors
+            ),
+            tuple(str(int(i)) if i else "–" for i in to200),
+        )
 
     def name(self, cid) -> str:
         k = int(cid)
         return self.names[k] if 0 <= k < len(self.names) else _e(cid)
 
 
-def scene_html(row: dict, flags: dict[str, str], summary: Optional[dict], scores: Optional[dict], has_preview: bool,
-               has_points: bool, stem: str, cells: ClassCells) -> str:
+def scene_html(
+    row: dict,
+    flags: dict[str, str],
+    summary: Optional[dict],
+    scores: Optional[dict],
+    has_preview: bool,
+    has_points: bool,
+    stem: str,
+    cells: ClassCells,
+) -> str:
     """One scene's page (static, but for the 3D view which viewer.js draws from <stem>.js)."""
     summary = summary or {}
     esc_scene = _e(row["scene"])
-    flag_items = "".join(f'<li><span class="flag flag-{f}">{f.replace("_", " ")}</span> {_e(msg)}</li>' for f, msg in flags.items())
-    facts = [("status", row["status"]), ("frames", _fmt(row["frames"])), ("vertices", _fmt(row["vertices"])),
-             ("labelled", _fmt(row["labelled_share"], "pct")), ("mean consensus confidence", _fmt(row["mean_confidence"], "f")),
-             ("pixels where models disagree", _fmt(row["disagree_share"], "pct")),
-             ("label entropy (bits)", _fmt(row["entropy_bits"], "f")), ("classes", _fmt(row["classes"])),
-             ("mean vertex confidence", _fmt(summary.get("mean_vertex_confidence"), "f")),
-             ("models", ", ".join(summary.get("models", [])) or "–"),
-             ("upright turns (frames)", ", ".join(f"{int(k) * 90} deg: {v}" for k, v in sorted(row["upright_counts"].items())) or "–"),
-             ("sky_direction (metadata)", row["sky_direction"] or "–"), ("3D mIoU", _fmt(row["miou_3d"], "f"))]
+    flag_items = "".join(
+        f'<li><span class="flag flag-{f}">{f.replace("_", " ")}</span> {_e(msg)}</li>' for f, msg in flags.items()
+    )
+    facts = [
+        ("status", row["status"]),
+        ("frames", _fmt(row["frames"])),
+        ("vertices", _fmt(row["vertices"])),
+        ("labelled", _fmt(row["labelled_share"], "pct")),
+        ("mean consensus confidence", _fmt(row["mean_confidence"], "f")),
+        ("pixels where models disagree", _fmt(row["disagree_share"], "pct")),
+        ("label entropy (bits)", _fmt(row["entropy_bits"], "f")),
+        ("classes", _fmt(row["classes"])),
+        ("mean vertex confidence", _fmt(summary.get("mean_vertex_confidence"), "f")),
+        ("models", ", ".join(summary.get("models", [])) or "–"),
+        (
+            "upright turns (frames)",
+            ", ".join(f"{int(k) * 90} deg: {v}" for k, v in sorted(row["upright_counts"].items())) or "–",
+        ),
+        ("sky_direction (metadata)", row["sky_direction"] or "–"),
+        ("3D mIoU", _fmt(row["miou_3d"], "f")),
+    ]
     fact_rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     counts = {int(k): int(v) for k, v in summary.get("class_counts", {}).items()}
     total = max(1, sum(counts.values()))
     count_rows = "".join(
         f"<tr><td>{cells.swatches[k]}{cells.names[k]}</td>"
         f"<td>{k}</td><td>{cells.ids200[k]}</td><td class=num>{n}</td><td class=num>{n / total:.1%}</td></tr>"
-        for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
     score_block = "<p>No ground truth for this scene.</p>"
     if scores:
-        methods = "".join(f"<tr><td>{_e(m)}</td><td class=num>{_fmt(v, 'f')}</td><td class=num>"
-                          f"{_fmt(scores.get('accuracy_3d', {}).get(m), 'f')}</td></tr>" for m, v in scores.get("miou_3d", {}).items())
-        two_d = "".join(f"<tr><td>{_e(m)}</td><td class=num>{_fmt(v, 'f')}</td></tr>" for m, v in scores.get("miou_2d", {}).items())
+        methods = "".join(
+            f"<tr><td>{_e(m)}</td><td class=num>{_fmt(v, 'f')}</td><td class=num>"
+            f"{_fmt(scores.get('accuracy_3d', {}).get(m), 'f')}</td></tr>"
+            for m, v in scores.get("miou_3d", {}).items()
+        )
+        two_d = "".join(
+            f"<tr><td>{_e(m)}</td><td class=num>{_fmt(v, 'f')}</td></tr>" for m, v in scores.get("miou_2d", {}).items()
+        )
         support = scores.get("support_3d", {})
-        per_class = "".join(f"<tr><td>{cells.name(c)}</td><td class=num>{_fmt(iou, 'f')}</td>"
-                            f"<td class=num>{support.get(c, 0)}</td></tr>"
-                            for c, iou in sorted(scores.get("per_class_iou_3d", {}).items(), key=lambda kv: -support.get(kv[0], 0)))
-        score_block = (f'<table class="small"><tr><th>3D method</th><th>mIoU</th><th>accuracy</th></tr>{methods}</table>'
-                       f'<table class="small"><tr><th>2D</th><th>mIoU</th></tr>{two_d}</table>'
-                       f'<details><summary>3D IoU per class (lifted consensus)</summary><table class="small">'
-                       f"<tr><th>class</th><th>IoU</th><th>GT vertices</th></tr>{per_class}</table></details>")
+        per_class = "".join(
+            f"<tr><td>{cells.name(c)}</td><td class=num>{_fmt(iou, 'f')}</td>"
+            f"<td class=num>{support.get(c, 0)}</td></tr>"
+            for c, iou in sorted(scores.get("per_class_iou_3d", {}).items(), key=lambda kv: -support.get(kv[0], 0))
+        )
+        score_block = (
+            f'<table class="small"><tr><th>3D method</th><th>mIoU</th><th>accuracy</th></tr>{methods}</table>'
+            f'<table class="small"><tr><th>2D</th><th>mIoU</th></tr>{two_d}</table>'
+            f'<details><summary>3D IoU per class (lifted consensus)</summary><table class="small">'
+            f"<tr><th>class</th><th>IoU</th><th>GT vertices</th></tr>{per_class}</table></details>"
+        )
     stage_rows = "".join(
-        f"<tr><td>{_e(name)}</td><td><span class=\"st st-{_e(status)}\">{_e(status)}</span></td>"
-        f"<td class=num>{_fmt(row['stage_seconds'].get(name))}</td></tr>" for name, status in row["stages"].items())
-    failures = "".join(f"<li><b>{_e(f['stage'])}</b> [{_e(f['error_class'])}, attempt {f['attempt']}]: {_e(f['error'])}</li>"
-                       for f in row["failures"])
-    preview = (f'<img class="preview" src="{_e(stem)}.png" alt="preview of {esc_scene}">' if has_preview
-               else "<p>No preview picture (the report stage has not run).</p>")
-    viewer = (f'<div class="viewer"><canvas id="view3d" width="720" height="480" data-points-src="{_e(stem)}.js"></canvas>'
-              '<div class="vctl"><button data-mode="labels">labels</button><button data-mode="rgb">colour</button>'
-              '<button data-mode="reset">reset view</button> <span id="view3d-info"></span></div>'
-              '<p class="meta">drag: turn, shift-drag: move, wheel: zoom</p></div>'
-              f'<script src="{_e(stem)}.js"></script>' if has_points
-              else "<p>No labelled points (export has not run for this scene).</p>")
+        f'<tr><td>{_e(name)}</td><td><span class="st st-{_e(status)}">{_e(status)}</span></td>'
+        f"<td class=num>{_fmt(row['stage_seconds'].get(name))}</td></tr>"
+        for name, status in row["stages"].items()
+    )
+    failures = "".join(
+        f"<li><b>{_e(f['stage'])}</b> [{_e(f['error_class'])}, attempt {f['attempt']}]: {_e(f['error'])}</li>"
+        for f in row["failures"]
+    )
+    preview = (
+        f'<img class="preview" src="{_e(stem)}.png" alt="preview of {esc_scene}">'
+        if has_preview
+        else "<p>No preview picture (the report stage has not run).</p>"
+    )
+    viewer = (
+        f'<div class="viewer"><canvas id="view3d" width="720" height="480" data-points-src="{_e(stem)}.js"></canvas>'
+        '<div class="vctl"><button data-mode="labels">labels</button><button data-mode="rgb">colour</button>'
+        '<button data-mode="reset">reset view</button> <span id="view3d-info"></span></div>'
+        '<p class="meta">drag: turn, shift-drag: move, wheel: zoom</p></div>'
+        f'<script src="{_e(stem)}.js"></script>'
+        if has_points
+        else "<p>No labelled points (export has not run for this scene).</p>"
+    )
     return f"""{_head(f"{row['scene']} - labelmaker report", "../")}<body class="scene">
 <p><a href="../index.html">&larr; all scenes</a></p>
-<h1>{esc_scene} <span class="st st-{_e(row['status'])}">{_e(row['status'])}</span></h1>
+<h1>{esc_scene} <span class="st st-{_e(row["status"])}">{_e(row["status"])}</span></h1>
 {f'<ul class="flags">{flag_items}</ul>' if flag_items else '<p class="ok">no flags</p>'}
-{f'<h2>Failures</h2><ul class="failures">{failures}</ul>' if failures else ''}
+{f'<h2>Failures</h2><ul class="failures">{failures}</ul>' if failures else ""}
 <div class="cols"><div><h2>Scene</h2><table class="facts">{fact_rows}</table>
-<h2>Stages</h2><table class="small"><tr><th>stage</th><th>status</th><th>seconds</th></tr>{stage_rows}</table></div>
+<h2>Stages</h2><table class="small"><tr><th>stage</th><th>status</th><th>seconds</th></tr>
+{stage_rows}</table></div>
 <div><h2>3D view</h2>{viewer}</div></div>
 <h2>Preview</h2>{preview}
-<div class="cols"><div><h2>Classes</h2><table class="small counts"><tr><th>class</th><th>unified id</th><th>ScanNet200 id</th>
-<th>vertices</th><th>share</th></tr>{count_rows}</table></div>
+<div class="cols"><div><h2>Classes</h2><table class="small counts">
+<tr><th>class</th><th>unified id</th><th>ScanNet200 id</th><th>vertices</th><th>share</th></tr>
+{count_rows}</table></div>
 <div><h2>Scores</h2>{score_block}</div></div>
 <script src="../assets/data.js"></script><script src="../assets/viewer.js"></script>
 </body></html>"""
@@ -456,8 +545,10 @@ def _scene_pages(chunk: list, ctx: _PageContext) -> list[tuple]:
         stem = page_stem(state.scene)
         row["page"] = f"scenes/{stem}.html"
         old = ctx.old_state.get(stem, {})
-        entry = {"preview": _file_key(ws.output_path("preview")),
-                 "points": _file_key(ws.output_path("preview_points")) if summary is not None else None}
+        entry = {
+            "preview": _file_key(ws.output_path("preview")),
+            "points": _file_key(ws.output_path("preview_points")) if summary is not None else None,
+        }
         if entry["points"] is not None:
             entry["points"] = [*entry["points"], cfg.max_points]
         if entry["preview"] != old.get("preview") or not (pages / f"{stem}.png").exists():
@@ -466,8 +557,9 @@ def _scene_pages(chunk: list, ctx: _PageContext) -> list[tuple]:
             _write_points(ws, pages / f"{stem}.js", cfg.max_points)
         elif not entry["points"] and old.get("points"):
             (pages / f"{stem}.js").unlink(missing_ok=True)
-        page = scene_html(row, flags, summary, scores, entry["preview"] is not None, entry["points"] is not None, stem,
-                          ctx.cells)
+        page = scene_html(
+            row, flags, summary, scores, entry["preview"] is not None, entry["points"] is not None, stem, ctx.cells
+        )
         entry["page"] = hashlib.sha1(page.encode()).hexdigest()
         wrote = entry["page"] != old.get("page") or not (pages / f"{stem}.html").exists()
         if wrote:
@@ -497,7 +589,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_report(cfg, scenes, folder: BatchFolder, report_cfg: BatchReportConfig, progress: bool = True) -> ReportResult:
+def write_report(
+    cfg, scenes, folder: BatchFolder, report_cfg: BatchReportConfig, progress: bool = True
+) -> ReportResult:
     """Read the batch's per-scene summaries and write the report (see the module docstring).
 
     In place and incremental: a scene's page, points and picture are rewritten only when what
@@ -529,7 +623,7 @@ def write_report(cfg, scenes, folder: BatchFolder, report_cfg: BatchReportConfig
     ctx = _PageContext(pages, report_cfg, old_state, ClassCells.build())
     n_workers = report_cfg.workers or min(8, os.cpu_count() or 1)
     size = max(50, -(-len(work) // (4 * n_workers)))
-    chunks = [work[i:i + size] for i in range(0, len(work), size)]
+    chunks = [work[i : i + size] for i in range(0, len(work), size)]
     rows, summaries, flagged, new_state, written = [], {}, Counter(), {}, 0
     with tqdm(total=len(work), desc="report", unit="scene", disable=not progress) as bar:
         if n_workers > 1 and len(chunks) > 1:
@@ -554,35 +648,83 @@ def write_report(cfg, scenes, folder: BatchFolder, report_cfg: BatchReportConfig
     top = agg["classes200"][: report_cfg.top_classes]
     total_vertices = sum(n for _, _, n in agg["classes200"]) or 1
     plots = [
-        svg_hbars([(f"{cid} {name}", n, f"{n / total_vertices:.1%}") for cid, name, n in top],
-                  f"Vertices per class over all scenes (ScanNet200 ids, top {len(top)} of {len(agg['classes200'])})"),
-        svg_histogram(agg["mean_confidence"], "Mean consensus confidence per scene", threshold=report_cfg.min_mean_confidence),
-        svg_histogram(agg["disagree_share"], "Share of pixels the models disagree on",
-                      threshold=report_cfg.max_disagree_share),
-        svg_hbars([(kind, secs, f"{_duration(secs)} ({_duration(secs / max(1, len(rows)))}/scene)")
-                   for kind, secs in agg["time_per_kind"].items()], "Where the time went: stage time summed over scenes"),
-        "<details><summary>All classes (ScanNet200 ids)</summary><table class=\"small\"><tr><th>id</th><th>class</th>"
-        "<th>vertices</th><th>share</th></tr>" + "".join(
-            f"<tr><td>{cid}</td><td>{_e(name)}</td><td class=num>{n}</td><td class=num>{n / total_vertices:.2%}</td></tr>"
-            for cid, name, n in agg["classes200"]) + "</table></details>",
+        svg_hbars(
+            [(f"{cid} {name}", n, f"{n / total_vertices:.1%}") for cid, name, n in top],
+            f"Vertices per class over all scenes (ScanNet200 ids, top {len(top)} of {len(agg['classes200'])})",
+        ),
+        svg_histogram(
+            agg["mean_confidence"], "Mean consensus confidence per scene", threshold=report_cfg.min_mean_confidence
+        ),
+        svg_histogram(
+            agg["disagree_share"], "Share of pixels the models disagree on", threshold=report_cfg.max_disagree_share
+        ),
+        svg_hbars(
+            [
+                (kind, secs, f"{_duration(secs)} ({_duration(secs / max(1, len(rows)))}/scene)")
+                for kind, secs in agg["time_per_kind"].items()
+            ],
+            "Where the time went: stage time summed over scenes",
+        ),
+        '<details><summary>All classes (ScanNet200 ids)</summary><table class="small"><tr><th>id</th><th>class</th>'
+        "<th>vertices</th><th>share</th></tr>"
+        + "".join(
+            f"<tr><td>{cid}</td><td>{_e(name)}</td><td class=num>{n}</td>"
+            f"<td class=num>{n / total_vertices:.2%}</td></tr>"
+            for cid, name, n in agg["classes200"]
+        )
+        + "</table></details>",
     ]
     status_counts = Counter(r["status"] for r in rows)
-    totals = {"scenes": len(rows), **{k: status_counts[k] for k in ("done", "failed", "pending", "running") if status_counts[k]},
-              "flagged": sum(1 for r in rows if r["flags"]),
-              "frames": sum(r["frames"] or 0 for r in rows), "labelled vertices": sum(
-                  round((r["vertices"] or 0) * (r["labelled_share"] or 0)) for r in rows)}
+    totals = {
+        "scenes": len(rows),
+        **{k: status_counts[k] for k in ("done", "failed", "pending", "running") if status_counts[k]},
+        "flagged": sum(1 for r in rows if r["flags"]),
+        "frames": sum(r["frames"] or 0 for r in rows),
+        "labelled vertices": sum(round((r["vertices"] or 0) * (r["labelled_share"] or 0)) for r in rows),
+    }
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     title = f"labelmaker batch report: {folder.out_root.resolve().name}"
-    columns = [["scene", "scene"], ["status", "status"], ["frames", "frames"], ["vertices", "vertices"],
-               ["labelled_share", "labelled"], ["mean_confidence", "agreement (mean conf.)"],
-               ["disagree_share", "models disagree"], ["entropy_bits", "label entropy"], ["classes", "classes"],
-               ["miou_3d", "3D mIoU"], ["seconds", "stage s"], ["flags", "flags"]]
-    table_rows = [{k: r[k] for k in ("scene", "status", "frames", "vertices", "labelled_share", "mean_confidence",
-                                      "disagree_share", "entropy_bits", "classes", "miou_3d", "seconds", "page", "flags")}
-                  for r in rows]
+    columns = [
+        ["scene", "scene"],
+        ["status", "status"],
+        ["frames", "frames"],
+        ["vertices", "vertices"],
+        ["labelled_share", "labelled"],
+        ["mean_confidence", "agreement (mean conf.)"],
+        ["disagree_share", "models disagree"],
+        ["entropy_bits", "label entropy"],
+        ["classes", "classes"],
+        ["miou_3d", "3D mIoU"],
+        ["seconds", "stage s"],
+        ["flags", "flags"],
+    ]
+    table_rows = [
+        {
+            k: r[k]
+            for k in (
+                "scene",
+                "status",
+                "frames",
+                "vertices",
+                "labelled_share",
+                "mean_confidence",
+                "disagree_share",
+                "entropy_bits",
+                "classes",
+                "miou_3d",
+                "seconds",
+                "page",
+                "flags",
+            )
+        }
+        for r in rows
+    ]
     palette = [[int(c) for c in rgb] for rgb in colors]
-    _put(target / "assets" / "data.js", js_data("REPORT", {"columns": columns, "rows": table_rows, "flags": list(FLAGS)})
-         + js_data("CLASSES", {"names": names, "colors": palette}))
+    _put(
+        target / "assets" / "data.js",
+        js_data("REPORT", {"columns": columns, "rows": table_rows, "flags": list(FLAGS)})
+        + js_data("CLASSES", {"names": names, "colors": palette}),
+    )
     _put(target / "index.html", index_html(title, totals, plots, generated, report_cfg))
     _put(target / STATE_FILE, json.dumps(new_state))
     return ReportResult(target / "index.html", len(rows), dict(flagged), time.perf_counter() - t0, written)

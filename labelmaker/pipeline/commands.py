@@ -135,7 +135,9 @@ def status_report(states: list[SceneState], report: str | None = None) -> dict:
     return summary
 
 
-def format_status(states: list[SceneState], show_all: bool = False, max_rows: int = 40, report: str | None = None) -> str:
+def format_status(
+    states: list[SceneState], show_all: bool = False, max_rows: int = 40, report: str | None = None
+) -> str:
     """Tables: per stage (counts by status), per scene (not done ones, or all), failures; the
     batch report's address when there is one."""
     lines = []

@@ -19,6 +19,7 @@ export stage; instance.npy is passed through when present), grid-subsampled when
 `dataset.grid_size_m` > 0. A rerun skips scenes whose sources, split and settings are unchanged
 (resumable after a kill: each scene's folder is renamed into place whole, then its record written).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,9 +55,13 @@ class DatasetExportConfig:
     grid_size_m: float = 0.0  # > 0: one point per grid cell of this size (Pointcept-style 0.02)
     split_file: Optional[str] = None  # a CSV with video_id,fold (ARKitScenes' *_splits.csv) or "scene split" lines
     default_split: str = "train"  # the split of scenes no fold names
-    split_layout: str = "folders"  # folders: <dest>/<split>/<scene>/; files: <dest>/scenes/<scene>/ + splits/<split>.txt
+    split_layout: str = (
+        "folders"  # folders: <dest>/<split>/<scene>/; files: <dest>/scenes/<scene>/ + splits/<split>.txt
+    )
     benchmark_labels: bool = True  # <dest>/benchmark/{scannet200,scannet20}/<scene>.txt
-    require: List[str] = field(default_factory=lambda: ["export"])  # stage kinds (and their dependencies) that must be done
+    require: List[str] = field(
+        default_factory=lambda: ["export"]
+    )  # stage kinds (and their dependencies) that must be done
 
 
 def split_name(fold: str) -> str:
@@ -88,8 +93,12 @@ def read_split_file(path: Path) -> dict[str, str]:
     for lineno, line in enumerate(rows, start=1):
         parts = line.replace(",", " ").split()
         if len(parts) != 2:
-            raise BadInputError("export-dataset", path, f"line {lineno} is not 'scene split': {line!r}",
-                                "write one 'scene split' pair per line, or a CSV with video_id,fold")
+            raise BadInputError(
+                "export-dataset",
+                path,
+                f"line {lineno} is not 'scene split': {line!r}",
+                "write one 'scene split' pair per line, or a CSV with video_id,fold",
+            )
         out[parts[0]] = split_name(parts[1])
     return out
 
@@ -141,9 +150,13 @@ def class_tables() -> dict:
     """Pointcept's contiguous class indices (segment values) with the benchmark ids and names."""
     from ..labels import label_space
 
-    return {space: [{"index": i, "id": int(cid), "name": name}
-                    for i, (cid, name) in enumerate(zip(label_space(space).ids.tolist(), label_space(space).names))]
-            for space in ("scannet20", "scannet200")}
+    return {
+        space: [
+            {"index": i, "id": int(cid), "name": name}
+            for i, (cid, name) in enumerate(zip(label_space(space).ids.tolist(), label_space(space).names))
+        ]
+        for space in ("scannet20", "scannet200")
+    }
 
 
 def _source_files(ws: Workspace) -> dict[str, Path]:
@@ -198,17 +211,36 @@ class DatasetWriter:
         self.state_file(scene).unlink(missing_ok=True)
 
 
-def export_scene_to_dataset(ws: Workspace, scene: str, split: str, writer: DatasetWriter, cfg: DatasetExportConfig,
-                            key: str, sources: dict[str, Path]) -> dict:
+def export_scene_to_dataset(
+    ws: Workspace,
+    scene: str,
+    split: str,
+    writer: DatasetWriter,
+    cfg: DatasetExportConfig,
+    key: str,
+    sources: dict[str, Path],
+) -> dict:
     """Write one scene's folder (and benchmark files); returns its record."""
     arrays = {name: np.load(path) for name, path in sources.items()}
     missing = [n for n in POINTCEPT_ARRAYS[:5] if n not in arrays]
     if missing:
-        raise BadInputError(scene, ws.output_path("pointcept"), f"the scene's Pointcept export lacks {', '.join(missing)}",
-                            "rerun the batch with export.pointcept=true")
+        raise BadInputError(
+            scene,
+            ws.output_path("pointcept"),
+            f"the scene's Pointcept export lacks {', '.join(missing)}",
+            "rerun the batch with export.pointcept=true",
+        )
     folder = writer.scene_dir(scene, split)
-    info = write_pointcept(folder, arrays["coord"], arrays["color"], arrays["normal"], arrays["segment200"], arrays["segment20"],
-                           grid_size=cfg.grid_size_m, instance=arrays.get("instance"))
+    info = write_pointcept(
+        folder,
+        arrays["coord"],
+        arrays["color"],
+        arrays["normal"],
+        arrays["segment200"],
+        arrays["segment20"],
+        grid_size=cfg.grid_size_m,
+        instance=arrays.get("instance"),
+    )
     files = {f"{folder.relative_to(writer.dest).as_posix()}/{name}": sha256_of(folder / name) for name in info["files"]}
     benchmark = {}
     if cfg.benchmark_labels:
@@ -223,12 +255,18 @@ def export_scene_to_dataset(ws: Workspace, scene: str, split: str, writer: Datas
     seg200 = np.load(folder / "segment200.npy")
     seg20 = np.load(folder / "segment20.npy")
     record = {
-        "scene": scene, "split": split, "key": key, "dir": folder.relative_to(writer.dest).as_posix(),
-        "n_points": info["n_points"], "n_vertices": info["n_input"], "grid_size_m": info["grid_size"],
+        "scene": scene,
+        "split": split,
+        "key": key,
+        "dir": folder.relative_to(writer.dest).as_posix(),
+        "n_points": info["n_points"],
+        "n_vertices": info["n_input"],
+        "grid_size_m": info["grid_size"],
         "arrays": sorted(n[:-4] for n in info["files"]),
         "segment200_counts": {str(k): int(v) for k, v in zip(*np.unique(seg200, return_counts=True))},
         "segment20_counts": {str(k): int(v) for k, v in zip(*np.unique(seg20, return_counts=True))},
-        "files": files, "benchmark": benchmark,
+        "files": files,
+        "benchmark": benchmark,
     }
     write_json_atomic(writer.state_file(scene), record)
     return record
@@ -244,15 +282,23 @@ def export_dataset(cfg, scenes, folder: BatchFolder, dest: Path, progress: bool 
     graph = scene_graph(cfg)
     unknown = sorted(set(dcfg.require) - {spec.kind for spec in graph})
     if unknown:
-        raise BadInputError("export-dataset", None, f"dataset.require names stage kinds this batch has not: {unknown}",
-                            f"use kinds of {sorted({spec.kind for spec in graph})}")
+        raise BadInputError(
+            "export-dataset",
+            None,
+            f"dataset.require names stage kinds this batch has not: {unknown}",
+            f"use kinds of {sorted({spec.kind for spec in graph})}",
+        )
     needed = required_stages(graph, list(dcfg.require))
     writer = DatasetWriter(dest, dcfg.split_layout)
     dest.mkdir(parents=True, exist_ok=True)
     splits = scene_splits(scenes, bool(folder.read_batch().get("download", False)), dcfg)
     states = {st.scene: st for st in read_status(cfg, scenes, folder)}
-    settings = {"grid_size_m": dcfg.grid_size_m, "benchmark_labels": dcfg.benchmark_labels, "layout": dcfg.split_layout,
-                "version": DATASET_EXPORT_VERSION}
+    settings = {
+        "grid_size_m": dcfg.grid_size_m,
+        "benchmark_labels": dcfg.benchmark_labels,
+        "layout": dcfg.split_layout,
+        "version": DATASET_EXPORT_VERSION,
+    }
     counts, left_out, entries = Counter(), {}, {}
     for s in tqdm(scenes, desc="export-dataset", unit="scene", disable=not progress):
         ws = Workspace(s.workspace)
@@ -269,8 +315,15 @@ def export_dataset(cfg, scenes, folder: BatchFolder, dest: Path, progress: bool 
             continue
         export_record = ws.read_state("export") or {}
         extra = [ws.output_path(f"labels_{sp}") for sp in ("scannet200", "scannet20")] if dcfg.benchmark_labels else []
-        key = stable_hash([settings, splits[s.scene], export_record.get("input_hash"), export_record.get("config_hash"),
-                           _stat_key([*sources.values(), *extra])])
+        key = stable_hash(
+            [
+                settings,
+                splits[s.scene],
+                export_record.get("input_hash"),
+                export_record.get("config_hash"),
+                _stat_key([*sources.values(), *extra]),
+            ]
+        )
         if old is not None and old.get("key") == key and (dest / old["dir"]).is_dir():
             entries[s.scene] = old
             counts["unchanged"] += 1
@@ -290,7 +343,9 @@ def export_dataset(cfg, scenes, folder: BatchFolder, dest: Path, progress: bool 
     return ExportResult(dest, dict(counts), left_out, time.perf_counter() - t0, manifest)
 
 
-def write_manifest(writer: DatasetWriter, cfg, folder: BatchFolder, entries: dict[str, dict], left_out: dict[str, str]) -> Path:
+def write_manifest(
+    writer: DatasetWriter, cfg, folder: BatchFolder, entries: dict[str, dict], left_out: dict[str, str]
+) -> Path:
     by_split: dict[str, list[str]] = {}
     for scene, entry in sorted(entries.items()):
         by_split.setdefault(entry["split"], []).append(scene)
@@ -316,19 +371,38 @@ def write_manifest(writer: DatasetWriter, cfg, folder: BatchFolder, entries: dic
         "layout": "pointcept-scannet",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "batch": str(folder.out_root.resolve()),
-        "splits": {k: {"scenes": len(v), "list": f"splits/{k}.txt", "pointcept_split": f"splits/{k}.json"}
-                   for k, v in sorted(by_split.items())},
+        "splits": {
+            k: {"scenes": len(v), "list": f"splits/{k}.txt", "pointcept_split": f"splits/{k}.json"}
+            for k, v in sorted(by_split.items())
+        },
         "n_scenes": len(entries),
         "n_points": int(sum(e["n_points"] for e in entries.values())),
         "segment200_counts": dict(sorted(seg200.items(), key=lambda kv: int(kv[0]))),
         "classes": class_tables(),
         "ignore_index": -1,
-        "scenes": {scene: {k: entry[k] for k in ("split", "dir", "n_points", "n_vertices", "arrays", "segment200_counts",
-                                                 "segment20_counts", "files", "benchmark")}
-                   for scene, entry in sorted(entries.items())},
+        "scenes": {
+            scene: {
+                k: entry[k]
+                for k in (
+                    "split",
+                    "dir",
+                    "n_points",
+                    "n_vertices",
+                    "arrays",
+                    "segment200_counts",
+                    "segment20_counts",
+                    "files",
+                    "benchmark",
+                )
+            }
+            for scene, entry in sorted(entries.items())
+        },
         "left_out": dict(sorted(left_out.items())),
-        "config": {"dataset": dataclasses.asdict(cfg.dataset), "batch_overrides": folder.read_batch().get("overrides", []),
-                   "labelmaker": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)},
+        "config": {
+            "dataset": dataclasses.asdict(cfg.dataset),
+            "batch_overrides": folder.read_batch().get("overrides", []),
+            "labelmaker": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
+        },
         "code_versions": {**CODE_VERSIONS, "export-dataset": DATASET_EXPORT_VERSION},
         "package_versions": package_versions(),
     }
