@@ -302,3 +302,19 @@ def test_export_dataset_reads_back_with_pointcept_conventions(batch, tmp_path, c
     assert "updated=2" in capsys.readouterr().out
     assert len(np.load(dest / "train" / "s0" / "coord.npy")) < full
     assert json.loads((dest / "manifest.json").read_text())["scenes"]["s0"]["n_points"] < full
+
+    # instances (when the scene's own export has them) pass through, subsampled with the rest
+    source = Workspace(batch / "s0").output_path("pointcept")
+    n_vertices = len(np.load(source / "coord.npy"))
+    instance = (np.arange(n_vertices) % 7 - 1).astype(np.int16)  # -1 = no instance
+    np.save(source / "instance.npy", instance)
+    try:
+        assert main(["export-dataset", str(batch), str(dest), f"dataset.split_file={split_file}"]) == 0
+        assert "updated=2" in capsys.readouterr().out  # grid 0.1 -> 0 for both; s0 also gained instances
+        data, raw = _pointcept_read(dest / "train" / "s0")
+        assert raw["instance"].kind == "i" and data["instance"].shape == (len(data["coord"]),)
+        assert (data["instance"] == instance).all()  # grid 0 again: every vertex, in order
+        assert not (dest / "val" / "s1" / "instance.npy").exists()
+        assert "instance" in json.loads((dest / "manifest.json").read_text())["scenes"]["s0"]["arrays"]
+    finally:
+        (source / "instance.npy").unlink()

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..digests import sha256_of
-from ..errors import BadInputError
+from ..errors import BadInputError, LabelmakerError
 from ..io.export import write_pointcept
 from ..workspace import BatchFolder, Workspace, atomic_path, write_json_atomic
 from .hashes import CODE_VERSIONS
@@ -70,26 +70,17 @@ def split_name(fold: str) -> str:
 
 
 def read_split_file(path: Path) -> dict[str, str]:
-    """Scene -> split from a CSV with `video_id` (or `scene`) and `fold` (or `split`) columns, or from
-    lines "scene split" / "scene,split"."""
-    import csv
+    """Scene -> split from ARKitScenes' `*_splits.csv` (`video_id,fold`, read as `labelmaker
+    download` reads it; rows without a fold are left to the default), or from "scene split" lines."""
+    from ..io.download import read_video_list
 
     path = Path(path)
     if not path.is_file():
         raise BadInputError("export-dataset", path, "the split file does not exist", "fix dataset.split_file")
-    text = path.read_text().splitlines()
-    rows = [line for line in text if line.strip() and not line.lstrip().startswith("#")]
-    if not rows:
-        return {}
-    head = [h.strip().lower() for h in rows[0].replace(",", " ").split()]
+    rows = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if rows and "video_id" in rows[0].split(","):
+        return {video: split_name(fold) for video, fold in read_video_list(path, "") if fold}
     out = {}
-    if {"video_id", "scene"} & set(head) and {"fold", "split"} & set(head):
-        for rec in csv.DictReader(rows):
-            rec = {k.strip().lower(): (v or "").strip() for k, v in rec.items() if k}
-            scene, fold = rec.get("video_id") or rec.get("scene"), rec.get("fold") or rec.get("split")
-            if scene and fold:
-                out[scene] = split_name(fold)
-        return out
     for lineno, line in enumerate(rows, start=1):
         parts = line.replace(",", " ").split()
         if len(parts) != 2:
@@ -330,7 +321,12 @@ def export_dataset(cfg, scenes, folder: BatchFolder, dest: Path, progress: bool 
             continue
         if old is not None:
             writer.remove(s.scene, old)  # its split or sources changed: the new folder may be elsewhere
-        entries[s.scene] = export_scene_to_dataset(ws, s.scene, splits[s.scene], writer, dcfg, key, sources)
+        try:
+            entries[s.scene] = export_scene_to_dataset(ws, s.scene, splits[s.scene], writer, dcfg, key, sources)
+        except (LabelmakerError, ValueError, OSError) as err:  # one scene's bad files leave the others going in
+            left_out[s.scene] = f"its files cannot be exported: {err}"
+            counts["removed" if old is not None else "failed"] += 1
+            continue
         counts["updated" if old is not None else "added"] += 1
     batch_scenes = {s.scene for s in scenes}
     for scene in writer.known_scenes():
