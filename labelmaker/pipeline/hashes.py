@@ -16,13 +16,14 @@ REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as
 # A stage kind's code version, hashed with its config. Bump it when the stage's code changes
 # what it writes for the same config and inputs: its records and shard fingerprints then stop
 # matching, so finished scenes rerun that stage (and what depends on it) instead of keeping
-# outputs of the old code. import 2: raw files' sizes and times in its fingerprints; fuse 2:
+# outputs of the old code. import 2: raw files' sizes and times in its fingerprints; import 3: colour
+# resized by OpenCV (area averaging) instead of PIL; fuse 2:
 # vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace; report 2:
 # rendered with the capture's world up (scene.json), not always +z; consensus 2: agreement sums in
 # its shards; export 2, evaluate 3: the per-scene summaries of the batch report.
 CODE_VERSIONS = {
     "download": 1,
-    "import": 2,
+    "import": 3,
     "segment": 1,
     "masks": 1,
     "consensus": 2,
