@@ -27,7 +27,7 @@ EVERY = 5  # every 5th of the 150 frames: 30 frames per run, two runs
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(1800),  # ~2 min on 2 idle cores; 11 min were seen on a machine shared by seven test runs
+    pytest.mark.timeout(1800),  # ~2 min of CPU per capture pair; 11 min wall were seen on a heavily shared machine
     pytest.mark.skipif(
         not (KITCHEN.is_dir() and DEEPLAB.is_file()) and not os.environ.get("CI"),
         reason=f"7-Scenes kitchen or the DeepLab ONNX not found under {SHARED}",
