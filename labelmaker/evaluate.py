@@ -154,6 +154,92 @@ def write_scores_json(scores_by_method: dict[str, Scores], names: Sequence[str] 
     write_json_atomic(Path(path), {"methods": {m: s.to_json(names) for m, s in scores_by_method.items()}})
 
 
+# ------------------------------------------------------------------------------------ instances
+def instance_ap(pred_instance: np.ndarray, pred_class: np.ndarray, pred_score: np.ndarray, gt_instance: np.ndarray,
+                gt_labels: np.ndarray, thresholds: Sequence[float] = (0.5, 0.25), ignore_classes: Sequence[int] = (0,),
+                min_gt_vertices: int = 1) -> dict:
+    """Instance segmentation average precision per IoU threshold (ScanNet-style, class-aware).
+
+    pred_instance: (V,) predicted instance id per vertex (-1 = none), ids 0..I-1; pred_class,
+    pred_score: (I,) each instance's class and confidence. gt_instance: (V,) ground-truth instance
+    id (<= 0 = none); gt_labels: (V,) ground-truth class per vertex, an instance's class is its
+    vertices' majority. GT instances of `ignore_classes` or under `min_gt_vertices` vertices, and
+    predictions of ignored classes, are left out. Per class, predictions in descending score take
+    the unmatched GT instance of that class with the highest IoU >= t (true positive) or are false
+    positives; AP is the area under the precision envelope over recall (all points). The mean is
+    over classes with GT instances (a class without predictions scores 0).
+    Returns {"ap": {t: mean AP}, "per_class": {t: {class: AP}}, "n_gt": GT instances, "n_pred": scored predictions}.
+    """
+    pred_instance = np.asarray(pred_instance, dtype=np.int64)
+    gt_instance = np.asarray(gt_instance, dtype=np.int64)
+    gt_labels = np.asarray(gt_labels, dtype=np.int64)
+    pred_class = np.asarray(pred_class, dtype=np.int64)
+    pred_score = np.asarray(pred_score, dtype=np.float64)
+    if not (pred_instance.shape == gt_instance.shape == gt_labels.shape):
+        raise ValueError("pred_instance, gt_instance and gt_labels must be per vertex, of one shape")
+    n_pred = len(pred_class)
+    if pred_score.shape != (n_pred,):
+        raise ValueError("pred_class and pred_score must have one entry per predicted instance")
+    # ground-truth instances: compact ids, majority class, size
+    has_gt = gt_instance > 0
+    gt_ids, gt_inv = np.unique(gt_instance[has_gt], return_inverse=True)
+    G = len(gt_ids)
+    g_of = np.full(len(gt_instance), -1, np.int64)
+    g_of[has_gt] = gt_inv.reshape(-1)
+    gt_size = np.bincount(g_of[has_gt], minlength=G)
+    gt_cls = np.zeros(G, np.int64)
+    if G:
+        L = int(gt_labels.max()) + 1
+        pair, cnt = np.unique(g_of[has_gt] * L + gt_labels[has_gt], return_counts=True)
+        order = np.lexsort((-cnt, pair // L))
+        first = np.r_[True, (pair // L)[order][1:] != (pair // L)[order][:-1]]
+        gt_cls[(pair // L)[order][first]] = (pair % L)[order][first]
+    ignore = set(int(c) for c in ignore_classes)
+    gt_ok = (gt_size >= max(1, min_gt_vertices)) & ~np.isin(gt_cls, list(ignore))
+    pred_size = np.bincount(pred_instance[pred_instance >= 0], minlength=n_pred)
+    both = (pred_instance >= 0) & has_gt
+    key, inter = np.unique(pred_instance[both] * max(G, 1) + g_of[both], return_counts=True)
+    pi, gi = key // max(G, 1), key % max(G, 1)
+    iou = inter / (pred_size[pi] + gt_size[gi] - inter)
+    classes = sorted(set(gt_cls[gt_ok].tolist()))
+    pred_ok = ~np.isin(pred_class, list(ignore)) & (pred_size > 0)
+    out = {"ap": {}, "per_class": {}, "n_gt": int(gt_ok.sum()), "n_pred": int(pred_ok.sum())}
+    for t in thresholds:
+        per_class = {}
+        for c in classes:
+            preds = np.flatnonzero(pred_ok & (pred_class == c))
+            preds = preds[np.argsort(-pred_score[preds], kind="stable")]
+            n_gt = int((gt_ok & (gt_cls == c)).sum())
+            matched = np.zeros(G, bool)
+            tp = np.zeros(len(preds), bool)
+            for r, p in enumerate(preds):
+                sel = (pi == p) & (iou >= t)
+                cand = gi[sel]
+                ok = gt_ok[cand] & (gt_cls[cand] == c) & ~matched[cand]
+                if ok.any():
+                    best = cand[ok][np.argmax(iou[sel][ok])]
+                    matched[best] = True
+                    tp[r] = True
+            per_class[int(c)] = _average_precision(tp, n_gt)
+        out["per_class"][float(t)] = per_class
+        out["ap"][float(t)] = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return out
+
+
+def _average_precision(tp: np.ndarray, n_gt: int) -> float:
+    """Area under the precision envelope over recall for ranked detections (tp flags) of n_gt objects."""
+    if n_gt == 0:
+        return float("nan")
+    if not len(tp):
+        return 0.0
+    ctp = np.cumsum(tp)
+    precision = ctp / np.arange(1, len(tp) + 1)
+    recall = ctp / n_gt
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.r_[0.0, recall])
+    return float(np.sum(steps * envelope))
+
+
 # ------------------------------------------------------------------------------------ plots
 def _name(names: Sequence[str], cid: int) -> str:
     return str(names[cid]) if 0 <= cid < len(names) else f"class_{cid}"

@@ -63,6 +63,7 @@ class LiftFrame:
     T_cw: np.ndarray  # (4,4) world-to-camera, OpenCV axes
     more_labels: Any | None = None  # (R,H,W) the consensus' next-best classes per pixel (0 = none): they vote
     more_confidence: Any | None = None  # too, so a close call keeps its information; (R,H,W) their vote shares
+    masks: Any | None = None  # (H,W) class-agnostic mask ids (0 = none), for `on_visible` observers (3D instances)
 
 
 @dataclass
@@ -482,13 +483,17 @@ def frames_in_view(vertices: np.ndarray, T_cw: np.ndarray, K: np.ndarray, hw: tu
 
 def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
          cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
-         progress: Callable[[int], Any] | None = None) -> LiftResult:
+         progress: Callable[[int], Any] | None = None,
+         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
     """Accumulate every frame's labels onto the vertices that frame sees (see the module doc).
 
     Vote weight = consensus confidence at the pixel (if cfg.weight_by_confidence and the frame has
     one, else 1) x |cos| of the angle between the vertex normal and the view ray (if
     cfg.weight_by_angle and normals are given). Zero-weight votes are dropped. `progress`, if given,
-    is called with 1 after each frame (tqdm's `update` fits). Results are deterministic.
+    is called with 1 after each frame (tqdm's `update` fits). `on_visible(index, frame, vertex_ids,
+    pixels)`, if given, sees each frame's voting vertices (numpy ids in the caller's vertex order) and
+    their flat pixel indices in the label raster, possibly in several calls per frame (the 3D
+    instances count masks with it). Results are deterministic.
     """
     cfg = cfg or LiftConfig()
     device = resolve_device(cfg.device)
@@ -534,7 +539,7 @@ def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarra
         raycaster = _Raycaster(np.asarray(verts_np, dtype=np.float32), np.asarray(triangles))
 
     for index, frame in enumerate(frames):
-        _lift_frame(index, frame, verts_s, norms_s, blocks, acc, raycaster, origin, cfg, device)
+        _lift_frame(index, frame, verts_s, norms_s, blocks, acc, raycaster, origin, cfg, device, on_visible)
         if progress:
             progress(1)
 
@@ -543,7 +548,7 @@ def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarra
 
 def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: torch.Tensor | None, blocks: _Blocks,
                 acc: VoteAccumulator, raycaster: _Raycaster | None, origin: np.ndarray, cfg: LiftConfig,
-                device: torch.device) -> None:
+                device: torch.device, on_visible: Callable | None = None) -> None:
     tol_m, tol_rel = float(cfg.depth_tolerance_m), float(cfg.depth_tolerance_rel)
     labels = _to_tensor(frame.labels, device, torch.int64)
     if labels.ndim != 2 or labels.numel() == 0:
@@ -659,6 +664,8 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
             cos = (norms_s.index_select(0, vid) * ray).sum(1).abs_() / ray.norm(dim=1).clamp_(min=1e-12)
             w = w * cos
         acc._add_distinct_fast(vid, lab.index_select(0, keep), w)
+        if on_visible is not None:
+            on_visible(index, frame, blocks.perm.index_select(0, vid).cpu().numpy(), pix.index_select(0, keep).cpu().numpy())
         if more:
             kept_px = pix.index_select(0, keep)
             for layer, layer_w in zip(more, more_w):

@@ -1,0 +1,335 @@
+"""Mesh segments: a graph segmentation of the mesh over normals and colours, and vote pooling in them.
+
+`segment_mesh(vertices, normals, colors, triangles, cfg)` gives every vertex a segment id: pieces
+of surface that are smooth and evenly coloured (in the spirit of ScanNet's segmentator, i.e.
+Felzenszwalb-Huttenlocher over the mesh's edges). Our implementation, vectorised:
+
+* Edge weight of a mesh edge (a, b): ``(1 - n_a . n_b)`` -- squared (so smaller) where the edge is
+  convex, ``(p_b - p_a) . n_a < 0``: objects are mostly convex, and where an object meets the floor
+  or a wall the crease is concave -- plus ``color_weight * |c_a - c_b| / (255 sqrt 3)``.
+* Merging (Felzenszwalb-Huttenlocher's predicate): two segments join over an edge of weight w when
+  ``w <= min(Int(A) + k / |A|, Int(B) + k / |B|)``, Int = the largest weight merged inside. The
+  classic algorithm walks the sorted edges one at a time with a union-find, a loop numpy cannot
+  vectorise; we merge in Boruvka rounds instead: each round, every segment takes its cheapest
+  edge to another segment, the edges that pass the predicate are merged at once (connected
+  components), and edges inside a segment drop out. About log2(V) rounds of array work each.
+* Segments smaller than `min_vertices` then join the neighbour across their cheapest edge.
+
+`pool_votes` uses the segments in lifting: within a segment whose votes agree, every vertex gets the
+segment's class distribution as extra evidence worth `strength` times an average vertex's votes, so
+vertices with few or noisy votes follow their segment, while a vertex whose own votes clearly say
+otherwise keeps its class (its votes outweigh the segment's share for it); a segment whose votes do
+not agree (a segment across two objects) pools nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+
+__all__ = ["SegmentsConfig", "mesh_edges", "vertex_normals", "segment_mesh", "pool_votes", "segment_adjacency", "neighbour_cell_pairs", "distinct_sorted", "top_k_rows"]
+
+
+@dataclass
+class SegmentsConfig:
+    enabled: bool = False  # lifting: pool votes within mesh segments (and instances need segments)
+    k: float = 0.02  # Felzenszwalb-Huttenlocher's scale: larger -> larger segments
+    color_weight: float = 0.5  # weight of the RGB difference (0..1 over the colour cube's diagonal) beside the normals' 1 - cos
+    min_vertices: int = 30  # smaller segments join their most similar neighbour
+    agree: float = 0.6  # a segment pools votes only when its winning class holds this share of its votes
+    strength: float = 1.0  # a segment's evidence for each of its vertices, in average vertex vote totals
+    fill_unseen: bool = True  # vertices without votes in an agreeing segment take the segment's class
+    smooth_iters: int = 0  # > 0: that many rounds of averaging vote shares with mesh neighbours (same segment only)
+    smooth_alpha: float = 0.5  # weight of the neighbours' mean in each smoothing round
+
+
+# ------------------------------------------------------------------------------------ geometry
+def mesh_edges(triangles: np.ndarray, n_vertices: int) -> np.ndarray:
+    """(E,2) int64 distinct undirected edges (a < b) of a triangle mesh, sorted."""
+    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    if not len(tri):
+        return np.zeros((0, 2), np.int64)
+    a = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2]])
+    b = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0]])
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    key = distinct_sorted(lo[keep] * np.int64(n_vertices) + hi[keep])
+    return np.stack([key // n_vertices, key % n_vertices], axis=1)
+
+
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(V,3) float32 unit normals: area-weighted sums of the incident triangles' normals."""
+    v = np.asarray(vertices, dtype=np.float64)
+    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    out = np.zeros((len(v), 3), np.float64)
+    if len(tri):
+        face = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+        for c in range(3):
+            for j in range(3):
+                out[:, j] += np.bincount(tri[:, c], weights=face[:, j], minlength=len(v))
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def edge_weights(vertices, normals, colors, edges: np.ndarray, color_weight: float) -> np.ndarray:
+    """Dissimilarity of the two ends of each edge (see the module doc), float32."""
+    a, b = edges[:, 0], edges[:, 1]
+    n = np.asarray(normals, dtype=np.float32)
+    cos = np.einsum("ij,ij->i", n[a], n[b])
+    w = np.clip(1.0 - cos, 0.0, 2.0)
+    p = np.asarray(vertices, dtype=np.float32)
+    convex = np.einsum("ij,ij->i", p[b] - p[a], n[a]) < 0
+    w = np.where(convex, w * w, w)
+    if colors is not None and color_weight > 0:
+        c = np.asarray(colors, dtype=np.float32)
+        if c.max(initial=0) <= 1.0 and np.asarray(colors).dtype.kind == "f":
+            c = c * 255.0
+        w = w + np.float32(color_weight / (255.0 * np.sqrt(3.0))) * np.linalg.norm(c[a] - c[b], axis=1)
+    return w.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ segmentation
+def segment_mesh(vertices: np.ndarray, normals: np.ndarray | None, colors: np.ndarray | None, triangles: np.ndarray,
+                 cfg: SegmentsConfig | None = None) -> np.ndarray:
+    """(V,) int64 segment id per vertex, 0..S-1 numbered by each segment's first vertex.
+
+    normals: (V,3) or None (computed from the triangles); colors: (V,3) uint8 0-255 or floats in
+    [0,1], or None (normals only). A vertex in no triangle is a segment of its own.
+    """
+    cfg = cfg or SegmentsConfig()
+    vertices = np.asarray(vertices)
+    V = len(vertices)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices must be (V,3), got {vertices.shape}")
+    if V == 0:
+        return np.zeros(0, np.int64)
+    edges = mesh_edges(triangles, V)
+    if normals is None or len(normals) != V:
+        normals = vertex_normals(vertices, triangles)
+    w = edge_weights(vertices, normals, colors, edges, float(cfg.color_weight))
+    order = np.argsort(w, kind="stable")
+    a, b, w = edges[order, 0], edges[order, 1], w[order]
+    del edges, order
+    comp = np.arange(V, dtype=np.int64)
+    size = np.ones(V, np.int64)
+    internal = np.zeros(V, np.float32)
+    k = float(cfg.k)
+    comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w,
+                                             lambda ca, cb, we, size, internal: we <= np.minimum(internal[ca] + k / size[ca],
+                                                                                                  internal[cb] + k / size[cb]))
+    m = int(cfg.min_vertices)
+    if m > 1:
+        comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w,
+                                                 lambda ca, cb, we, size, internal: (size[ca] < m) | (size[cb] < m))
+    return _first_seen_numbering(comp)
+
+
+def _boruvka(comp, size, internal, a, b, w, accept):
+    """Merge components over edges (a, b, w sorted by w) in rounds until `accept` takes none.
+
+    comp: (V,) component of each vertex (ids 0..n-1); size, internal: per component. Each round,
+    each component proposes its cheapest outgoing edge; proposals that `accept` are merged.
+    Returns the updated arrays and the edges that still join different components."""
+    ca, cb = comp[a], comp[b]
+    while True:
+        keep = ca != cb
+        if not keep.all():
+            a, b, w, ca, cb = a[keep], b[keep], w[keep], ca[keep], cb[keep]
+        E = len(w)
+        if E == 0:
+            break
+        n = len(size)
+        best = np.full(n, E, np.int64)
+        idx = np.arange(E, dtype=np.int64)
+        np.minimum.at(best, ca, idx)
+        np.minimum.at(best, cb, idx)
+        cand = distinct_sorted(best[best < E])
+        ok = accept(ca[cand], cb[cand], w[cand], size, internal)
+        sel = cand[ok]
+        if not len(sel):
+            break
+        graph = sparse.coo_matrix((np.ones(len(sel), np.int8), (ca[sel], cb[sel])), shape=(n, n))
+        n_new, label = csgraph.connected_components(graph, directed=False)
+        new_internal = np.zeros(n_new, np.float32)
+        np.maximum.at(new_internal, label, internal)
+        np.maximum.at(new_internal, label[ca[sel]], w[sel])
+        size = np.bincount(label, weights=size, minlength=n_new).astype(np.int64)
+        internal = new_internal
+        comp = label[comp]
+        ca, cb = label[ca], label[cb]
+    return comp, size, internal, a, b, w
+
+
+def _first_seen_numbering(comp: np.ndarray) -> np.ndarray:
+    """Renumber ids 0..S-1 in order of their first occurrence (deterministic, order-independent of merges)."""
+    uniq, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)]
+
+
+def segment_adjacency(segment: np.ndarray, vertices: np.ndarray, triangles: np.ndarray, radius_m: float = 0.0) -> np.ndarray:
+    """(P,2) int64 distinct pairs (s < t) of segments that touch: joined by a mesh edge, or (radius_m > 0)
+    with vertices within about `radius_m` of each other (meshes made of separate pieces, point clouds).
+
+    Proximity is tested between voxel cells of size radius_m: two segments are neighbours when they
+    occupy the same cell or two cells that share a face, edge or corner."""
+    seg = np.asarray(segment, dtype=np.int64)
+    S = int(seg.max()) + 1 if len(seg) else 0
+    pairs = []
+    if len(triangles):
+        e = mesh_edges(triangles, len(seg))
+        sa, sb = seg[e[:, 0]], seg[e[:, 1]]
+        d = sa != sb
+        pairs.append(np.stack([np.minimum(sa[d], sb[d]), np.maximum(sa[d], sb[d])], 1))
+    if radius_m > 0 and len(seg):
+        cell = np.floor((np.asarray(vertices, np.float64) - np.min(vertices, axis=0)) / radius_m).astype(np.int64) + 1
+        dims = cell.max(axis=0) + 2
+        key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+        occ = distinct_sorted(key * S + seg)  # distinct (cell, segment)
+        i, j = neighbour_cell_pairs(occ // S, dims)
+        sa, sb = occ[i] % S, occ[j] % S
+        d = sa != sb
+        pairs.append(np.stack([np.minimum(sa[d], sb[d]), np.maximum(sa[d], sb[d])], 1))
+    if not pairs:
+        return np.zeros((0, 2), np.int64)
+    allp = np.concatenate(pairs)
+    if not len(allp):
+        return np.zeros((0, 2), np.int64)
+    key = distinct_sorted(allp[:, 0] * S + allp[:, 1])
+    return np.stack([key // S, key % S], 1)
+
+
+def neighbour_cell_pairs(cell_key: np.ndarray, dims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of entries of `cell_key` (sorted keys ``(x * dims[1] + y) * dims[2] + z`` of
+    cells with coordinates >= 1 and < dims - 1; repeats allowed) in the same or in touching cells
+    (face, edge or corner): each unordered pair of distinct cells once, pairs within a cell both ways
+    (and i == j)."""
+    offsets = [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1) if (dx, dy, dz) >= (0, 0, 0)]
+    out_i, out_j = [], []
+    for dx, dy, dz in offsets:
+        shifted = cell_key + (dx * dims[1] + dy) * dims[2] + dz
+        lo = np.searchsorted(cell_key, shifted, side="left")
+        count = np.searchsorted(cell_key, shifted, side="right") - lo
+        has = np.flatnonzero(count > 0)
+        if not len(has):
+            continue
+        n = count[has]
+        src = np.repeat(has, n)
+        dst = np.repeat(lo[has] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        out_i.append(src)
+        out_j.append(dst)
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def distinct_sorted(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort and a comparison: faster here than np.unique's hashing)."""
+    x = np.sort(x)
+    if len(x) < 2:
+        return x
+    keep = np.empty(len(x), bool)
+    keep[0] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
+# ------------------------------------------------------------------------------------ pooling
+def _sparse_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-k votes as (row, class, weight) triples with weight > 0."""
+    V, k = topk_ids.shape
+    rows = np.repeat(np.arange(V, dtype=np.int64), k)
+    cls = topk_ids.reshape(-1).astype(np.int64)
+    wt = (topk_shares.astype(np.float64) * totals.astype(np.float64)[:, None]).reshape(-1)
+    keep = (cls > 0) & (wt > 0)
+    return rows[keep], cls[keep], wt[keep]
+
+
+def _group_sum(rows: np.ndarray, cls: np.ndarray, wt: np.ndarray, n_classes: int):
+    key = rows * n_classes + cls
+    uk, inv = np.unique(key, return_inverse=True)
+    return uk // n_classes, uk % n_classes, np.bincount(inv.reshape(-1), weights=wt, minlength=len(uk))
+
+
+def top_k_rows(rows: np.ndarray, cls: np.ndarray, wt: np.ndarray, n_rows: int, k: int):
+    """Per row the k heaviest (class, weight) entries (ties: lower class first); rows distinct per class."""
+    ids = np.zeros((n_rows, k), np.int64)
+    ws = np.zeros((n_rows, k), np.float64)
+    if len(rows):
+        order = np.lexsort((cls, -wt, rows))
+        r, c, w = rows[order], cls[order], wt[order]
+        start = np.ones(len(r), bool)
+        start[1:] = r[1:] != r[:-1]
+        pos = np.arange(len(r)) - np.maximum.accumulate(np.where(start, np.arange(len(r)), 0))
+        sel = pos < k
+        ids[r[sel], pos[sel]] = c[sel]
+        ws[r[sel], pos[sel]] = w[sel]
+    return ids, ws
+
+
+def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray, segment: np.ndarray, n_classes: int,
+               cfg: SegmentsConfig, edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-vertex votes (top-k ids and shares of `totals`) pooled within agreeing segments.
+
+    Returns (labels (V,), confidence (V,), topk_ids (V,k), topk_shares (V,k)) like a lift result:
+    shares are of the vertex's pooled votes. `edges` (mesh edges) for cfg.smooth_iters > 0.
+    """
+    topk_ids = np.asarray(topk_ids)
+    V, k = topk_ids.shape
+    seg = np.asarray(segment, dtype=np.int64)
+    if seg.shape != (V,):
+        raise ValueError(f"segment ids must be ({V},) like the votes, got {seg.shape}")
+    totals = np.asarray(totals, dtype=np.float64)
+    rows, cls, wt = _sparse_votes(topk_ids, np.asarray(topk_shares), totals)
+    S = int(seg.max()) + 1 if V else 0
+    srow, scls, swt = _group_sum(seg[rows], cls, wt, n_classes)
+    seg_total = np.bincount(srow, weights=swt, minlength=S)
+    seg_best = np.zeros(S, np.float64)
+    np.maximum.at(seg_best, srow, swt)
+    agree = (seg_total > 0) & (seg_best >= float(cfg.agree) * seg_total)
+    # the segment's evidence per vertex: strength x the mean vote total of its voting vertices
+    n_voting = np.bincount(seg, weights=(totals > 0).astype(np.float64), minlength=S)
+    mean_total = np.divide(np.bincount(seg, weights=totals, minlength=S), n_voting, out=np.zeros(S), where=n_voting > 0)
+    # per segment its top-k classes (enough: what is beyond them is small or not an agreeing segment)
+    sid, sw = top_k_rows(srow, scls, swt, S, k)
+    scale = np.where(agree, float(cfg.strength) * mean_total / np.maximum(seg_total, 1e-12), 0.0)
+    add_w = sw * scale[:, None]  # (S,k)
+    receives = np.ones(V, bool) if cfg.fill_unseen else totals > 0
+    vr = np.flatnonzero(receives & agree[seg])
+    prow = np.repeat(vr, k)
+    pcls = sid[seg[vr]].reshape(-1)
+    pwt = add_w[seg[vr]].reshape(-1)
+    keep = (pcls > 0) & (pwt > 0)
+    rows = np.concatenate([rows, prow[keep]])
+    cls = np.concatenate([cls, pcls[keep]])
+    wt = np.concatenate([wt, pwt[keep]])
+    rows, cls, wt = _group_sum(rows, cls, wt, n_classes)
+    if cfg.smooth_iters > 0 and edges is not None and len(edges):
+        rows, cls, wt = _smooth(rows, cls, wt, V, n_classes, seg, edges, int(cfg.smooth_iters), float(cfg.smooth_alpha))
+    total = np.bincount(rows, weights=wt, minlength=V)
+    ids, ws = top_k_rows(rows, cls, wt, V, k)
+    shares = np.divide(ws, total[:, None], out=np.zeros_like(ws), where=total[:, None] > 0).astype(np.float32)
+    return ids[:, 0].copy(), shares[:, 0].copy(), ids, shares
+
+
+def _smooth(rows, cls, wt, V, n_classes, seg, edges, iters, alpha):
+    """Vote shares averaged with mesh neighbours in the same segment, `iters` rounds."""
+    a, b = edges[:, 0], edges[:, 1]
+    same = seg[a] == seg[b]
+    a, b = a[same], b[same]
+    adj = sparse.coo_matrix((np.ones(2 * len(a)), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(V, V)).tocsr()
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    inv_deg = sparse.diags(np.divide(1.0, deg, out=np.zeros(V), where=deg > 0))
+    total = np.bincount(rows, weights=wt, minlength=V)
+    q = sparse.csr_matrix((wt / np.maximum(total[rows], 1e-12), (rows, cls)), shape=(V, n_classes))
+    has = sparse.diags((deg > 0).astype(np.float64))
+    for _ in range(iters):
+        q = (q - alpha * (has @ q) + alpha * (inv_deg @ (adj @ q))).tocsr()
+    q = q.tocoo()
+    keep = q.data > 0
+    r, c = q.row[keep].astype(np.int64), q.col[keep].astype(np.int64)
+    # back to vote weights: shares x the vertex's own total (vertices without votes keep their pooled sum)
+    return r, c, q.data[keep] * np.maximum(total[r], 1e-12)
