@@ -6,7 +6,7 @@ Functional core, fed by lifting's visibility pass (`lift(..., on_visible=evidenc
   visible vertices is *in* the frame's mask that holds at least `cover` of them (else in no mask).
 * Two neighbouring segments (a mesh edge between them, or vertices within `adjacency_m`) count a
   frame *together* when both are in the same mask, *apart* when both are in masks but different
-  ones. They belong to one instance when together >= `min_together` and together >= `affinity` x
+  ones. They belong to one instance when together >= `min_together` and together > `affinity` x
   (together + apart): a mask that merges a pillow into the bed in a few views does not merge them in
   3D when most views keep them apart; a mask that cuts a table in two in some views does not split it.
 * Instances are the connected components of that graph over segments that were in a mask in at
@@ -25,19 +25,20 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from .segments import distinct_sorted, neighbour_cell_pairs, mesh_edges, segment_adjacency
+from .segments import distinct_sorted, neighbour_cell_pairs, mesh_edges
 
 __all__ = ["InstancesConfig", "MaskEvidence", "Instances", "merge_instances", "instance_classes", "label_components"]
 
 
 @dataclass
 class InstancesConfig:
-    enabled: bool = False  # lift: 3D instances from a mask model's masks (needs that mask stage; uses lift.segments' settings)
+    # lift: 3D instances from a mask model's masks (needs that mask stage; segments from lift.segments' settings)
+    enabled: bool = False
     masks: str = "sam"  # which mask model's masks (masks.models.<name>)
     min_seen_vertices: int = 4  # a segment counts as seen in a frame with this many visible vertices
     cover: float = 0.5  # ... and as in a mask when this share of them fall in it
     min_together: int = 2  # frames two neighbouring segments must share a mask before they may merge
-    affinity: float = 0.5  # they merge when together >= affinity * (together + apart)
+    affinity: float = 0.5  # they merge when together > affinity * (together + apart)
     min_masked_share: float = 0.3  # segments in a mask in fewer of the frames that see them belong to no instance
     adjacency_m: float = 0.05  # segments within this distance are neighbours (besides mesh edges)
     min_vertices: int = 50  # smaller instances are dropped (-1)
@@ -74,7 +75,8 @@ class MaskEvidence:
             self.finish()
             self._frame = index
         masks = np.asarray(frame.masks).reshape(-1)
-        self._parts.append((np.asarray(vertex_ids, dtype=np.int64), masks[np.asarray(pixels, dtype=np.int64)].astype(np.int64)))
+        ids = masks[np.asarray(pixels, dtype=np.int64)].astype(np.int64)
+        self._parts.append((np.asarray(vertex_ids, dtype=np.int64), ids))
 
     def finish(self) -> None:
         if not self._parts:
@@ -144,6 +146,11 @@ class Instances:
     def scores(self) -> np.ndarray:
         return self.topk_shares[:, 0]
 
+    def soft(self) -> dict:
+        """The per-instance soft labels as soft.h5 stores them (io.export.write_soft_labels)."""
+        return {"instance": self.vertex, "instance_topk_ids": self.topk_ids, "instance_topk_shares": self.topk_shares,
+                "instance_n_vertices": self.n_vertices}
+
 
 def merge_instances(evidence: MaskEvidence, cfg: InstancesConfig) -> np.ndarray:
     """(V,) int64 instance per vertex (-1 = none), 0.. numbered by first vertex.
@@ -175,7 +182,7 @@ def merge_instances(evidence: MaskEvidence, cfg: InstancesConfig) -> np.ndarray:
         inv = inv.reshape(-1)
         T = np.bincount(inv, weights=t_pair, minlength=len(key))
         A = np.bincount(inv, weights=a_pair, minlength=len(key))
-        ok = (T >= int(cfg.min_together)) & (T >= float(cfg.affinity) * (T + A))
+        ok = (T >= int(cfg.min_together)) & (T > float(cfg.affinity) * (T + A))
         if not ok.any():
             break
         g1, g2 = key[ok] // S, key[ok] % S
@@ -253,7 +260,8 @@ def label_components(labels: np.ndarray, vertices: np.ndarray, triangles: np.nda
     if radius_m > 0 and V:
         lab = np.flatnonzero(labels > 0)
         L = int(labels.max()) + 1
-        cell = np.floor((np.asarray(vertices, np.float64)[lab] - np.min(vertices, axis=0)) / radius_m).astype(np.int64) + 1
+        pts = np.asarray(vertices, np.float64)
+        cell = np.floor((pts[lab] - pts.min(axis=0)) / radius_m).astype(np.int64) + 1
         dims = cell.max(axis=0) + 2
         ckey = ((cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]) * L + labels[lab]
         occ = distinct_sorted(ckey)

@@ -665,7 +665,8 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
             w = w * cos
         acc._add_distinct_fast(vid, lab.index_select(0, keep), w)
         if on_visible is not None:
-            on_visible(index, frame, blocks.perm.index_select(0, vid).cpu().numpy(), pix.index_select(0, keep).cpu().numpy())
+            original = blocks.perm.index_select(0, vid).cpu().numpy()
+            on_visible(index, frame, original, pix.index_select(0, keep).cpu().numpy())
         if more:
             kept_px = pix.index_select(0, keep)
             for layer, layer_w in zip(more, more_w):

@@ -29,14 +29,16 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-__all__ = ["SegmentsConfig", "mesh_edges", "vertex_normals", "segment_mesh", "pool_votes", "segment_adjacency", "neighbour_cell_pairs", "distinct_sorted", "top_k_rows"]
+__all__ = ["SegmentsConfig", "mesh_edges", "vertex_normals", "segment_mesh", "pool_votes", "segment_adjacency",
+           "neighbour_cell_pairs", "distinct_sorted", "top_k_rows"]
 
 
 @dataclass
 class SegmentsConfig:
     enabled: bool = False  # lifting: pool votes within mesh segments (and instances need segments)
     k: float = 0.02  # Felzenszwalb-Huttenlocher's scale: larger -> larger segments
-    color_weight: float = 0.5  # weight of the RGB difference (0..1 over the colour cube's diagonal) beside the normals' 1 - cos
+    # weight of the RGB difference (0..1 over the colour cube's diagonal) beside the normals' 1 - cos
+    color_weight: float = 0.5
     min_vertices: int = 30  # smaller segments join their most similar neighbour
     agree: float = 0.6  # a segment pools votes only when its winning class holds this share of its votes
     strength: float = 1.0  # a segment's evidence for each of its vertices, in average vertex vote totals
@@ -116,9 +118,10 @@ def segment_mesh(vertices: np.ndarray, normals: np.ndarray | None, colors: np.nd
     size = np.ones(V, np.int64)
     internal = np.zeros(V, np.float32)
     k = float(cfg.k)
-    comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w,
-                                             lambda ca, cb, we, size, internal: we <= np.minimum(internal[ca] + k / size[ca],
-                                                                                                  internal[cb] + k / size[cb]))
+    def similar(ca, cb, we, size, internal):  # Felzenszwalb-Huttenlocher's predicate
+        return we <= np.minimum(internal[ca] + k / size[ca], internal[cb] + k / size[cb])
+
+    comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w, similar)
     m = int(cfg.min_vertices)
     if m > 1:
         comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w,
@@ -170,7 +173,8 @@ def _first_seen_numbering(comp: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
-def segment_adjacency(segment: np.ndarray, vertices: np.ndarray, triangles: np.ndarray, radius_m: float = 0.0) -> np.ndarray:
+def segment_adjacency(segment: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
+                      radius_m: float = 0.0) -> np.ndarray:
     """(P,2) int64 distinct pairs (s < t) of segments that touch: joined by a mesh edge, or (radius_m > 0)
     with vertices within about `radius_m` of each other (meshes made of separate pieces, point clouds).
 
@@ -238,7 +242,7 @@ def distinct_sorted(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ pooling
-def _sparse_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sparse_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray):
     """The top-k votes as (row, class, weight) triples with weight > 0."""
     V, k = topk_ids.shape
     rows = np.repeat(np.arange(V, dtype=np.int64), k)
@@ -271,7 +275,7 @@ def top_k_rows(rows: np.ndarray, cls: np.ndarray, wt: np.ndarray, n_rows: int, k
 
 
 def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray, segment: np.ndarray, n_classes: int,
-               cfg: SegmentsConfig, edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               cfg: SegmentsConfig, edges: np.ndarray | None = None):
     """Per-vertex votes (top-k ids and shares of `totals`) pooled within agreeing segments.
 
     Returns (labels (V,), confidence (V,), topk_ids (V,k), topk_shares (V,k)) like a lift result:
@@ -320,7 +324,8 @@ def _smooth(rows, cls, wt, V, n_classes, seg, edges, iters, alpha):
     a, b = edges[:, 0], edges[:, 1]
     same = seg[a] == seg[b]
     a, b = a[same], b[same]
-    adj = sparse.coo_matrix((np.ones(2 * len(a)), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(V, V)).tocsr()
+    both = (np.concatenate([a, b]), np.concatenate([b, a]))
+    adj = sparse.coo_matrix((np.ones(2 * len(a)), both), shape=(V, V)).tocsr()
     deg = np.asarray(adj.sum(axis=1)).ravel()
     inv_deg = sparse.diags(np.divide(1.0, deg, out=np.zeros(V), where=deg > 0))
     total = np.bincount(rows, weights=wt, minlength=V)

@@ -63,12 +63,16 @@ OUTPUTS = {
     "confidence": "labels/confidence.npy",
     "soft": "labels/soft.h5",  # top-k ids and shares per vertex
     "labels_ply": "labels/labels.ply",
+    "segments": "labels/segments.npy",  # (V,) int32 mesh segment per vertex (lift.segments / lift.instances)
+    "instance": "labels/instance.npy",  # (V,) int32 3D instance per vertex, -1 = none (lift.instances)
+    "instances": "labels/instances.json",  # per instance: class, score, vertex count, top-k classes
     "labels_scannet200": "labels/labels_scannet200.npy",
     "labels_scannet20": "labels/labels_scannet20.npy",
     "labels_nyu40": "labels/labels_nyu40.npy",
     "classes": "labels/classes.json",
     "pointcept": "labels/pointcept",
     "scores": "eval/scores.json",
+    "instance_scores": "eval/instance_scores.json",  # AP50/AP25 of the 3D instances and of the baseline
     "iou_plot": "eval/per_class_iou.png",
     "confusion_plot": "eval/confusion.png",
     "preview": "report/preview.png",
@@ -93,7 +97,7 @@ STAGE_ENTRIES = {
     "masks": (SCENE_FILE, FRAMES_DIR, f"{MASKS_DIR}/{{model}}"),
     "consensus": (SCENE_FILE, FRAMES_DIR, PRED_DIR, MASKS_DIR, CONSENSUS_DIR),
     "fuse": (SCENE_FILE, FRAMES_DIR, MESH_FILE),
-    "lift": (SCENE_FILE, FRAMES_DIR, CONSENSUS_DIR, MESH_FILE, LABELS_DIR),
+    "lift": (SCENE_FILE, FRAMES_DIR, CONSENSUS_DIR, MASKS_DIR, MESH_FILE, LABELS_DIR),
     "export": (SCENE_FILE, MESH_FILE, LABELS_DIR),
     "evaluate": (SCENE_FILE, FRAMES_DIR, PRED_DIR, CONSENSUS_DIR, MESH_FILE, LABELS_DIR, EVAL_DIR),
     "report": (SCENE_FILE, MESH_FILE, LABELS_DIR, REPORT_DIR),

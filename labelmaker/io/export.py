@@ -30,13 +30,18 @@ from ..mesh import MeshArrays, write_ply
 from ..workspace import atomic_path, fsync_dir
 
 SOFT_LABELS_FORMAT = "labelmaker-soft-labels/1"
+# optional datasets of soft.h5 when lift made 3D instances, and their types
+INSTANCE_DATASETS = {"instance": np.int32, "instance_topk_ids": np.int32, "instance_topk_shares": np.float32,
+                     "instance_n_vertices": np.int64}
 IGNORE_INDEX = -1
 
 
 # ----------------------------------------------------------------------------------- PLY
-def write_labelled_ply(path: Path, mesh: MeshArrays, labels: np.ndarray, colors: np.ndarray) -> None:
+def write_labelled_ply(path: Path, mesh: MeshArrays, labels: np.ndarray, colors: np.ndarray,
+                       instance: np.ndarray | None = None) -> None:
     """Binary PLY of `mesh` with vertex property ``label`` (int32) and vertex colours
-    ``colors[labels]``. labels: (V,) ints in [0, n_classes); colors: (n_classes, 3) uint8."""
+    ``colors[labels]``. labels: (V,) ints in [0, n_classes); colors: (n_classes, 3) uint8.
+    instance: (V,) ints, -1 = none: written as vertex property ``instance`` (int32)."""
     labels = np.asarray(labels)
     colors = np.asarray(colors)
     if labels.shape != (len(mesh.vertices),):
@@ -48,10 +53,18 @@ def write_labelled_ply(path: Path, mesh: MeshArrays, labels: np.ndarray, colors:
     if labels.size and (labels.min() < 0 or labels.max() >= len(colors)):
         raise ValueError(f"labels must lie in [0, {len(colors)}) to index the colour table; "
                          f"found [{int(labels.min())}, {int(labels.max())}]")
+    properties = {"label": labels.astype(np.int32)}
+    if instance is not None:
+        instance = np.asarray(instance)
+        if instance.shape != labels.shape or instance.dtype.kind not in "iu":
+            raise ValueError(f"instance must be ({len(labels)},) integers, got {instance.shape} {instance.dtype}")
+        if instance.size and instance.min() < IGNORE_INDEX:
+            raise ValueError("instance ids must be >= -1 (-1 = none)")
+        properties["instance"] = instance.astype(np.int32)
     colors = colors.astype(np.uint8, copy=False)
     labelled = dataclasses.replace(mesh, colors=colors[labels])
     with atomic_path(Path(path)) as tmp:
-        write_ply(tmp, labelled, {"label": labels.astype(np.int32)})
+        write_ply(tmp, labelled, properties)
 
 
 # ----------------------------------------------------------------------------------- Pointcept
@@ -181,10 +194,14 @@ def write_pointcept(folder: Path, coord, color, normal, segment200, segment20, g
 
 
 # ----------------------------------------------------------------------------------- soft labels
-def write_soft_labels(path: Path, topk_ids, topk_shares, confidence, n_views, class_names: Sequence[str]) -> None:
+def write_soft_labels(path: Path, topk_ids, topk_shares, confidence, n_views, class_names: Sequence[str],
+                      instances: dict | None = None) -> None:
     """HDF5 with datasets ``topk_ids`` (N,k) int16/int32 (class ids, -1 = no candidate),
     ``topk_shares`` (N,k) float32 (vote share of each candidate), ``confidence`` (N,) float32,
-    ``n_views`` (N,) int32 and ``class_names`` (C,) utf-8 strings; attribute ``format``."""
+    ``n_views`` (N,) int32 and ``class_names`` (C,) utf-8 strings; attribute ``format``.
+    instances (3D instances): {"instance": (N,) id per vertex (-1 = none), "instance_topk_ids": (I,k)
+    classes per instance, "instance_topk_shares": (I,k) their shares, "instance_n_vertices": (I,)},
+    stored under those names."""
     ids = np.asarray(topk_ids)
     shares = np.asarray(topk_shares)
     conf = np.asarray(confidence)
@@ -212,6 +229,13 @@ def write_soft_labels(path: Path, topk_ids, topk_shares, confidence, n_views, cl
             f.create_dataset("confidence", data=conf.astype(np.float32), **chunked)
             f.create_dataset("n_views", data=views.astype(np.int32), **chunked)
             f.create_dataset("class_names", data=np.array(names, dtype=h5py.string_dtype("utf-8")))
+            for key, values in (instances or {}).items():
+                if key not in INSTANCE_DATASETS:
+                    raise ValueError(f"unknown instance dataset {key!r} (known: {', '.join(INSTANCE_DATASETS)})")
+                values = np.asarray(values)
+                if key == "instance" and values.shape != (n,):
+                    raise ValueError(f"instance must have shape ({n},), got {values.shape}")
+                f.create_dataset(key, data=values.astype(INSTANCE_DATASETS[key]), **(chunked if values.size else {}))
 
 
 def read_soft_labels(path: Path) -> dict:
@@ -222,6 +246,7 @@ def read_soft_labels(path: Path) -> dict:
             fmt = fmt.decode()
         if fmt != SOFT_LABELS_FORMAT:
             raise ValueError(f"{path}: not a soft-label file (format {fmt!r})")
-        out = {key: f[key][()] for key in ("topk_ids", "topk_shares", "confidence", "n_views")}
+        keys = ("topk_ids", "topk_shares", "confidence", "n_views", *INSTANCE_DATASETS)
+        out = {key: f[key][()] for key in keys if key in f}
         out["class_names"] = [n.decode() if isinstance(n, bytes) else str(n) for n in f["class_names"][()]]
     return out

@@ -98,6 +98,11 @@ class GroundTruth:
         with np.load(self.folder / POSES) as data:
             return data["timestamps"], data["T_cw"]
 
+    def vertex_instances(self) -> np.ndarray | None:
+        """Per-vertex instance ids of the GT mesh (0 = none), or None when the GT has none."""
+        path = self.folder / VERTEX_INSTANCES
+        return np.load(path).astype(np.int64) if path.exists() else None
+
     def vertex_labels(self) -> np.ndarray:
         """Per-vertex unified ids of the GT mesh."""
         return self.unified_ids[np.load(self.folder / VERTEX_LABELS)]

@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from ..consensus import ConsensusConfig, vote
 from ..errors import BadInputError
-from ..evaluate import Scores, confusion_matrix, plot_confusion, plot_per_class_iou, scores, write_scores_json
+from ..evaluate import (Scores, confusion_matrix, instance_ap, plot_confusion, plot_per_class_iou, scores,
+                        write_scores_json)
 from ..io.ground_truth import GroundTruth, find_ground_truth
 from ..labels import class_prior, mapping_to_unified, unified_space
 from ..lifting import lift
 from ..mesh import read_mesh_or_points
 from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
-from ..workspace import Workspace
+from ..instances import instance_classes, label_components
+from ..io.export import read_soft_labels
+from ..workspace import Workspace, write_json_atomic
 from .label_stages import LiftStageConfig, lift_frames
 from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs, versioned
 from .records import StageOutcome, run_stage
@@ -31,6 +34,9 @@ class EvaluateConfig:
     max_distance_m: float = 0.05  # GT labels move to our vertices from the nearest GT vertex within this distance
     frame_step: int = 1  # 2D scores on every k-th frame
     baselines: bool = False  # also lift each model alone and a plain per-vertex majority, and score them
+    # 3D instances (lift.instances): AP50/AP25 against GT instances, beside connected components of the labels
+    instance_ignore: List[str] = field(default_factory=lambda: ["wall", "floor", "ceiling"])  # classes not scored
+    instance_min_vertices: int = 50  # GT instances with fewer vertices on our mesh are not scored
 
 
 def ground_truth_of(ws: Workspace, folder: str | None) -> GroundTruth | None:
@@ -114,12 +120,18 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
         conf = confusion_matrix(np.load(ws.output_path("labels")), gt3d, n)
         plot_confusion(conf, names, ws.output_path("confusion_plot"), f"{ws.scene}: 3D confusion (lifted consensus)")
         ws.write_summary("eval_summary", eval_summary(results3d, results2d))
-        return {
+        summary = {
             "miou_3d": {k: round(v.miou, 4) for k, v in results3d.items()},
             "accuracy_3d": {k: round(v.accuracy, 4) for k, v in results3d.items()},
             "miou_2d": {k: round(v.miou, 4) for k, v in results2d.items()},
             "scores": ws.path_for_record(ws.output_path("scores")),
         }
+        gt_instances = gt.vertex_instances()
+        if lifted["summary"].get("instances") is not None and gt_instances is not None:
+            found = instance_scores(ws, cfg, lift_cfg, mesh, gt_mesh, gt_instances, gt3d)
+            write_json_atomic(ws.output_path("instance_scores"), found)
+            summary["instances"] = {k: v for k, v in found.items() if k != "per_class"}
+        return summary
 
     return run_stage(ws, "evaluate", versioned("evaluate", dataclasses.asdict(cfg)), input_hash, body, force=force)
 
@@ -138,6 +150,30 @@ def eval_summary(results3d: dict[str, Scores], results2d: dict[str, Scores]) -> 
         "per_class_iou_3d": {str(c): num(iou) for c, iou in sorted(ours.per_class_iou.items())},
         "support_3d": {str(c): int(n) for c, n in sorted(ours.support.items())},
     }
+
+
+def instance_scores(ws: Workspace, cfg: EvaluateConfig, lift_cfg: LiftStageConfig, mesh, gt_mesh,
+                    gt_instances: np.ndarray, gt3d: np.ndarray) -> dict:
+    """AP50/AP25 of lift's 3D instances and of the baseline without masks (connected components of
+    the lifted labels over the same neighbourhood: mesh edges and lift.instances.adjacency_m), against
+    the GT instances moved onto our vertices like the GT labels."""
+    unified = unified_space()
+    gt_inst = transfer_labels(gt_mesh, gt_instances, mesh.vertices, cfg.max_distance_m)
+    ignore = [0] + [unified.id_of(name) for name in cfg.instance_ignore]
+    soft = read_soft_labels(ws.output_path("soft"))
+    ours = np.load(ws.output_path("instance")).astype(np.int64)
+    cc = label_components(np.load(ws.output_path("labels")), mesh.vertices, mesh.triangles,
+                          lift_cfg.instances.adjacency_m, lift_cfg.instances.min_vertices)
+    out: dict = {"per_class": {}}
+    for name, inst in (("3D instances", ours), ("connected components", cc)):
+        found = instance_classes(inst, soft["topk_ids"], soft["topk_shares"])
+        ap = instance_ap(inst, found.labels, found.scores, gt_inst, gt3d, ignore_classes=ignore,
+                         min_gt_vertices=cfg.instance_min_vertices)
+        out[name] = {"ap50": round(ap["ap"][0.5], 4), "ap25": round(ap["ap"][0.25], 4), "predicted": ap["n_pred"]}
+        out["ground_truth_instances"] = ap["n_gt"]
+        out["per_class"][name] = {f"ap{int(t * 100)}": {unified.names[c]: round(v, 4) for c, v in per.items()}
+                                  for t, per in ap["per_class"].items()}
+    return out
 
 
 def _scores_2d(

@@ -98,9 +98,12 @@ def scene_graph(cfg) -> list[StageSpec]:
     # consensus reads the frames too: it needs import even when no model is configured
     stages.append(StageSpec("consensus", "consensus", consensus_deps or ("import",)))
     lift_deps = ("consensus",)
+    instances = getattr(cfg.lift, "instances", None)
+    if instances is not None and instances.enabled:  # 3D instances read a mask stage's masks
+        lift_deps += (mask_stage(instances.masks),)
     if cfg.lift.mesh is None:
         stages.append(StageSpec("fuse", "fuse", ("import",)))
-        lift_deps = ("consensus", "fuse")
+        lift_deps += ("fuse",)
     stages.append(StageSpec("lift", "lift", lift_deps))
     stages.append(StageSpec("export", "export", ("lift",)))
     stages.append(StageSpec("evaluate", "evaluate", ("lift",)))
@@ -164,7 +167,9 @@ def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: 
                                     refine, out(f"masks-{refine.masks}"))
     if spec.kind == "lift":
         mesh = None if cfg.lift.mesh is None else scene_input_path(cfg.lift.mesh, *(where or ("", None)))
-        return lift_input_hash(out("consensus"), out("fuse"), mesh)
+        instances = cfg.lift.instances
+        return lift_input_hash(out("consensus"), out("fuse"), mesh,
+                               out(f"masks-{instances.masks}") if instances.enabled else None)
     if spec.kind in ("export", "report"):
         return out("lift")
     if spec.kind == "evaluate":

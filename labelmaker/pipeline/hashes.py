@@ -20,7 +20,8 @@ REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as
 # resized by OpenCV (area averaging) instead of PIL; fuse 2:
 # vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace; report 2:
 # rendered with the capture's world up (scene.json), not always +z; consensus 2: agreement sums in
-# its shards; export 2, evaluate 3: the per-scene summaries of the batch report.
+# its shards; export 2, evaluate 3: the per-scene summaries of the batch report; lift 3: mesh
+# segments and 3D instances; export 3: the instance property and instance.npy; evaluate 4: instance AP.
 CODE_VERSIONS = {
     "download": 1,
     "import": 3,
@@ -28,9 +29,9 @@ CODE_VERSIONS = {
     "masks": 1,
     "consensus": 2,
     "fuse": 2,
-    "lift": 2,
-    "export": 2,
-    "evaluate": 3,
+    "lift": 3,
+    "export": 3,
+    "evaluate": 4,
     "report": 2,
 }
 
@@ -68,9 +69,11 @@ def consensus_input_hash(segment_outputs: Mapping[str, Optional[str]], models: M
     return stable_hash([plain, masks_output]) if refine_cfg.enabled else plain
 
 
-def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str | Path]) -> str:
+def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str], mesh: Optional[str | Path],
+                    masks_output: Optional[str] = None) -> str:
     """The fused mesh's output hash, or a given mesh file's path, size and time (`mesh`: the
-    scene's own path, a lift.mesh pattern expanded)."""
+    scene's own path, a lift.mesh pattern expanded); with 3D instances (lift.instances.enabled) the
+    output hash of the mask stage they read."""
     mesh_id = [consensus_output]
     if mesh is None:
         mesh_id.append(fuse_output)
@@ -78,6 +81,8 @@ def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str],
         path = Path(mesh)
         stat = path.stat() if path.exists() else None
         mesh_id.append([str(path.resolve()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    if masks_output is not None:
+        mesh_id.append(masks_output)
     return stable_hash(mesh_id)
 
 

@@ -7,6 +7,7 @@ work is per frame so that a killed stage resumes without redoing finished shards
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -18,8 +19,10 @@ from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, d
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
+from ..instances import InstancesConfig, MaskEvidence, instance_classes, merge_instances
 from ..lifting import LiftConfig, LiftFrame, frames_in_view, lift
 from ..mesh import MeshArrays, read_checked_mesh
+from ..segments import SegmentsConfig, mesh_edges, pool_votes, segment_adjacency, segment_mesh
 from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
@@ -41,6 +44,8 @@ class LiftStageConfig(LiftConfig):
     min_labelled_share: float = (
         0.01  # fewer labelled vertices than this share is bad input (mesh and poses do not match); 0 = no check
     )
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)  # mesh segments: vote pooling (segments.py)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)  # 3D instances from masks (instances.py)
 
     def core(self) -> LiftConfig:
         """The lifting options alone, for `lifting.lift`."""
@@ -317,10 +322,11 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     return calibration
 
 
-def lift_frames(ws: Workspace, labels_of_shard=None) -> Iterator[LiftFrame]:
+def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -> Iterator[LiftFrame]:
     """Frames to lift: by default the consensus (all its ranked classes); `labels_of_shard(i)` may
     instead give, per frame shard, a list of (labels (N,H,W) unified ids, confidence (N,H,W) or
-    None) — each entry votes as a frame of its own (baselines lift single models this way)."""
+    None) — each entry votes as a frame of its own (baselines lift single models this way).
+    `masks`: a mask model whose per-frame mask ids ride along (`LiftFrame.masks`, 3D instances)."""
     if labels_of_shard is None:
         def labels_of_shard(i):
             c = ws.consensus_shards.read(i)
@@ -329,9 +335,11 @@ def lift_frames(ws: Workspace, labels_of_shard=None) -> Iterator[LiftFrame]:
 
     for i in range(ws.frame_shard_count()):
         batch = ws.read_frame_shard(i)
+        mask_ids = ws.mask_shards(masks).read(i, ("ids",))["ids"] if masks else None
         for labels, confidence, *more in labels_of_shard(i):
             for j in range(len(batch)):
                 yield LiftFrame(
+                    masks=None if mask_ids is None else mask_ids[j],
                     more_labels=more[0][j] if more else None,
                     more_confidence=more[1][j] if more else None,
                     labels=labels[j],
@@ -362,38 +370,68 @@ def target_mesh(ws: Workspace, mesh_pattern: str | None) -> tuple[MeshArrays, Pa
 
 
 def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progress: bool = True) -> StageOutcome:
-    """Stage `lift`: consensus labels of all frames voted onto the vertices of the mesh."""
+    """Stage `lift`: consensus labels of all frames voted onto the vertices of the mesh; with
+    lift.segments.enabled the votes are pooled within mesh segments, with lift.instances.enabled the
+    same pass merges a mask model's masks into 3D instances."""
     consensus = require_done(ws, "lift", "consensus")
     config = versioned("lift", dataclasses.asdict(cfg))
     fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
+    masks = instances_input(ws, cfg.instances)
     input_hash = lift_input_hash(
-        consensus["output_hash"], fused, None if cfg.mesh is None else mesh_of_scene(ws, cfg.mesh)
+        consensus["output_hash"], fused, None if cfg.mesh is None else mesh_of_scene(ws, cfg.mesh), masks
     )
 
     def body() -> dict:
         mesh, path = target_mesh(ws, cfg.mesh)
         n_frames = int(ws.read_scene_meta()["n_frames"])
+        n_classes = len(unified_space().ids)
         triangles = mesh.triangles if len(mesh.triangles) else None
+        segments, evidence, extra = None, None, {}
+        if cfg.segments.enabled or cfg.instances.enabled:
+            t0 = time.perf_counter()
+            segments = segment_mesh(mesh.vertices, mesh.normals, mesh.colors, mesh.triangles, cfg.segments)
+            extra.update(segments=int(segments.max()) + 1 if len(segments) else 0,
+                         segmentation_s=round(time.perf_counter() - t0, 2))
+            _save_npy(ws.output_path("segments"), segments.astype(np.int32))
+        if cfg.instances.enabled:
+            pairs = segment_adjacency(segments, mesh.vertices, mesh.triangles, cfg.instances.adjacency_m)
+            evidence = MaskEvidence(segments, pairs, cfg.instances)
         with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
-            result = lift(lift_frames(ws), mesh.vertices, triangles, len(unified_space().ids), cfg.core(),
-                          normals=mesh.normals, progress=bar.update)
-        labelled = result.labels > 0
-        share = float(labelled.mean()) if len(mesh) else 0.0
+            result = lift(lift_frames(ws, masks=cfg.instances.masks if evidence else None), mesh.vertices, triangles,
+                          n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
+                          on_visible=evidence.add if evidence else None)
+        seen = result.labels > 0  # (before pooling, which may fill vertices no frame labelled)
+        share = float(seen.mean()) if len(mesh) else 0.0
         if share < cfg.min_labelled_share:
-            raise _too_few_labelled(ws, mesh, path, int(labelled.sum()), share, cfg)
-        _save_npy(ws.output_path("labels"), result.labels.astype(np.int32))
-        _save_npy(ws.output_path("confidence"), result.confidence.astype(np.float32))
+            raise _too_few_labelled(ws, mesh, path, int(seen.sum()), share, cfg)
+        labels, confidence = result.labels, result.confidence
+        topk_ids, topk_shares = result.topk_ids, result.topk_shares
+        if cfg.segments.enabled:
+            edges = mesh_edges(mesh.triangles, len(mesh)) if cfg.segments.smooth_iters > 0 else None
+            labels, confidence, topk_ids, topk_shares = pool_votes(topk_ids, topk_shares, result.votes_total, segments,
+                                                                   n_classes, cfg.segments, edges)
+        instances = None
+        if evidence is not None:
+            instances = instance_classes(merge_instances(evidence, cfg.instances), topk_ids, topk_shares,
+                                         cfg.instances.top_k)
+            _save_npy(ws.output_path("instance"), instances.vertex.astype(np.int32))
+            write_json_atomic(ws.output_path("instances"), instances_json(instances))
+            extra.update(instances=instances.n_instances,
+                         instance_vertices_share=round(float((instances.vertex >= 0).mean()), 4) if len(mesh) else 0.0)
+        _save_npy(ws.output_path("labels"), labels.astype(np.int32))
+        _save_npy(ws.output_path("confidence"), confidence.astype(np.float32))
         with atomic_path(ws.output_path("soft")) as tmp:
-            write_soft_labels(
-                tmp, result.topk_ids, result.topk_shares, result.confidence, result.n_views, unified_space().names
-            )
+            write_soft_labels(tmp, topk_ids, topk_shares, confidence, result.n_views, unified_space().names,
+                              instances=None if instances is None else instances.soft())
+        labelled = labels > 0
         return {
             "mesh": ws.path_for_record(path),
             "vertices": len(mesh),
             "triangles": int(len(mesh.triangles)),
             "labelled_vertices": int(labelled.sum()),
-            "labelled_share": round(share, 4),
-            "classes_present": int(len(np.unique(result.labels[labelled]))),
+            "labelled_share": round(float(labelled.mean()), 4) if len(mesh) else 0.0,
+            "classes_present": int(len(np.unique(labels[labelled]))),
+            **extra,
             # what was lifted: new consensus labels must make evaluate/export stale even when these counts repeat
             "output_hash": stable_hash([input_hash, config]),
         }
@@ -425,6 +463,26 @@ def _too_few_labelled(ws: Workspace, mesh: MeshArrays, path: Path, n_labelled: i
     )
 
 
+def instances_input(ws: Workspace, cfg: InstancesConfig) -> str | None:
+    """The mask stage's output hash when lift makes instances (part of lift's input), else None."""
+    if not cfg.enabled:
+        return None
+    from .mask_stages import mask_stage
+
+    return require_done(ws, "lift", mask_stage(cfg.masks))["output_hash"]
+
+
+def instances_json(instances) -> dict:
+    """instances.json: per instance its id, class (unified id and name), score, vertex count, top-k classes."""
+    names = unified_space().names
+    return {"instances": [
+        {"id": i, "label": int(instances.labels[i]), "name": names[int(instances.labels[i])],
+         "score": round(float(instances.scores[i]), 4), "vertices": int(instances.n_vertices[i]),
+         "top_k": [[int(c), round(float(s), 4)]
+                   for c, s in zip(instances.topk_ids[i], instances.topk_shares[i]) if c > 0]}
+        for i in range(instances.n_instances)]}
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         np.save(tmp, array)
@@ -446,7 +504,10 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
                 "rerun lift (force=true) after changing the mesh",
             )
         unified = unified_space()
-        write_labelled_ply(ws.output_path("labels_ply"), mesh, labels, unified.colors)
+        instance = None
+        if lifted["summary"].get("instances") is not None:  # lift made 3D instances
+            instance = np.load(ws.output_path("instance")).astype(np.int64)
+        write_labelled_ply(ws.output_path("labels_ply"), mesh, labels, unified.colors, instance=instance)
         per_space = {space: unified_to(space)[labels] for space in ("scannet200", "scannet20", "nyu40")}
         for space, ids in per_space.items():
             _save_npy(ws.output_path(f"labels_{space}"), ids.astype(np.int32))
@@ -468,7 +529,10 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
                 mesh.normals if mesh.normals is not None else np.zeros((len(mesh), 3), np.float32),
                 _contiguous(per_space["scannet200"], "scannet200"), _contiguous(per_space["scannet20"], "scannet20"),
                 grid_size=cfg.pointcept_grid_m,
+                instance=instance,
             )
+        if instance is not None:
+            summary["instances"] = int(instance.max()) + 1 if len(instance) else 0
         return summary
 
     return run_stage(
