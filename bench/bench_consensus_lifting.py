@@ -274,34 +274,44 @@ def measure_consensus(data: Path, max_frames: int) -> dict:
     )
 
 
-def measure_lift(data: Path) -> dict:
-    import open3d  # noqa: F401  (imported before the baseline: lift needs it for ray casting)
-    import torch
+def bench_frames(data: Path, masks: bool = False):
+    """The scene's frames as `lift` takes them, read from the flat files one at a time: as the
+    pipeline lifts the consensus, the winner plus two more ranked classes where the models disagree
+    (stand-ins: the neighbouring label within 3 px of a boundary, else none); with `masks`, each
+    frame's mask ids (masks.bin, written by bench_segments_instances.py)."""
+    from labelmaker.lifting import LiftFrame
 
-    from labelmaker.lifting import LiftConfig, LiftFrame, lift
-
-    base = rss_mb()
     meta = json.loads((data / "meta.json").read_text())
     H, W, n = meta["H"], meta["W"], meta["n_frames"]
     K = np.array(meta["K"])
     poses = np.load(data / "poses.npy")
+    for k in range(n):
+        labels = _read(data / "labels.bin", k, (H, W), np.uint16)
+        more = np.stack([np.roll(labels, 3, axis=1), np.roll(labels, -3, axis=0)])
+        more[more == labels[None]] = 0
+        yield LiftFrame(
+            labels=labels,
+            more_labels=more,
+            more_confidence=np.full(more.shape, 0.2, np.float32),
+            confidence=_read(data / "conf.bin", k, (H, W), np.float16).astype(np.float32),
+            depth_m=_read(data / "depth.bin", k, (H, W), np.uint16).astype(np.float32) / 1000.0,
+            K_labels=K, K_depth=K, T_cw=poses[k],
+            masks=_read(data / "masks.bin", k, (H, W), np.uint16) if masks else None)
+
+
+def measure_lift(data: Path) -> dict:
+    import open3d  # noqa: F401  (imported before the baseline: lift needs it for ray casting)
+    import torch
+
+    from labelmaker.lifting import LiftConfig, lift
+
+    base = rss_mb()
+    n = json.loads((data / "meta.json").read_text())["n_frames"]
     mesh = np.load(data / "mesh.npz")
     verts, tris, truth = mesh["vertices"], mesh["triangles"], mesh["labels"]
 
     def frames():
-        # as the pipeline lifts the consensus: the winner plus two more ranked classes where the
-        # models disagree (stand-ins: the neighbouring label within 3 px of a boundary, else none)
-        for k in range(n):
-            labels = _read(data / "labels.bin", k, (H, W), np.uint16)
-            more = np.stack([np.roll(labels, 3, axis=1), np.roll(labels, -3, axis=0)])
-            more[more == labels[None]] = 0
-            yield LiftFrame(
-                labels=labels,
-                more_labels=more,
-                more_confidence=np.full(more.shape, 0.2, np.float32),
-                confidence=_read(data / "conf.bin", k, (H, W), np.float16).astype(np.float32),
-                depth_m=_read(data / "depth.bin", k, (H, W), np.uint16).astype(np.float32) / 1000.0,
-                K_labels=K, K_depth=K, T_cw=poses[k])
+        return bench_frames(data)
 
     t0 = time.perf_counter()
     for _ in frames():

@@ -8,8 +8,9 @@ vertices with ground truth and over the vertices seen in at least two frames (me
 over seeds), and AP50 / AP25 of the 3D instances against the baseline without masks (connected
 components of the lifted labels), as the evaluate stage scores them.
 
-    python bench/bench_segments_instances.py [--families simulated,simulated_instances,...] [--seeds 1,2]
-        [--frames 120] [--mesh fused|given] [--workdir DIR] [key=value ...]
+    python bench/bench_segments_instances.py [--families simulated,simulated_instances,...]
+        [--masks simulated,simulated_persistent,...] [--seeds 1,2] [--frames 120] [--mesh fused|given]
+        [--workdir DIR] [key=value ...]
 
 `--mesh given` lifts onto the room's own mesh (the README recipe, `lift.mesh=<video>_3dod_mesh.ply`)
 instead of the TSDF-fused one. Extra key=value arguments are Hydra overrides for every run (e.g.
@@ -60,7 +61,8 @@ def _scores(ws, summary: dict) -> dict:
             "seen2": round(float(scores(confusion_matrix(labels[seen], truth[seen], n)).miou), 4)}
 
 
-def run_quality(family: str, seed: int, frames: int, mesh: str, workdir: Path, overrides: list[str]) -> dict:
+def run_quality(family: str, masks: str, seed: int, frames: int, mesh: str, workdir: Path,
+                overrides: list[str]) -> dict:
     from labelmaker.config import load_config
     from labelmaker.pipeline.run import run_scene
     from labelmaker.synthetic import make_scene
@@ -71,13 +73,14 @@ def run_quality(family: str, seed: int, frames: int, mesh: str, workdir: Path, o
     if not (raw / f"synth{seed}" / "ground_truth" / "classes.json").exists():
         make_scene(load_config(synth)[0].synth, raw)
     video = raw / f"synth{seed}"
-    base = ["progress=false", f"models={family}", "masks=simulated", *synth, *overrides]
+    base = ["progress=false", f"models={family}", f"masks={masks}", *synth, *overrides]
     if mesh == "given":
         base.append(f"lift.mesh={video / f'synth{seed}_3dod_mesh.ply'}")
-    ws = Workspace(workdir / "ws" / f"{family}-{seed}-{mesh}")
+    ws = Workspace(workdir / "ws" / f"{family}-{masks}-{seed}-{mesh}")
     t0 = time.perf_counter()
     plain = run_scene(load_config(base)[0], video, ws)
-    row = {"family": family, "seed": seed, "mesh": mesh, "plain": _scores(ws, plain["lift"].record["summary"])}
+    row = {"family": family, "masks": masks, "seed": seed, "mesh": mesh,
+           "plain": _scores(ws, plain["lift"].record["summary"])}
     t1 = time.perf_counter()
     done = run_scene(load_config([*base, "lift.segments.enabled=true", "lift.instances.enabled=true"])[0], None, ws)
     lifted = done["lift"].record["summary"]
@@ -94,24 +97,27 @@ def quality(args, overrides: list[str]) -> None:
     results = workdir / "segments.jsonl"
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     families = args.families.split(",") if args.families else families_available()
-    for family in families:
+    cases = [(f, m) for f in families for m in args.masks.split(",")]
+    for family, masks in cases:
         for seed in (int(s) for s in args.seeds.split(",")):
-            if any(r["family"] == family and r["seed"] == seed and r["mesh"] == args.mesh for r in done):
+            key = (family, masks, seed, args.mesh)
+            if any((r["family"], r["masks"], r["seed"], r["mesh"]) == key for r in done):
                 continue
-            row = run_quality(family, seed, args.frames, args.mesh, workdir, overrides)
+            row = run_quality(family, masks, seed, args.frames, args.mesh, workdir, overrides)
             print(json.dumps(row), flush=True)
             with open(results, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             done.append(row)
-    rows = [r for r in done if r["family"] in families and r["mesh"] == args.mesh]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r for r in done if (r["family"], r["masks"]) in cases and r["mesh"] == args.mesh and r["seed"] in seeds]
     print(f"\n{args.mesh} mesh, seeds {args.seeds}, {args.frames} frames; workdir {workdir}")
     print("3D mIoU without -> with segment pooling (mean over seeds / worst seed); AP of 3D instances vs "
           "connected components of the labels")
-    head = (f"{'family':26s} {'all vertices':>22s} {'seen >= 2 views':>22s} {'worst gain':>10s} "
+    head = (f"{'models / masks':44s} {'all vertices':>22s} {'seen >= 2 views':>22s} {'worst gain':>10s} "
             f"{'AP50 inst / CC':>16s} {'AP25 inst / CC':>16s}")
     print(head)
-    for family in families:
-        fr = [r for r in rows if r["family"] == family]
+    for family, masks in cases:
+        fr = [r for r in rows if (r["family"], r["masks"]) == (family, masks)]
         if not fr:
             continue
 
@@ -121,7 +127,7 @@ def quality(args, overrides: list[str]) -> None:
         gains = [r["segments"]["all"] - r["plain"]["all"] for r in fr]
         ap = {k: np.mean([r["instances"][name][k] for r in fr]) for name in ("3D instances",) for k in ("ap50", "ap25")}
         cc = {k: np.mean([r["instances"]["connected components"][k] for r in fr]) for k in ("ap50", "ap25")}
-        print(f"{family:26s} {m('plain', 'all'):9.3f} -> {m('segments', 'all'):.3f}   "
+        print(f"{family + ' / ' + masks:44s} {m('plain', 'all'):9.3f} -> {m('segments', 'all'):.3f}   "
               f"{m('plain', 'seen2'):9.3f} -> {m('segments', 'seen2'):.3f}   {min(gains):+9.3f} "
               f"{ap['ap50']:8.3f} / {cc['ap50']:.3f} {ap['ap25']:8.3f} / {cc['ap25']:.3f}")
 
@@ -175,16 +181,13 @@ def measure_scale(data: Path, with_instances: bool) -> dict:
     """In a fresh process: lift (plain, or with segments + instances) and the peak RSS."""
     import open3d  # noqa: F401  (imported before the baseline, as lifting needs it)
 
-    from bench_consensus_lifting import N_UNIFIED, _read, rss_mb
+    from bench_consensus_lifting import N_UNIFIED, bench_frames, rss_mb
     from labelmaker.instances import InstancesConfig, MaskEvidence, instance_classes, merge_instances
-    from labelmaker.lifting import LiftConfig, LiftFrame, lift
+    from labelmaker.lifting import LiftConfig, lift
     from labelmaker.segments import SegmentsConfig, pool_votes, segment_adjacency, segment_mesh
 
     base = rss_mb()
-    meta = json.loads((data / "meta.json").read_text())
-    H, W, n = meta["H"], meta["W"], meta["n_frames"]
-    K = np.array(meta["K"])
-    poses = np.load(data / "poses.npy")
+    n = json.loads((data / "meta.json").read_text())["n_frames"]
     mesh = np.load(data / "mesh.npz")
     verts, tris = mesh["vertices"], mesh["triangles"]
     # the mesh's colours: the synthetic scene's look is not kept by the bench scene, so one grey
@@ -202,15 +205,7 @@ def measure_scale(data: Path, with_instances: bool) -> dict:
         evidence = MaskEvidence(segments, segment_adjacency(segments, verts, tris, icfg.adjacency_m), icfg)
 
     def frames():
-        for k in range(n):
-            labels = _read(data / "labels.bin", k, (H, W), np.uint16)
-            more = np.stack([np.roll(labels, 3, axis=1), np.roll(labels, -3, axis=0)])
-            more[more == labels[None]] = 0
-            yield LiftFrame(labels=labels, more_labels=more, more_confidence=np.full(more.shape, 0.2, np.float32),
-                            confidence=_read(data / "conf.bin", k, (H, W), np.float16).astype(np.float32),
-                            depth_m=_read(data / "depth.bin", k, (H, W), np.uint16).astype(np.float32) / 1000.0,
-                            K_labels=K, K_depth=K, T_cw=poses[k],
-                            masks=_read(data / "masks.bin", k, (H, W), np.uint16) if with_instances else None)
+        return bench_frames(data, masks=with_instances)
 
     t0 = time.perf_counter()
     observe = evidence.add if evidence else None
@@ -267,6 +262,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", nargs="?", choices=["quality", "scale"], default="quality")
     ap.add_argument("--families", default=None, help="model presets (default: every configs/models/simulated*.yaml)")
+    ap.add_argument("--masks", default="simulated", help="mask presets (masks=...): simulated,simulated_persistent,...")
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--mesh", choices=["fused", "given"], default="fused")

@@ -40,7 +40,7 @@ class SegmentsConfig:
     # weight of the RGB difference (0..1 over the colour cube's diagonal) beside the normals' 1 - cos
     color_weight: float = 0.5
     min_vertices: int = 30  # smaller segments join their most similar neighbour
-    agree: float = 0.6  # a segment pools votes only when its winning class holds this share of its votes
+    agree: float = 0.5  # a segment pools votes only when its winning class holds this share of its votes
     strength: float = 1.0  # a segment's evidence for each of its vertices, in average vertex vote totals
     fill_unseen: bool = True  # vertices without votes in an agreeing segment take the segment's class
     smooth_iters: int = 0  # > 0: that many rounds of averaging vote shares with mesh neighbours (same segment only)
