@@ -207,3 +207,19 @@ def test_segments_and_instances_in_the_pipeline(synth_scene_factory, tmp_path):
     soft = read_soft_labels(ws.output_path("soft"))
     assert soft["instance_topk_ids"].shape[0] == len(listed)
     assert [e["label"] for e in listed] == soft["instance_topk_ids"][:, 0].tolist()
+
+
+def test_smoothing_over_mesh_neighbours_stays_within_a_segment():
+    """Without pooling (agree above 1), smoothing averages vote shares with mesh neighbours of the
+    same segment only: vertex 1 (class 7) inside a ring of 5s follows them; vertex 5, in another
+    segment next to a 5, keeps its 8."""
+    ids = np.array([[5], [7], [5], [5], [5], [8]])
+    shares = np.ones((6, 1), np.float32)
+    totals = np.full(6, 10.0, np.float32)
+    seg = np.array([0, 0, 0, 0, 0, 1])
+    edges = np.array([[0, 1], [1, 2], [1, 3], [1, 4], [0, 2], [2, 3], [3, 4], [0, 4], [0, 5]])
+    cfg = SegmentsConfig(agree=1.1, smooth_iters=1, smooth_alpha=0.6)
+    labels = pool_votes(ids, shares, totals, seg, 10, cfg, edges)[0]
+    np.testing.assert_array_equal(labels, [5, 5, 5, 5, 5, 8])
+    unsmoothed = pool_votes(ids, shares, totals, seg, 10, SegmentsConfig(agree=1.1))[0]
+    np.testing.assert_array_equal(unsmoothed, [5, 7, 5, 5, 5, 8])
