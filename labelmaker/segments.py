@@ -49,47 +49,59 @@ class SegmentsConfig:
 
 # ------------------------------------------------------------------------------------ geometry
 def mesh_edges(triangles: np.ndarray, n_vertices: int) -> np.ndarray:
-    """(E,2) int64 distinct undirected edges (a < b) of a triangle mesh, sorted."""
-    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    """(E,2) distinct undirected edges (a < b) of a triangle mesh, sorted; int32 indices (int64 past 2^31 vertices)."""
+    tri = np.asarray(triangles).reshape(-1, 3)
+    small = n_vertices < 2**31
     if not len(tri):
-        return np.zeros((0, 2), np.int64)
-    a = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2]])
-    b = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0]])
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keep = lo != hi
-    key = distinct_sorted(lo[keep] * np.int64(n_vertices) + hi[keep])
-    return np.stack([key // n_vertices, key % n_vertices], axis=1)
+        return np.zeros((0, 2), np.int32 if small else np.int64)
+    a = tri.reshape(-1)  # each triangle's corners, and (below) the next corner: its three edges
+    b = np.roll(tri, -1, axis=1).reshape(-1)
+    key = np.minimum(a, b).astype(np.int64)
+    hi = np.maximum(a, b)
+    key *= np.int64(n_vertices)
+    key += hi
+    del b, hi
+    key = distinct_sorted(key[key // n_vertices != key % n_vertices])
+    dtype = np.int32 if small else np.int64
+    return np.stack([(key // n_vertices).astype(dtype), (key % n_vertices).astype(dtype)], axis=1)
 
 
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """(V,3) float32 unit normals: area-weighted sums of the incident triangles' normals."""
-    v = np.asarray(vertices, dtype=np.float64)
-    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    v = np.asarray(vertices, dtype=np.float32)
+    tri = np.asarray(triangles).reshape(-1, 3)
     out = np.zeros((len(v), 3), np.float64)
-    if len(tri):
-        face = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+    for start in range(0, len(tri), chunk):
+        t = tri[start:start + chunk]
+        p0 = v[t[:, 0]]
+        face = np.cross(v[t[:, 1]] - p0, v[t[:, 2]] - p0)
         for c in range(3):
             for j in range(3):
-                out[:, j] += np.bincount(tri[:, c], weights=face[:, j], minlength=len(v))
+                out[:, j] += np.bincount(t[:, c], weights=face[:, j], minlength=len(v))
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     return (out / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def edge_weights(vertices, normals, colors, edges: np.ndarray, color_weight: float) -> np.ndarray:
-    """Dissimilarity of the two ends of each edge (see the module doc), float32."""
-    a, b = edges[:, 0], edges[:, 1]
+def edge_weights(vertices, normals, colors, edges: np.ndarray, color_weight: float, chunk: int = 1 << 20) -> np.ndarray:
+    """Dissimilarity of the two ends of each edge (see the module doc), float32; in chunks of edges."""
     n = np.asarray(normals, dtype=np.float32)
-    cos = np.einsum("ij,ij->i", n[a], n[b])
-    w = np.clip(1.0 - cos, 0.0, 2.0)
     p = np.asarray(vertices, dtype=np.float32)
-    convex = np.einsum("ij,ij->i", p[b] - p[a], n[a]) < 0
-    w = np.where(convex, w * w, w)
+    c = None
     if colors is not None and color_weight > 0:
-        c = np.asarray(colors, dtype=np.float32)
-        if c.max(initial=0) <= 1.0 and np.asarray(colors).dtype.kind == "f":
-            c = c * 255.0
-        w = w + np.float32(color_weight / (255.0 * np.sqrt(3.0))) * np.linalg.norm(c[a] - c[b], axis=1)
-    return w.astype(np.float32)
+        c = np.asarray(colors)
+        c = c.astype(np.float32) * (255.0 if c.dtype.kind == "f" else 1.0)
+    scale = np.float32(color_weight / (255.0 * np.sqrt(3.0)))
+    out = np.empty(len(edges), np.float32)
+    for start in range(0, len(edges), chunk):
+        a, b = edges[start:start + chunk, 0], edges[start:start + chunk, 1]
+        na = n[a]
+        w = np.clip(1.0 - np.einsum("ij,ij->i", na, n[b]), 0.0, 2.0)
+        convex = np.einsum("ij,ij->i", p[b] - p[a], na) < 0
+        w = np.where(convex, w * w, w)
+        if c is not None:
+            w += scale * np.linalg.norm(c[a] - c[b], axis=1)
+        out[start:start + chunk] = w
+    return out
 
 
 # ------------------------------------------------------------------------------------ segmentation
@@ -112,42 +124,50 @@ def segment_mesh(vertices: np.ndarray, normals: np.ndarray | None, colors: np.nd
         normals = vertex_normals(vertices, triangles)
     w = edge_weights(vertices, normals, colors, edges, float(cfg.color_weight))
     order = np.argsort(w, kind="stable")
-    a, b, w = edges[order, 0], edges[order, 1], w[order]
+    ca, cb, w = edges[order, 0], edges[order, 1], w[order]
     del edges, order
-    comp = np.arange(V, dtype=np.int64)
+    ids = np.int32 if V < 2**31 else np.int64
+    comp = np.arange(V, dtype=ids)
     size = np.ones(V, np.int64)
     internal = np.zeros(V, np.float32)
     k = float(cfg.k)
+
     def similar(ca, cb, we, size, internal):  # Felzenszwalb-Huttenlocher's predicate
         return we <= np.minimum(internal[ca] + k / size[ca], internal[cb] + k / size[cb])
 
-    comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w, similar)
+    def small(ca, cb, we, size, internal):  # a segment under min_vertices joins its cheapest neighbour
+        return (size[ca] < m) | (size[cb] < m)
+
+    comp, size, internal, ca, cb, w = _boruvka(comp, size, internal, ca, cb, w, similar)
     m = int(cfg.min_vertices)
     if m > 1:
-        comp, size, internal, a, b, w = _boruvka(comp, size, internal, a, b, w,
-                                                 lambda ca, cb, we, size, internal: (size[ca] < m) | (size[cb] < m))
+        comp, size, internal, ca, cb, w = _boruvka(comp, size, internal, ca, cb, w, small)
     return _first_seen_numbering(comp)
 
 
-def _boruvka(comp, size, internal, a, b, w, accept):
-    """Merge components over edges (a, b, w sorted by w) in rounds until `accept` takes none.
+def _boruvka(comp, size, internal, ca, cb, w, accept):
+    """Merge components over edges (ca, cb: component ids; w sorted ascending) in rounds until
+    `accept` takes none.
 
     comp: (V,) component of each vertex (ids 0..n-1); size, internal: per component. Each round,
-    each component proposes its cheapest outgoing edge; proposals that `accept` are merged.
-    Returns the updated arrays and the edges that still join different components."""
-    ca, cb = comp[a], comp[b]
+    each component proposes its cheapest edge to another component; proposals that `accept` are
+    merged (connected components of the accepted edges). Returns the updated arrays and the edges
+    that still join different components, in component ids."""
     while True:
         keep = ca != cb
         if not keep.all():
-            a, b, w, ca, cb = a[keep], b[keep], w[keep], ca[keep], cb[keep]
+            ca, cb, w = ca[keep], cb[keep], w[keep]
+        del keep
         E = len(w)
         if E == 0:
             break
         n = len(size)
-        best = np.full(n, E, np.int64)
-        idx = np.arange(E, dtype=np.int64)
+        idx_type = np.int32 if E < 2**31 - 1 else np.int64
+        best = np.full(n, E, idx_type)
+        idx = np.arange(E, dtype=idx_type)
         np.minimum.at(best, ca, idx)
         np.minimum.at(best, cb, idx)
+        del idx
         cand = distinct_sorted(best[best < E])
         ok = accept(ca[cand], cb[cand], w[cand], size, internal)
         sel = cand[ok]
@@ -155,6 +175,7 @@ def _boruvka(comp, size, internal, a, b, w, accept):
             break
         graph = sparse.coo_matrix((np.ones(len(sel), np.int8), (ca[sel], cb[sel])), shape=(n, n))
         n_new, label = csgraph.connected_components(graph, directed=False)
+        label = label.astype(comp.dtype, copy=False)
         new_internal = np.zeros(n_new, np.float32)
         np.maximum.at(new_internal, label, internal)
         np.maximum.at(new_internal, label[ca[sel]], w[sel])
@@ -162,7 +183,7 @@ def _boruvka(comp, size, internal, a, b, w, accept):
         internal = new_internal
         comp = label[comp]
         ca, cb = label[ca], label[cb]
-    return comp, size, internal, a, b, w
+    return comp, size, internal, ca, cb, w
 
 
 def _first_seen_numbering(comp: np.ndarray) -> np.ndarray:
