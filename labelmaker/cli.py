@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--pred", action="append", default=[], metavar="SPACE=FOLDER",
                      help="a folder of precomputed per-frame label PNGs in label space SPACE (repeatable)")
     run.add_argument("--pdb", action="store_true", help="stop in the debugger (pdb) on an unexpected error")
+    run.add_argument("--profile", action="store_true",
+                     help="print a table of each stage's seconds, CPU seconds and peak memory at the end")
     run.add_argument("overrides", nargs="*")
 
     doctor = sub.add_parser("doctor", help="check CUDA, packages, mmcv ops and checkpoints of the configured models")
@@ -226,6 +228,7 @@ def cmd_run(args) -> None:
     if missing is not None:
         raise missing
     t0 = time.perf_counter()
+    startup = _startup_figures() if args.profile else None
     done = run_scene(cfg, args.input, ws)
     _record_run(ws.root, "run", raw, [*(f"--pred {p}" for p in args.pred), *overrides])
     lines = {
@@ -237,6 +240,37 @@ def cmd_run(args) -> None:
         if ws.output_path(key).exists():
             lines[key] = ws.output_path(key)
     _print_summary(f"run done: scene {ws.scene} in {time.perf_counter() - t0:.1f}s", lines)
+    if startup is not None:
+        print(_profile_table(done, *startup))
+
+
+def _startup_figures() -> tuple[float, float]:
+    """(seconds from the process's start to now, peak RSS MB so far): imports and config."""
+    import psutil
+
+    from .pipeline.records import peak_rss_mb
+
+    return max(0.0, time.time() - psutil.Process().create_time()), peak_rss_mb()
+
+
+def _profile_table(done: dict, startup_s: float, startup_peak_mb: float) -> str:
+    """`labelmaker run --profile`: per stage seconds, CPU seconds and peak RSS (from the records;
+    a stage that was up to date shows the figures of the run that made it, in brackets)."""
+    rows = [("start-up (imports, config)", f"{startup_s:.2f}", "", f"{startup_peak_mb:.0f}", "")]
+    total, peak = startup_s, startup_peak_mb
+    for stage, outcome in done.items():
+        rec = outcome.record
+        seconds, cpu, mb = rec.get("seconds"), rec.get("cpu_seconds"), rec.get("peak_rss_mb")
+        fmt = (lambda x, f: "" if x is None else f"({x:{f}})") if outcome.skipped else (lambda x, f: "" if x is None else f"{x:{f}}")
+        rows.append((stage, fmt(seconds, ".2f"), fmt(cpu, ".2f"), fmt(mb, ".0f"), "up to date" if outcome.skipped else ""))
+        if not outcome.skipped:
+            total += seconds or 0.0
+            peak = max(peak, mb or 0.0)
+    rows.append(("total", f"{total:.2f}", "", f"{peak:.0f}", "process peak"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"\nprofile (wall s, CPU s, peak RSS MB per stage):", f"  {'stage':<{width}} {'s':>8} {'cpu s':>8} {'MB':>7}"]
+    lines += [f"  {a:<{width}} {b:>8} {c:>8} {d:>7}  {e}".rstrip() for a, b, c, d, e in rows]
+    return "\n".join(lines)
 
 
 def cmd_demo(args) -> None:

@@ -156,3 +156,48 @@ def test_simulated_models_refuse_real_data(tmp_path):
     name, model = next(iter(cfg.segment.models.items()))
     with pytest.raises(BadInputError, match="synthetic"):
         segment_scene(ws, name, model, progress=False)
+
+
+def test_run_profile_table_and_stage_figures(synth_scene_factory, tmp_path, capsys):
+    """`labelmaker run --profile` ends with a table of every stage's seconds and peak memory, and
+    every stage record holds them."""
+    scene, ws = _prepared(synth_scene_factory, tmp_path)
+    _write_predictions(ws, scene, tmp_path / "pred", "nyu40")
+    mesh_path = scene.video_dir / f"{scene.video_id}_3dod_mesh.ply"
+    assert main(["run", str(scene.video_dir), str(ws.root), "--pred", f"nyu40={tmp_path / 'pred'}",
+                 f"lift.mesh={mesh_path}", "progress=false", "--profile"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("profile (wall s, CPU s, peak RSS MB per stage):"):].splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:]}
+    for stage in ("segment-pred1_nyu40", "consensus", "lift", "export", "evaluate", "report"):
+        record = ws.read_state(stage)
+        assert record["peak_rss_mb"] > 20 and record["cpu_seconds"] >= 0 and record["seconds"] > 0, record
+        assert float(rows[stage][0]) == round(record["seconds"], 2) and int(rows[stage][2]) == round(record["peak_rss_mb"])
+    assert " ".join(rows["import"]).endswith("up to date")  # _prepared imported it: the figures of that run, in brackets
+    assert float(rows["total"][0]) > float(rows["lift"][0])
+
+
+def test_stage_meter_peak_is_the_stage_own():
+    """A stage's peak memory is its own: a big array freed before the next stage starts does not
+    count in that stage's figure, and one made inside it does (whether or not it raises the
+    process's high-water mark)."""
+    import time
+
+    import numpy as np
+
+    from labelmaker.pipeline.records import StageMeter
+
+    def stage(n_bytes):
+        meter = StageMeter()
+        big = np.ones(n_bytes // 8)  # touched
+        time.sleep(0.1)  # (the meter samples every 20 ms when the process's mark does not move)
+        del big
+        return meter.figures()
+
+    first = stage(320 << 20)
+    if first["peak_rss_scope"] != "stage":
+        pytest.skip("no /proc/self/status: the figure is the process's peak")
+    empty = StageMeter().figures()
+    smaller = stage(160 << 20)  # below the first stage's peak: found by sampling
+    assert first["peak_rss_mb"] - empty["peak_rss_mb"] > 280, (first, empty)
+    assert 120 < smaller["peak_rss_mb"] - empty["peak_rss_mb"] < 220, (smaller, empty)

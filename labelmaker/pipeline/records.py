@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +42,68 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
+
+
+class StageMeter:
+    """Seconds, CPU seconds and peak resident memory of one stage run in this process.
+
+    The peak is exact when the stage raises the process's high-water mark (VmHWM); otherwise (an
+    earlier stage peaked higher) it is the highest RSS sampled every 20 ms while the stage ran.
+    The kernel's own mark is never reset, so /usr/bin/time and schedulers still see the process's
+    peak. Without /proc (not Linux) it is the process's peak so far (ru_maxrss)."""
+
+    _INTERVAL_S = 0.02
+
+    def __init__(self):
+        self._t0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+        self._hwm0 = _proc_status_mb("VmHWM:")
+        self._sampled = _proc_status_mb("VmRSS:") or 0.0
+        self._stop = threading.Event()
+        self._thread = None
+        if self._hwm0 is not None:
+            self._thread = threading.Thread(target=self._sample, name="stage-meter", daemon=True)
+            self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._INTERVAL_S):
+            self._sampled = max(self._sampled, _proc_status_mb("VmRSS:") or 0.0)
+
+    def figures(self) -> dict:
+        seconds, cpu = time.perf_counter() - self._t0, time.process_time() - self._cpu0
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        hwm = _proc_status_mb("VmHWM:")
+        if hwm is None:
+            peak, scope = peak_rss_mb(), "process"
+        else:
+            peak, scope = (hwm if hwm > self._hwm0 else max(self._sampled, _proc_status_mb("VmRSS:") or 0.0)), "stage"
+        return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mb": round(peak, 1), "peak_rss_scope": scope}
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS:, VmHWM:) in MB; None where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    hwm = _proc_status_mb("VmHWM:")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, kB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def _now() -> str:
@@ -80,7 +144,7 @@ def run_stage(
                 "config_hash": cfg_hash,
             }
             ws.create()
-            _record_failure(ws, stage, base, time.perf_counter(), err.error_class, str(err))
+            _record_failure(ws, stage, base, None, err.error_class, str(err))
             raise
     if (
         not force
@@ -106,21 +170,21 @@ def run_stage(
     ws.create()
     # Replaces any old done-record first: from here on the outputs may be half replaced.
     ws.write_state(stage, record)
-    t0 = time.perf_counter()
+    meter = StageMeter()
     try:
         summary = body()
     except LabelmakerError as err:
-        _record_failure(ws, stage, record, t0, err.error_class, str(err))
+        _record_failure(ws, stage, record, meter, err.error_class, str(err))
         raise
     except MemoryError as err:
-        _record_failure(ws, stage, record, t0, "out_of_memory", str(err) or "out of memory")
+        _record_failure(ws, stage, record, meter, "out_of_memory", str(err) or "out of memory")
         raise
     except Exception as err:
         _record_failure(
             ws,
             stage,
             record,
-            t0,
+            meter,
             "out_of_memory" if is_out_of_memory(err) else "crashed",
             f"{type(err).__name__}: {err}",
         )
@@ -128,7 +192,7 @@ def run_stage(
     record.update(
         status="done",
         ended=_now(),
-        seconds=round(time.perf_counter() - t0, 3),
+        **meter.figures(),
         summary=summary,
         output_hash=summary.get("output_hash", stable_hash(summary)),
     )
@@ -163,16 +227,17 @@ def record_failure(ws: Workspace, stage: str, err: Exception, previous: dict | N
               "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
     try:
         ws.create()
-        _record_failure(ws, stage, record, time.perf_counter(), error_class, message)
+        _record_failure(ws, stage, record, None, error_class, message)
     except (LabelmakerError, OSError):
         pass  # no workspace to record in (its path is the problem); the error itself says so
 
 
-def _record_failure(ws: Workspace, stage: str, record: dict, t0: float, error_class: str, message: str):
+def _record_failure(ws: Workspace, stage: str, record: dict, meter: StageMeter | None, error_class: str,
+                    message: str):
     record.update(
         status="failed",
         ended=_now(),
-        seconds=round(time.perf_counter() - t0, 3),
+        **(meter.figures() if meter is not None else {"seconds": 0.0}),
         error_class=error_class,
         error=message,
     )
