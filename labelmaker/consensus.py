@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,7 @@ from .refine import SamRefineConfig
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "resolve_device", "dense_mapping", "disagreement"]
+           "resolve_device", "cpu_threads", "dense_mapping", "disagreement"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
 TIE_TOLERANCE = 1e-5
@@ -54,6 +55,7 @@ class ConsensusConfig:
     calibration_strength: float = 100.0  # pseudo-pixels per unified class that keep the label mapping's own meaning
     calibration_prior: float = 0.0  # class prior = (counted class frequency) ** this; 0 = uniform (best for mIoU)
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 1  # torch CPU threads while voting (0 = torch's default); not hashed: results do not depend on it
     sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 
@@ -67,6 +69,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu" or name.startswith("cuda"):
         return torch.device(name)
     raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to `n` for the block (0: torch's default, unchanged).
+
+    The consensus and lifting cores run many small operations (~10^5 elements): extra threads cost
+    more in hand-offs than they gain, and on a loaded machine spinning threads cost several times
+    the work (lifting a 240-frame scene used 7x the CPU time with 2 threads than with 1)."""
+    n = int(n)
+    before = torch.get_num_threads() if n > 0 else n
+    if n <= 0 or before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _as_long(x: Any, device: torch.device) -> torch.Tensor:
@@ -167,8 +188,8 @@ def vote(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[
     range (naming the id and the prediction's index), mismatched shapes or bad weights.
     """
     cfg = cfg or ConsensusConfig()
-    scorer = _plain_scorer(predictions, mappings, weights, n_classes, cfg, prior)
-    return _decide(scorer, cfg, ranks)
+    with cpu_threads(cfg.cpu_threads):
+        return _decide(_plain_scorer(predictions, mappings, weights, n_classes, cfg, prior), cfg, ranks)
 
 
 @dataclass
@@ -408,7 +429,8 @@ def vote_calibrated(predictions: Sequence[Any], mappings: Sequence[Any], weights
     pixel where no prediction's class maps to anything is unknown, as in `vote`; so are pixels
     failing min_support / min_margin (on the posterior) or min_votes (on the cast weight)."""
     cfg = cfg or ConsensusConfig()
-    return _decide(_calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg), cfg, ranks)
+    with cpu_threads(cfg.cpu_threads):
+        return _decide(_calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg), cfg, ranks)
 
 
 def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibration: Calibration,
@@ -452,6 +474,12 @@ def class_counts(predictions: Sequence[Any], mappings: Sequence[Any], weights: S
     synthetic room, with or without a class prior); counting winners keeps the classes the plain
     vote already believes in.
     """
+    with cpu_threads(cfg.cpu_threads):
+        return _class_counts(predictions, mappings, weights, n_classes, cfg, prior, calibration)
+
+
+def _class_counts(predictions, mappings, weights, n_classes: int, cfg: ConsensusConfig, prior,
+                  calibration) -> tuple[list[np.ndarray], np.ndarray]:
     if calibration is not None:
         scorer = _calibrated_scorer(predictions, mappings, weights, n_classes, calibration, cfg)
     else:

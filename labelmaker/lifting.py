@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .consensus import resolve_device
+from .consensus import cpu_threads, resolve_device
 from .lazy import LazyModule
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
@@ -49,6 +49,7 @@ class LiftConfig:
     boundary_px: int = 0  # > 0: votes from pixels within this many pixels of a label change weigh less
     top_k: int = 3  # soft labels kept per vertex
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 1  # torch CPU threads while lifting (0 = torch's default); not hashed: results do not depend on it
 
 
 @dataclass
@@ -496,6 +497,13 @@ def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarra
     instances count masks with it). Results are deterministic.
     """
     cfg = cfg or LiftConfig()
+    with cpu_threads(cfg.cpu_threads):
+        return _lift(frames, vertices, triangles, n_classes, cfg, normals, progress, on_visible)
+
+
+def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
+          cfg: LiftConfig, normals: np.ndarray | None, progress: Callable[[int], Any] | None,
+          on_visible: Callable | None) -> LiftResult:
     device = resolve_device(cfg.device)
     verts_np = np.asarray(vertices)
     if verts_np.ndim != 2 or verts_np.shape[1] != 3:

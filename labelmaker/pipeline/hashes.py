@@ -36,6 +36,15 @@ CODE_VERSIONS = {
 }
 
 
+# Settings that change how fast a stage runs, never what it writes: left out of config hashes.
+NOT_HASHED = ("cpu_threads",)
+
+
+def hashed_config(cfg) -> dict:
+    """A stage config dataclass as a dict, without the settings in NOT_HASHED."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
+
+
 def versioned(kind: str, config: dict) -> dict:
     """The config dict stage `kind` hashes (and stores in its record): `config` and its code version."""
     return {**config, "code_version": CODE_VERSIONS[kind]}
@@ -89,7 +98,7 @@ def lift_input_hash(consensus_output: Optional[str], fuse_output: Optional[str],
 def evaluate_inputs(models: Mapping, lift_cfg) -> str:
     """The hash of evaluate's inputs that are the same for every scene (the models' and the
     lifting's configs): a batch computes it once, not once per scene."""
-    return stable_hash([{n: dataclasses.asdict(m) for n, m in models.items()}, dataclasses.asdict(lift_cfg)])
+    return stable_hash([{n: dataclasses.asdict(m) for n, m in models.items()}, hashed_config(lift_cfg)])
 
 
 def evaluate_input_hash(lift_output: Optional[str], inputs: str) -> str:

@@ -27,7 +27,7 @@ from ..segmenters import ModelConfig, SceneContext
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import CONSENSUS_STATS, Workspace, atomic_path, scene_input_path, write_json_atomic
-from .hashes import consensus_input_hash, lift_input_hash, segment_config, versioned
+from .hashes import consensus_input_hash, hashed_config, lift_input_hash, segment_config, versioned
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from .records import StageOutcome, run_stage, stable_hash
 from .stages import FrameShardPass, require_done
@@ -188,7 +188,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
     records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
     input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
                                       cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
-    config = versioned("consensus", dataclasses.asdict(cfg))
+    config = versioned("consensus", hashed_config(cfg))
 
     def body() -> dict:
         names = sorted(models)
@@ -374,7 +374,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
     lift.segments.enabled the votes are pooled within mesh segments, with lift.instances.enabled the
     same pass merges a mask model's masks into 3D instances."""
     consensus = require_done(ws, "lift", "consensus")
-    config = versioned("lift", dataclasses.asdict(cfg))
+    config = versioned("lift", hashed_config(cfg))
     fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
     masks = instances_input(ws, cfg.instances)
     input_hash = lift_input_hash(
