@@ -24,6 +24,7 @@ compare the ratios of one run.
     python bench/bench_vs_labelmaker.py --labelmaker /tmp/LabelMaker [--repeats 2] [--workdir DIR]
         [--frames 240] [--vertices 300000] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,17 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SPACES = ("ade20k", "nyu40", "scannet200")  # the simulated models' spaces (configs/models/simulated.yaml)
-LM_DEPS = ["numpy", "opencv-python-headless", "joblib", "gin-config", "tqdm", "pandas", "scikit-learn", "open3d", "pillow"]
+LM_DEPS = [
+    "numpy",
+    "opencv-python-headless",
+    "joblib",
+    "gin-config",
+    "tqdm",
+    "pandas",
+    "scikit-learn",
+    "open3d",
+    "pillow",
+]
 
 
 # ----------------------------------------------------------------------------- the scene
@@ -111,8 +122,14 @@ def build_scene(out: Path, n_frames: int, n_vertices: int, seed: int) -> dict:
     colors = None if mesh.colors is None else mesh.colors[tris0[parent, 0]]
     write_ply(out / "mesh.ply", MeshArrays(verts, tris.astype(np.int32), colors))
     shutil.copy(out / "mesh.ply", lm / "mesh.ply")
-    meta = {"frames": k, "vertices": int(len(verts)), "triangles": int(len(tris)), "capture": str(capture.relative_to(out)),
-            "seed": seed, "build_s": round(time.perf_counter() - t0, 1)}
+    meta = {
+        "frames": k,
+        "vertices": int(len(verts)),
+        "triangles": int(len(tris)),
+        "capture": str(capture.relative_to(out)),
+        "seed": seed,
+        "build_s": round(time.perf_counter() - t0, 1),
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     return meta
 
@@ -158,8 +175,13 @@ def run_ours(scene: Path, ws: Path, log: Path) -> dict:
     meta = json.loads((scene / "meta.json").read_text())
     shutil.rmtree(ws, ignore_errors=True)
     exe = Path(sys.executable).with_name("labelmaker")
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "labelmaker"]),
-           "run", str(scene / meta["capture"]), str(ws)]
+    cmd = [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "labelmaker"]),
+        "run",
+        str(scene / meta["capture"]),
+        str(ws),
+    ]
     for space in SPACES:
         cmd += ["--pred", f"{space}={scene / 'preds' / space}"]
     cmd += [f"lift.mesh={scene / 'mesh.ply'}", "progress=false"]
@@ -185,9 +207,17 @@ def run_labelmaker(lm_repo: Path, python: str, scene: Path, log: Path) -> dict:
     a = measure([python, "labelmaker/consensus.py", "--workspace", str(ws)], cwd=lm_repo, env=env, log=log)
     if a["rc"] != 0:
         return {**a, "consensus_s": a["wall_s"]}
-    b = measure([python, "-m", "labelmaker.lifting_3d.lifting_points", "--workspace", str(ws)], cwd=lm_repo, env=env, log=log)
-    return {"wall_s": a["wall_s"] + b["wall_s"], "peak_mb": max(a["peak_mb"], b["peak_mb"]), "cpu_s": a["cpu_s"] + b["cpu_s"], "rc": b["rc"],
-            "consensus_s": a["wall_s"], "lifting_s": b["wall_s"]}
+    b = measure(
+        [python, "-m", "labelmaker.lifting_3d.lifting_points", "--workspace", str(ws)], cwd=lm_repo, env=env, log=log
+    )
+    return {
+        "wall_s": a["wall_s"] + b["wall_s"],
+        "peak_mb": max(a["peak_mb"], b["peak_mb"]),
+        "cpu_s": a["cpu_s"] + b["cpu_s"],
+        "rc": b["rc"],
+        "consensus_s": a["wall_s"],
+        "lifting_s": b["wall_s"],
+    }
 
 
 def labelmaker_python(args, work: Path) -> str:
@@ -225,8 +255,11 @@ def main() -> None:
             print(f"building the scene in {scene} ...", flush=True)
             build_scene(scene, args.frames, args.vertices, args.seed)
         meta = json.loads((scene / "meta.json").read_text())
-        print(f"scene: {meta['frames']} frames 256x192, 3 prediction folders, mesh of {meta['vertices']:,} vertices "
-              f"/ {meta['triangles']:,} triangles ({scene})", flush=True)
+        print(
+            f"scene: {meta['frames']} frames 256x192, 3 prediction folders, mesh of {meta['vertices']:,} vertices "
+            f"/ {meta['triangles']:,} triangles ({scene})",
+            flush=True,
+        )
         lm_py = None
         if args.labelmaker is None:
             print("LabelMaker: skipped (no --labelmaker PATH given; e.g. a checkout of github.com/cvg/LabelMaker)")
@@ -240,31 +273,58 @@ def main() -> None:
             if lm_py:
                 theirs.append(run_labelmaker(args.labelmaker.resolve(), lm_py, scene, log))
                 t = theirs[-1]
-                print(f"  run {r + 1} LabelMaker: {t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, peak {t['peak_mb']:.0f} MB"
-                      + (f" (consensus {t['consensus_s']:.1f} s + lifting {t['lifting_s']:.1f} s)" if "lifting_s" in t else "")
-                      + ("" if t["rc"] == 0 else f"  FAILED rc={t['rc']}, see {log}"), flush=True)
+                print(
+                    f"  run {r + 1} LabelMaker: {t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, peak {t['peak_mb']:.0f} MB"
+                    + (
+                        f" (consensus {t['consensus_s']:.1f} s + lifting {t['lifting_s']:.1f} s)"
+                        if "lifting_s" in t
+                        else ""
+                    )
+                    + ("" if t["rc"] == 0 else f"  FAILED rc={t['rc']}, see {log}"),
+                    flush=True,
+                )
             ours.append(run_ours(scene, work / "ws", log))
             o = ours[-1]
-            print(f"  run {r + 1} ours:       {o['wall_s']:.1f} s, {o['cpu_s']:.1f} CPU s, peak {o['peak_mb']:.0f} MB"
-                  + ("" if o["rc"] == 0 else f"  FAILED rc={o['rc']}, see {log}"), flush=True)
+            print(
+                f"  run {r + 1} ours:       {o['wall_s']:.1f} s, {o['cpu_s']:.1f} CPU s, peak {o['peak_mb']:.0f} MB"
+                + ("" if o["rc"] == 0 else f"  FAILED rc={o['rc']}, see {log}"),
+                flush=True,
+            )
         if any(o["rc"] for o in ours) or any(t["rc"] for t in theirs):
             sys.exit(1)
-        best = lambda runs, key: min(x[key] for x in runs)  # noqa: E731
-        print(f"\nbest of {args.repeats} (wall time, CPU time and peak RSS of the process tree; a shared machine is noisy):")
+
+        def best(runs, key):
+            return min(x[key] for x in runs)
+
+        def row(title, runs):
+            return (
+                f"  {title:<40} {best(runs, 'wall_s'):>8.1f} {best(runs, 'cpu_s'):>8.1f} {best(runs, 'peak_mb'):>9.0f}"
+            )
+
+        print(
+            f"\nbest of {args.repeats} (wall, CPU, peak RSS of the process tree; noisy on a shared machine):"
+        )
         print(f"  {'':<40} {'wall s':>8} {'CPU s':>8} {'peak MB':>9}")
         if theirs:
-            print(f"  {'LabelMaker consensus + point lifting':<40} {best(theirs, 'wall_s'):>8.1f} {best(theirs, 'cpu_s'):>8.1f} "
-                  f"{best(theirs, 'peak_mb'):>9.0f}   (wall {best(theirs, 'consensus_s'):.1f} + {best(theirs, 'lifting_s'):.1f} s)")
-        print(f"  {'ours: labelmaker run --pred x3 lift.mesh':<40} {best(ours, 'wall_s'):>8.1f} {best(ours, 'cpu_s'):>8.1f} "
-              f"{best(ours, 'peak_mb'):>9.0f}")
+            split = f"(wall {best(theirs, 'consensus_s'):.1f} + {best(theirs, 'lifting_s'):.1f} s)"
+            print(row("LabelMaker consensus + point lifting", theirs) + "   " + split)
+        print(row("ours: labelmaker run --pred x3 lift.mesh", ours))
         if theirs:
-            print(f"  speed-up {best(theirs, 'wall_s') / best(ours, 'wall_s'):.1f}x wall, "
-                  f"{best(theirs, 'cpu_s') / best(ours, 'cpu_s'):.1f}x CPU; "
-                  f"memory ratio ours/LabelMaker {best(ours, 'peak_mb') / best(theirs, 'peak_mb'):.2f}")
+            print(
+                f"  speed-up {best(theirs, 'wall_s') / best(ours, 'wall_s'):.1f}x wall, "
+                f"{best(theirs, 'cpu_s') / best(ours, 'cpu_s'):.1f}x CPU; "
+                f"memory ratio ours/LabelMaker {best(ours, 'peak_mb') / best(theirs, 'peak_mb'):.2f}"
+            )
         fastest = min(ours, key=lambda x: x["wall_s"])
         if fastest.get("stages"):
-            print("  ours per stage (s, peak RSS MB): " + ", ".join(
-                f"{k} {s:.2f}" + (f"/{m:.0f}" if m else "") for k, (s, m) in fastest["stages"].items() if s is not None))
+            print(
+                "  ours per stage (s, peak RSS MB): "
+                + ", ".join(
+                    f"{k} {s:.2f}" + (f"/{m:.0f}" if m else "")
+                    for k, (s, m) in fastest["stages"].items()
+                    if s is not None
+                )
+            )
         print(f"  labels.npy sha256[:16] {fastest.get('labels_sha')}")
     finally:
         if tmp is not None:

@@ -261,14 +261,19 @@ def _profile_table(done: dict, startup_s: float, startup_peak_mb: float) -> str:
     for stage, outcome in done.items():
         rec = outcome.record
         seconds, cpu, mb = rec.get("seconds"), rec.get("cpu_seconds"), rec.get("peak_rss_mb")
-        fmt = (lambda x, f: "" if x is None else f"({x:{f}})") if outcome.skipped else (lambda x, f: "" if x is None else f"{x:{f}}")
-        rows.append((stage, fmt(seconds, ".2f"), fmt(cpu, ".2f"), fmt(mb, ".0f"), "up to date" if outcome.skipped else ""))
+        skipped = outcome.skipped
+
+        def fmt(x, spec):
+            return "" if x is None else f"({x:{spec}})" if skipped else f"{x:{spec}}"
+
+        rows.append((stage, fmt(seconds, ".2f"), fmt(cpu, ".2f"), fmt(mb, ".0f"), "up to date" if skipped else ""))
         if not outcome.skipped:
             total += seconds or 0.0
             peak = max(peak, mb or 0.0)
     rows.append(("total", f"{total:.2f}", "", f"{peak:.0f}", "process peak"))
     width = max(len(r[0]) for r in rows)
-    lines = [f"\nprofile (wall s, CPU s, peak RSS MB per stage):", f"  {'stage':<{width}} {'s':>8} {'cpu s':>8} {'MB':>7}"]
+    lines = ["\nprofile (wall s, CPU s, peak RSS MB per stage):",
+             f"  {'stage':<{width}} {'s':>8} {'cpu s':>8} {'MB':>7}"]
     lines += [f"  {a:<{width}} {b:>8} {c:>8} {d:>7}  {e}".rstrip() for a, b, c, d, e in rows]
     return "\n".join(lines)
 

@@ -55,7 +55,8 @@ class ConsensusConfig:
     calibration_strength: float = 100.0  # pseudo-pixels per unified class that keep the label mapping's own meaning
     calibration_prior: float = 0.0  # class prior = (counted class frequency) ** this; 0 = uniform (best for mIoU)
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 1  # torch CPU threads while voting (0 = torch's default); not hashed: results do not depend on it
+    cpu_threads: int = 1  # torch CPU threads while voting (0 = torch's default); not hashed: results do not
+    # depend on it
     sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 

@@ -49,7 +49,8 @@ class LiftConfig:
     boundary_px: int = 0  # > 0: votes from pixels within this many pixels of a label change weigh less
     top_k: int = 3  # soft labels kept per vertex
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 1  # torch CPU threads while lifting (0 = torch's default); not hashed: results do not depend on it
+    cpu_threads: int = 1  # torch CPU threads while lifting (0 = torch's default); not hashed: results do not
+    # depend on it
 
 
 @dataclass

@@ -172,8 +172,10 @@ def test_run_profile_table_and_stage_figures(synth_scene_factory, tmp_path, caps
     for stage in ("segment-pred1_nyu40", "consensus", "lift", "export", "evaluate", "report"):
         record = ws.read_state(stage)
         assert record["peak_rss_mb"] > 20 and record["cpu_seconds"] >= 0 and record["seconds"] > 0, record
-        assert float(rows[stage][0]) == round(record["seconds"], 2) and int(rows[stage][2]) == round(record["peak_rss_mb"])
-    assert " ".join(rows["import"]).endswith("up to date")  # _prepared imported it: the figures of that run, in brackets
+        assert float(rows[stage][0]) == round(record["seconds"], 2)
+        assert int(rows[stage][2]) == round(record["peak_rss_mb"])
+    # _prepared imported it: the figures of that run, in brackets
+    assert " ".join(rows["import"]).endswith("up to date")
     assert float(rows["total"][0]) > float(rows["lift"][0])
 
 

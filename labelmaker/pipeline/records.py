@@ -80,7 +80,8 @@ class StageMeter:
             peak, scope = peak_rss_mb(), "process"
         else:
             peak, scope = (hwm if hwm > self._hwm0 else max(self._sampled, _proc_status_mb("VmRSS:") or 0.0)), "stage"
-        return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mb": round(peak, 1), "peak_rss_scope": scope}
+        return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_mb": round(peak, 1),
+                "peak_rss_scope": scope}
 
 
 def _proc_status_mb(field: str) -> float | None:
