@@ -293,8 +293,10 @@ class Workspace:
         arrays["names"] = np.array(frames.names, dtype=h5py.string_dtype())
         self.frame_shards.write(index, arrays, fingerprint)
 
-    def read_frame_shard(self, index: int) -> FrameBatch:
-        arrays = self.frame_shards.read(index)
+    def read_frame_shard(self, index: int, skip: tuple[str, ...] = ()) -> FrameBatch:
+        """Frame shard `index`; the arrays named in `skip` (e.g. "color" for a stage that needs depth
+        and poses only) are not read: they come back as read-only zeros of their stored shape."""
+        arrays = self.frame_shards.read(index, skip=skip)
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in arrays.pop("names")]
         return FrameBatch(names=names, **arrays)
 
@@ -446,6 +448,11 @@ class Workspace:
         return bool(record) and record.get("status") == "done"
 
 
+def _zeros_like(dataset) -> np.ndarray:
+    """Read-only zeros of an HDF5 dataset's shape and dtype, taking no memory (a broadcast view)."""
+    return np.broadcast_to(np.zeros((), dataset.dtype), dataset.shape)
+
+
 class ShardSet:
     """A folder of numbered HDF5 shards, each written atomically with a fingerprint.
 
@@ -489,9 +496,12 @@ class ShardSet:
                         compression=self.IMAGE_COMPRESSION if image else None,
                     )
 
-    def read(self, index: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    def read(self, index: int, keys: tuple[str, ...] | None = None,
+             skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """The arrays `keys` (default all) of shard `index`; those in `skip` are not read but given
+        as read-only zeros (a broadcast view, no memory) of their stored shape and dtype."""
         with h5py.File(self.path(index), "r") as f:
-            return {key: f[key][()] for key in (keys or tuple(f.keys()))}
+            return {key: f[key][()] if key not in skip else _zeros_like(f[key]) for key in (keys or tuple(f.keys()))}
 
     def keys(self, index: int) -> tuple[str, ...]:
         """The names of the arrays in one shard."""

@@ -18,3 +18,13 @@ def test_lazily_imported_torch_works_where_used():
     labels, _ = vote([[[1, 2]]], [type("M", (), {"offsets": [0, 0, 1, 2], "targets": [1, 2]})()], [1.0], 3,
                      ConsensusConfig(device="cpu", split="share"))
     assert labels.tolist() == [[1, 2]]
+
+
+def test_a_precomputed_model_is_built_without_torch_or_scipy():
+    """A segment job of precomputed predictions (`--pred`) loads only its own segmenter module:
+    not torch (1.4 s and ~200 MB) for the open-vocabulary model, nor scipy for the simulated ones."""
+    code = ("import sys; from labelmaker.segmenters.base import ModelConfig, build_segmenter; "
+            "s = build_segmenter('p', ModelConfig(kind='precomputed', label_space='nyu40', path='.')); "
+            "print(type(s).__name__, sorted(m for m in ('torch', 'scipy.ndimage', 'open3d') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "PrecomputedSegmenter []", out

@@ -190,7 +190,7 @@ def _scores_2d(
     index = 0
     n_shards = ws.frame_shard_count()
     for i in tqdm(range(n_shards), desc=f"evaluate 2D {ws.scene}", unit="shard", disable=not progress):
-        names = ws.read_frame_shard(i).names
+        names = ws.read_frame_shard(i, skip=("color", "depth", "confidence")).names
         keep = [j for j in range(len(names)) if (index + j) % max(1, step) == 0]
         index += len(names)
         if not keep:

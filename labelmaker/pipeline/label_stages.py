@@ -84,8 +84,9 @@ def segment_scene(
         runner = _image_runner(segmenter, cfg, model)
         shards = ws.prediction_shards(model)
         walk = FrameShardPass(ws, shards, cfg_hash, imported, f"segment {model}", progress)
+        pixels = runner is not None or getattr(segmenter, "reads_pixels", True)
         for i, fp in walk:
-            batch = ws.read_frame_shard(i)
+            batch = ws.read_frame_shard(i, skip=() if pixels else ("color", "depth", "confidence"))
             if runner is None:
                 votes = {"labels": np.asarray(segmenter.predict(batch, ctx))}
             else:
@@ -334,7 +335,7 @@ def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -
                      c["more_labels"].astype(np.int64), c["more_confidence"].astype(np.float32))]
 
     for i in range(ws.frame_shard_count()):
-        batch = ws.read_frame_shard(i)
+        batch = ws.read_frame_shard(i, skip=("color", "confidence"))
         mask_ids = ws.mask_shards(masks).read(i, ("ids",))["ids"] if masks else None
         for labels, confidence, *more in labels_of_shard(i):
             for j in range(len(batch)):

@@ -9,6 +9,7 @@ colour raster of the frames. Two kinds:
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, runtime_checkable
@@ -207,6 +208,8 @@ class SceneContext:
 
 class Segmenter(Protocol):
     label_space: str
+    # optional class attribute `reads_pixels = False`: predict() needs the frames' names and raster
+    # shape only (precomputed, simulated), so the stage does not decode the colour images for it
 
     def predict(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
         """(N,H,W) integer label maps in `label_space` at the batch's colour raster."""
@@ -259,9 +262,17 @@ def register_segmenter(kind: str):
     return decorate
 
 
+# segmenter kind -> the module of this package that registers it (when imported)
+_KIND_MODULES = {"grounded_sam": "grounded_sam", "mask2former": "mask2former", "onnx": "onnx", "open_vocab": "open_vocab",
+                 "precomputed": "precomputed", "simulated": "simulated", "transformers": "huggingface"}
+
+
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    # the kinds register themselves when imported
-    from . import grounded_sam, huggingface, mask2former, onnx, open_vocab, precomputed, simulated  # noqa: F401
+    # only the configured kind's module: open_vocab loads torch (1.4 s, 200 MB), simulated scipy, and a
+    # segment job of precomputed predictions needs neither; an unknown kind loads all to list them
+    modules = [_KIND_MODULES[cfg.kind]] if cfg.kind in _KIND_MODULES else sorted(set(_KIND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(f"{__package__}.{module}")
 
     try:
         factory = _REGISTRY[cfg.kind]

@@ -21,6 +21,8 @@ ASPECT_TOLERANCE = 0.01
 
 @register_segmenter("precomputed")
 class PrecomputedSegmenter:
+    reads_pixels = False  # names and raster shape only (see base.Segmenter)
+
     def __init__(self, name: str, cfg: ModelConfig):
         if not cfg.path:
             raise ValueError(f"model {name!r}: precomputed needs `path`, the folder of label PNGs")

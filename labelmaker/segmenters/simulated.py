@@ -41,6 +41,8 @@ from .base import ModelConfig, SceneContext, SimulatedNoise, register_segmenter
 
 @register_segmenter("simulated")
 class SimulatedSegmenter:
+    reads_pixels = False  # names and raster shape only (see base.Segmenter)
+
     def __init__(self, name: str, cfg: ModelConfig):
         from ..labels import label_space, mapping_from_unified, unified_space
 
