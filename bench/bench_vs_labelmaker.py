@@ -217,6 +217,8 @@ def run_labelmaker(lm_repo: Path, python: str, scene: Path, log: Path) -> dict:
         "rc": b["rc"],
         "consensus_s": a["wall_s"],
         "lifting_s": b["wall_s"],
+        "consensus_mb": a["peak_mb"],
+        "lifting_mb": b["peak_mb"],
     }
 
 
@@ -276,7 +278,8 @@ def main() -> None:
                 print(
                     f"  run {r + 1} LabelMaker: {t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, peak {t['peak_mb']:.0f} MB"
                     + (
-                        f" (consensus {t['consensus_s']:.1f} s + lifting {t['lifting_s']:.1f} s)"
+                        f" (consensus {t['consensus_s']:.1f} s / {t['consensus_mb']:.0f} MB"
+                        f" + lifting {t['lifting_s']:.1f} s / {t['lifting_mb']:.0f} MB)"
                         if "lifting_s" in t
                         else ""
                     )
