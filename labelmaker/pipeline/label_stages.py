@@ -233,15 +233,20 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     shard_stats = {k: float(v) for k, v in out.attrs(i).items() if k in CONSENSUS_STATS}
                 else:
                     preds, vote_maps, vote_weights, own = votes_of(i)
-                    if calibration is None:
-                        result = vote(
-                            preds, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(), ranks=max(2, cfg.ranks)
-                        )
-                    else:
-                        result = vote_calibrated(
-                            preds, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks)
-                        )
-                    ranked, shares = (x.cpu().numpy() for x in result)
+                    ranked_parts, share_parts = [], []
+                    for part in _frame_slices(preds):
+                        if calibration is None:
+                            result = vote(part, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(),
+                                          ranks=max(2, cfg.ranks))
+                        else:
+                            result = vote_calibrated(
+                                part, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks)
+                            )
+                        r, sh = (x.cpu().numpy() for x in result)
+                        ranked_parts.append(r)
+                        share_parts.append(sh)
+                    ranked, shares = np.concatenate(ranked_parts, axis=1), np.concatenate(share_parts, axis=1)
+                    del ranked_parts, share_parts
                     if cfg.sam_refine.enabled:
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
                         refined += n_changed
@@ -289,6 +294,19 @@ def _agreement_stats(labels: np.ndarray, confidence: np.ndarray, own_labels: lis
             "disagree_pixels": float(disagree), "compared_pixels": float(compared)}
 
 
+# Frames per consensus call: a call's work arrays (int64 ids, tuple keys, ranked classes) take
+# ~100 bytes per pixel, so a 64-frame shard at once peaked ~300 MB above the reads. Each pixel's
+# vote depends on its own predictions only, so the split changes no result.
+_VOTE_FRAMES = 16
+
+
+def _frame_slices(preds: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """The predictions of one shard, _VOTE_FRAMES frames at a time."""
+    n = len(preds[0])
+    for start in range(0, max(n, 1), _VOTE_FRAMES):
+        yield [p[start:start + _VOTE_FRAMES] for p in preds]
+
+
 def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
                        progress: bool) -> Calibration:
     """What each model's classes mean in this scene (consensus.class_counts + calibrate over all
@@ -311,11 +329,12 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
             range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress
         ):
             preds, mappings, weights, _ = votes_of(i)
-            shard_counts, shard_wins = class_counts(
-                preds, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration
-            )
-            counts = shard_counts if counts is None else [a + b for a, b in zip(counts, shard_counts)]
-            wins = wins + shard_wins
+            for part in _frame_slices(preds):  # integer counts (float64): the sums do not depend on the split
+                part_counts, part_wins = class_counts(
+                    part, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration
+                )
+                counts = part_counts if counts is None else [a + b for a, b in zip(counts, part_counts)]
+                wins = wins + part_wins
         calibration = calibrate(counts, wins, mappings, n_classes, cfg, prior=class_prior())
     arrays = {"classes": calibration.classes, "log_prior": calibration.log_prior}
     arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(calibration.log_likelihood)})
@@ -327,12 +346,13 @@ def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -
     """Frames to lift: by default the consensus (all its ranked classes); `labels_of_shard(i)` may
     instead give, per frame shard, a list of (labels (N,H,W) unified ids, confidence (N,H,W) or
     None) — each entry votes as a frame of its own (baselines lift single models this way).
-    `masks`: a mask model whose per-frame mask ids ride along (`LiftFrame.masks`, 3D instances)."""
+    `masks`: a mask model whose per-frame mask ids ride along (`LiftFrame.masks`, 3D instances).
+    Arrays keep their stored dtypes (uint16 ids, float16 shares): `lift` converts one frame at a
+    time, exactly, instead of a whole shard at once (~110 MB for 64 frames)."""
     if labels_of_shard is None:
         def labels_of_shard(i):
             c = ws.consensus_shards.read(i)
-            return [(c["labels"].astype(np.int64), c["confidence"].astype(np.float32),
-                     c["more_labels"].astype(np.int64), c["more_confidence"].astype(np.float32))]
+            return [(c["labels"], c["confidence"], c["more_labels"], c["more_confidence"])]
 
     for i in range(ws.frame_shard_count()):
         batch = ws.read_frame_shard(i, skip=("color", "confidence"))
