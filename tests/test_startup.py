@@ -28,3 +28,19 @@ def test_a_precomputed_model_is_built_without_torch_or_scipy():
             "print(type(s).__name__, sorted(m for m in ('torch', 'scipy.ndimage', 'open3d') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "PrecomputedSegmenter []", out
+
+
+def test_every_segmenter_kind_is_found_by_its_module():
+    """build_segmenter imports only the configured kind's module (segmenters.base._KIND_MODULES):
+    every kind a module of the package registers must be listed there, with its module."""
+    import importlib
+    import pkgutil
+
+    import labelmaker.segmenters as package
+    from labelmaker.segmenters import base
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"labelmaker.segmenters.{info.name}")
+    assert set(base._REGISTRY) == set(base._KIND_MODULES)
+    for kind, module in base._KIND_MODULES.items():
+        assert base._REGISTRY[kind].__module__ == f"labelmaker.segmenters.{module}", kind

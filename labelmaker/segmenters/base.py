@@ -263,8 +263,9 @@ def register_segmenter(kind: str):
 
 
 # segmenter kind -> the module of this package that registers it (when imported)
-_KIND_MODULES = {"grounded_sam": "grounded_sam", "mask2former": "mask2former", "onnx": "onnx", "open_vocab": "open_vocab",
-                 "precomputed": "precomputed", "simulated": "simulated", "transformers": "huggingface"}
+_KIND_MODULES = {"grounded_sam": "grounded_sam", "mask2former": "mask2former", "onnx": "onnx",
+                 "open_vocab": "open_vocab", "precomputed": "precomputed", "simulated": "simulated",
+                 "transformers": "huggingface"}
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
