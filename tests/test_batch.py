@@ -183,26 +183,24 @@ def test_batch_local_processes_controller_killed_and_restarted(captures, tmp_pat
 
 @pytest.mark.slow
 def test_run_pdb_stops_in_the_debugger_with_the_traceback(synth_scene_factory, tmp_path):
-    """`labelmaker run --pdb`: an unexpected error prints its full traceback, then pdb takes over."""
+    """`labelmaker run --pdb`: an unexpected error (here a stage patched to raise one; a workspace
+    path under a file, once such an error, is now bad input) prints its full traceback, then pdb
+    takes over."""
     scene = synth_scene_factory(seed=2, n_frames=16)
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    script = (
+        "import sys, labelmaker.pipeline.run as run\n"
+        "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
+        "run.import_scene = boom\n"
+        "from labelmaker.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelmaker",
-            "run",
-            str(scene.video_dir),
-            str(blocker / "ws"),
-            "--pdb",
-            "progress=false",
-        ],
+        [sys.executable, "-c", script, "run", str(scene.video_dir), str(tmp_path / "ws"), "--pdb", "progress=false"],
         input="p 'in pdb'\nq\n",
         capture_output=True,
         text=True,
         timeout=300,
     )
     out = proc.stdout + proc.stderr
-    assert "Traceback (most recent call last)" in out and "NotADirectoryError" in out
+    assert "Traceback (most recent call last)" in out and "ZeroDivisionError" in out
     assert "(Pdb)" in out and "'in pdb'" in out and proc.returncode == 1
