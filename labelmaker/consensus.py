@@ -30,7 +30,8 @@ from .refine import SamRefineConfig
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "resolve_device", "cpu_threads", "dense_mapping", "disagreement"]
+           "resolve_device", "cpu_threads", "dense_mapping", "disagreement", "keep_clear_majorities",
+           "vanishing_classes", "agreement_counts", "reliability_weights"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
 TIE_TOLERANCE = 1e-5
@@ -54,6 +55,20 @@ class ConsensusConfig:
     # the previous round's calibrated vote
     calibration_strength: float = 100.0  # pseudo-pixels per unified class that keep the label mapping's own meaning
     calibration_prior: float = 0.0  # class prior = (counted class frequency) ** this; 0 = uniform (best for mIoU)
+    calibration_scope: str = "all"  # all: every pixel takes the calibrated vote; weak: only pixels where the
+    # plain vote has no clear majority (winner's share <= calibration_weak_support), the others keep it
+    calibration_weak_support: float = 0.5
+    calibration_guard: float = 0.5  # > 0: the scene's calibration is rejected (plain vote) when a class that wins at
+    # least calibration_guard_min_share of the pixels in the plain vote keeps less than this fraction of them
+    calibration_guard_min_share: float = 0.002
+    calibration_temperature: float = 1.0  # the calibrated vote's shares (what lifting weighs the ranked classes by) are
+    # softmax(log posterior / this): > 1 keeps more of the runners-up; the winner is the same
+    calibration_keep_meaning: bool = False  # a model's class is never more evidence for another class than for one
+    # it stands for (when the scene has one): calibration may discount a model's word, not turn it into another
+    reliability: str = "none"  # none | model | frame: weigh each model's vote by its accuracy in this scene (model) or
+    # in this scene and frame (frame), measured where the other models agree (see `agreement_counts`)
+    reliability_support: float = 0.99  # a reference pixel: the other models' winner holds this share of their votes
+    reliability_pseudo_pixels: float = 5000.0  # a frame's accuracy is shrunk towards the model's with this many pixels
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 1  # torch CPU threads while voting (0 = torch's default); not hashed: results do not
     # depend on it
@@ -412,10 +427,14 @@ def calibrate(counts: Sequence[np.ndarray], wins: np.ndarray, mappings: Sequence
             raise ValueError(f"count table {i} has shape {np.shape(c)}, its mapping needs "
                              f"{(off.numel() - 1, n_classes)}")
         meaning = dense_mapping(off, tgt, n_classes, cfg.split, prior_t).numpy()[:, classes].astype(np.float64)
+        means = meaning > 0  # (S, A): the scene's classes each source class stands for
         meaning += 1e-3 * max(float(meaning.max(initial=0.0)), 1.0)
         meaning /= meaning.sum(0, keepdims=True)
         counted = np.asarray(c, dtype=np.float64)[:, classes]
         likelihood = (counted + k * meaning) / (counted.sum(0, keepdims=True) + k)
+        if cfg.calibration_keep_meaning:  # s is at most as much evidence for another class as for its own
+            own = np.where(means, likelihood, 0.0).max(1, keepdims=True)
+            likelihood = np.where(means.any(1, keepdims=True) & ~means, np.minimum(likelihood, own), likelihood)
         tables.append(np.log(np.maximum(likelihood, 1e-30)).astype(np.float32))
     mass = sum(np.asarray(c, dtype=np.float64)[:, classes].sum(0) for c in counts) + 1.0
     log_prior = (float(cfg.calibration_prior) * np.log(mass / mass.sum())).astype(np.float32)
@@ -452,11 +471,14 @@ def _calibrated_scorer(predictions, mappings, weights, n_classes: int, calibrati
     nonempty = [(off[1:] > off[:-1]).to(torch.float32) for off, _ in maps]
 
     log_prior = torch.as_tensor(np.asarray(calibration.log_prior, dtype=np.float32), device=device)
+    temperature = float(cfg.calibration_temperature)
+    if temperature <= 0:
+        raise ValueError("consensus.calibration_temperature must be > 0")
 
     def scores(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         prior_rows = log_prior.expand(stop - start, -1).clone()
         log_post, total = _add_rows(prior_rows, start, stop, tuple_ids, tables, nonempty, w)
-        return torch.softmax(log_post, dim=1) * total.unsqueeze(1), total
+        return torch.softmax(log_post / temperature, dim=1) * total.unsqueeze(1), total
 
     return _Scorer(shape, inverse, n_unique, tuple_ids, sizes, classes, scores, device)
 
@@ -551,3 +573,98 @@ def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_c
             contradict |= both & ~table[preds[i], preds[j]]
     compared = np.sum(known, axis=0) >= 2
     return int(contradict.sum()), int(compared.sum())
+
+
+def keep_clear_majorities(plain: tuple[torch.Tensor, torch.Tensor], calibrated: tuple[torch.Tensor, torch.Tensor],
+                          weak_support: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranked (labels, shares) of the calibrated vote where the plain vote is weak (its winner's
+    share <= weak_support, e.g. no model majority), of the plain vote elsewhere: calibration then
+    settles disagreements and ties but never overturns a clear plain majority. Both inputs have the
+    leading ranks axis of `vote(..., ranks=R)` (R > 1)."""
+    weak = plain[1][0] <= weak_support + TIE_TOLERANCE
+    return torch.where(weak, calibrated[0], plain[0]), torch.where(weak, calibrated[1], plain[1])
+
+
+def vanishing_classes(plain_wins: np.ndarray, calibrated_wins: np.ndarray, keep: float,
+                      min_share: float) -> dict[int, float]:
+    """Classes the plain vote gives at least `min_share` of the decided pixels that keep less than
+    `keep` of their pixels after calibration: {class id: calibrated / plain pixels}. A calibration
+    that makes a real class vanish (one model's frequent confusion learnt as the truth) is suspect."""
+    plain = np.asarray(plain_wins, dtype=np.float64).copy()
+    cal = np.asarray(calibrated_wins, dtype=np.float64).copy()
+    plain[0] = cal[0] = 0
+    total = plain.sum()
+    if total <= 0:
+        return {}
+    big = np.flatnonzero(plain >= min_share * total)
+    ratio = cal[big] / plain[big]
+    return {int(c): round(float(r), 4) for c, r in zip(big, ratio) if r < keep}
+
+
+# -- reliability weights ----------------------------------------------------------------------------
+# A gentler alternative to calibration: one accuracy per model (or per model and frame), no class
+# remapping. Where the other models agree, we count how often this model agrees with them; its vote
+# weight is then the log-odds of that accuracy against chance among the scene's K classes (the
+# "one-coin" Dawid-Skene model): a model that agrees 90 % of the time outweighs one at 60 %, one
+# at chance gets no say. A class can only win where some model says it, so no class is invented,
+# and a weight changes the outcome only where the models disagree.
+
+
+def agreement_counts(predictions: Sequence[Any], mappings: Sequence[Any], groups: Sequence[int], n_classes: int,
+                     cfg: ConsensusConfig,
+                     prior: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prediction and frame, against the plain vote of the predictions of the OTHER groups
+    (models; a model's flip-TTA prediction is in its group) at pixels where that vote is clear
+    (winner's share >= cfg.reliability_support): (reference pixels (P, N), pixels where the
+    prediction's class stands for the reference class (P, N), reference pixels per unified class
+    (n_classes,)). predictions: (N,H,W) each. A prediction without other groups counts nothing."""
+    device = resolve_device(cfg.device)
+    n_pred = len(predictions)
+    n_frames = int(np.shape(predictions[0])[0])
+    ref = np.zeros((n_pred, n_frames), np.int64)
+    agree = np.zeros((n_pred, n_frames), np.int64)
+    per_class = np.zeros(int(n_classes), np.int64)
+    prior_t = None if prior is None else torch.as_tensor(np.asarray(prior, dtype=np.float32))
+    for g in sorted(set(groups)):
+        mine = [i for i in range(n_pred) if groups[i] == g]
+        others = [i for i in range(n_pred) if groups[i] != g]
+        if not others:
+            continue
+        labels, conf = vote([predictions[i] for i in others], [mappings[i] for i in others], [1.0] * len(others),
+                            n_classes, cfg, prior=prior)
+        is_ref = (labels > 0) & (conf >= cfg.reliability_support)
+        per_class += torch.bincount(labels[is_ref], minlength=int(n_classes)).cpu().numpy()
+        for i in mine:
+            off, tgt = _mapping_arrays(mappings[i], i, n_classes, device)
+            stands_for = dense_mapping(off, tgt, n_classes, cfg.split, prior_t) > 0
+            pred = _as_long(predictions[i], device)
+            hit = stands_for[pred, labels] & is_ref
+            ref[i] = is_ref.flatten(1).sum(1).cpu().numpy()
+            agree[i] = hit.flatten(1).sum(1).cpu().numpy()
+    return ref, agree, per_class
+
+
+def reliability_weights(ref: np.ndarray, agree: np.ndarray, per_class: np.ndarray, mode: str,
+                        pseudo_pixels: float = 5000.0, min_class_pixels: int = 1) -> np.ndarray:
+    """(P, N) vote multipliers from `agreement_counts` summed over a scene: w = log((K-1) p / (1-p)),
+    p the accuracy clipped to [1/K, 0.995] (K: classes with reference pixels), per model ("model")
+    or per model and frame ("frame", p shrunk towards the model's by `pseudo_pixels`), divided by
+    the mean of the models' weights (so they average 1). Predictions without counts get 1."""
+    if mode not in ("model", "frame"):
+        raise ValueError(f"consensus.reliability must be 'none', 'model' or 'frame', got {mode!r}")
+    ref = np.asarray(ref, dtype=np.float64)
+    agree = np.asarray(agree, dtype=np.float64)
+    k = max(2, int((np.asarray(per_class)[1:] >= min_class_pixels).sum()))
+    p_model = (agree.sum(1) + 1.0) / (ref.sum(1) + 2.0)
+    p = np.repeat(p_model[:, None], ref.shape[1], 1)
+    if mode == "frame":
+        p = (agree + pseudo_pixels * p_model[:, None]) / (ref + pseudo_pixels)
+
+    def log_odds(q):
+        q = np.clip(q, 1.0 / k, 0.995)
+        return np.log((k - 1) * q / (1.0 - q))
+
+    scale = log_odds(p_model).mean()
+    w = np.maximum(log_odds(p), 0.0) / scale if scale > 0 else np.ones_like(p)
+    w[ref.sum(1) == 0] = 1.0
+    return w.astype(np.float64)

@@ -301,3 +301,50 @@ def test_calibrated_vote_ranks_are_posteriors_and_unknown_stays_unknown():
     assert shares[0, 0, 1] + shares[1, 0, 1] == pytest.approx(1.0, abs=1e-5)  # two classes: posteriors sum to 1
     with pytest.raises(ValueError, match="calibration covers"):
         vote_calibrated(preds[:1], maps[:1], [1.0], N_CLASSES, cal, cfg)
+
+
+# -- guards and reliability weights ----------------------------------------------------------------
+
+from labelmaker.consensus import (  # noqa: E402
+    agreement_counts,
+    keep_clear_majorities,
+    reliability_weights,
+    vanishing_classes,
+)
+
+
+def test_vanishing_classes_names_a_real_class_that_calibration_erases():
+    plain = np.array([0, 500, 300, 150, 1, 0, 0, 0, 0, 0])
+    calibrated = np.array([0, 640, 290, 0, 0, 0, 0, 0, 0, 0])
+    assert vanishing_classes(plain, calibrated, keep=0.5, min_share=0.01) == {3: 0.0}  # class 4 is too small to count
+    assert vanishing_classes(plain, plain, keep=0.5, min_share=0.01) == {}
+
+
+def test_keep_clear_majorities_calibrates_only_where_the_plain_vote_is_weak():
+    plain = (torch.tensor([[1, 2, 3]]), torch.tensor([[1.0, 0.5, 0.34]]))
+    calibrated = (torch.tensor([[4, 5, 6]]), torch.tensor([[0.9, 0.9, 0.9]]))
+    labels, shares = keep_clear_majorities(plain, calibrated, 0.5)
+    assert labels.tolist() == [[1, 5, 6]] and shares.tolist()[0][0] == 1.0
+
+
+def test_reliability_weights_follow_agreement_with_the_other_models():
+    """Model 0 is right everywhere, model 1 half the time, model 2 in frame 1 never (a bad frame):
+    model 0 weighs most, and frame weights silence model 2's bad frame only."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, N_CLASSES, size=(2, 20, 20))
+    half = np.where(rng.random(truth.shape) < 0.5, truth, rng.integers(1, N_CLASSES, size=truth.shape))
+    bad = truth.copy()
+    bad[1] = (truth[1] % (N_CLASSES - 1)) + 1  # every pixel of frame 1 wrong
+    preds = [truth, half, bad]
+    maps = [identity()] * 3
+    cfg = ConsensusConfig(device="cpu", split="share")
+    ref, agree, per_class = agreement_counts(preds, maps, [0, 1, 2], N_CLASSES, cfg)
+    assert ref.shape == (3, 2) and (agree <= ref).all() and per_class[0] == 0
+    per_model = reliability_weights(ref, agree, per_class, "model")
+    assert per_model[0, 0] > max(per_model[1, 0], per_model[2, 0]) and min(per_model[:, 0]) > 0
+    per_frame = reliability_weights(ref, agree, per_class, "frame", pseudo_pixels=10)
+    assert per_frame[2, 1] == 0.0 and per_frame[2, 0] > per_frame[1, 0]
+    # a model alone has no one to agree with: weight 1
+    alone = reliability_weights(*agreement_counts(preds[:1], maps[:1], [0], N_CLASSES, ConsensusConfig(device="cpu")),
+                                "frame")
+    assert (alone == 1.0).all()

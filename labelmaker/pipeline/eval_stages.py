@@ -207,9 +207,18 @@ def _scores_2d(
 def _baselines_3d(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig, mesh, gt3d: np.ndarray,
                   n: int, progress: bool) -> dict[str, Scores]:
     """Each model lifted alone, and all models' raw votes counted per vertex (plain majority)."""
-    # plain: every visible vertex takes one vote per frame and model, nothing weighted
+    return {title: scores(confusion_matrix(result.labels, gt3d, n))
+            for title, result in baseline_lifts(ws, models, lift_cfg, mesh, progress).items()}
+
+
+def baseline_lifts(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig, mesh,
+                   progress: bool = False) -> dict:
+    """{"single model <name>": each model lifted alone, "plain majority": all models' raw votes
+    counted per vertex} as `lifting.LiftResult`s: every visible vertex takes one vote per frame and
+    model, nothing weighted."""
     core = dataclasses.replace(lift_cfg.core(), weight_by_confidence=False, weight_by_angle=False, boundary_px=0)
     triangles = mesh.triangles if len(mesh.triangles) else None
+    n = len(unified_space().ids)
 
     def model_labels(names):
         def labels_of_shard(i):
@@ -220,8 +229,7 @@ def _baselines_3d(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: LiftS
     out = {}
     runs = {f"single model {m}": [m] for m in sorted(models)} | {"plain majority": sorted(models)}
     for title, names in tqdm(runs.items(), desc=f"baselines {ws.scene}", unit="lift", disable=not progress):
-        result = lift(lift_frames(ws, model_labels(names)), mesh.vertices, triangles, n, core, normals=mesh.normals)
-        out[title] = scores(confusion_matrix(result.labels, gt3d, n))
+        out[title] = lift(lift_frames(ws, model_labels(names)), mesh.vertices, triangles, n, core, normals=mesh.normals)
     return out
 
 

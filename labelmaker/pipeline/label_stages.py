@@ -15,7 +15,19 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..consensus import Calibration, ConsensusConfig, calibrate, class_counts, disagreement, vote, vote_calibrated
+from ..consensus import (
+    Calibration,
+    ConsensusConfig,
+    agreement_counts,
+    calibrate,
+    class_counts,
+    disagreement,
+    keep_clear_majorities,
+    reliability_weights,
+    vanishing_classes,
+    vote,
+    vote_calibrated,
+)
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
@@ -197,10 +209,10 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         weights = [float(models[n].weight) for n in names]
         n_classes = len(unified_space().ids)
 
-        def votes_of(i: int) -> tuple[list, list, list, list]:
-            """Shard i's predictions (flip TTA ones too), their mappings and weights, and which of
-            them are the models' own labels (not mirrored frames)."""
-            votes = [(p, mapping, w, k == 0) for n, mapping, w in zip(names, mappings, weights)
+        def votes_of(i: int) -> tuple[list, list, list, list, list]:
+            """Shard i's predictions (flip TTA ones too), their mappings and weights, which of them
+            are the models' own labels (not mirrored frames), and each one's model index."""
+            votes = [(p, mapping, w, k == 0, g) for g, (n, mapping, w) in enumerate(zip(names, mappings, weights))
                      for k, p in enumerate(model_votes(ws, n, i))]
             return tuple(list(x) for x in zip(*votes))
 
@@ -208,18 +220,19 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         out.remove_stale_temporaries()
         n_shards = ws.frame_shard_count()
         inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
-        calibration, calibration_fp = None, None
+        calibration, calibration_fp, vanished = None, None, {}
+        counted_fp = stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs])
         if cfg.calibrate:  # (the mask refinement comes after the vote: it does not change the calibration)
-            calibration = _scene_calibration(
-                ws,
-                votes_of,
-                n_shards,
-                n_classes,
-                cfg,
-                stable_hash([{k: v for k, v in config.items() if k != "sam_refine"}, weights, inputs]),
-                progress,
-            )
+            calibration, vanished = _scene_calibration(ws, votes_of, n_shards, n_classes, cfg, counted_fp, progress)
             calibration_fp = calibration.fingerprint()
+            if vanished:  # the guard rejected this scene's calibration: the plain vote
+                calibration = None
+        if cfg.calibration_scope not in ("all", "weak"):
+            raise ValueError(f"consensus.calibration_scope must be 'all' or 'weak', got {cfg.calibration_scope!r}")
+        reliability = None
+        if cfg.reliability != "none":
+            reliability = _scene_reliability(ws, votes_of, n_shards, n_classes, cfg, counted_fp, progress)
+            calibration_fp = stable_hash([calibration_fp, [r.round(6).tolist() for r in reliability]])
         fingerprints, reused, refined = [], 0, 0
         stats = dict.fromkeys(CONSENSUS_STATS, 0.0)
         with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
@@ -232,21 +245,19 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     reused += 1
                     shard_stats = {k: float(v) for k, v in out.attrs(i).items() if k in CONSENSUS_STATS}
                 else:
-                    preds, vote_maps, vote_weights, own = votes_of(i)
-                    ranked_parts, share_parts = [], []
-                    for part in _frame_slices(preds):
-                        if calibration is None:
-                            result = vote(part, vote_maps, vote_weights, n_classes, cfg, prior=class_prior(),
-                                          ranks=max(2, cfg.ranks))
-                        else:
-                            result = vote_calibrated(
-                                part, vote_maps, vote_weights, n_classes, calibration, cfg, ranks=max(2, cfg.ranks)
-                            )
-                        r, sh = (x.cpu().numpy() for x in result)
-                        ranked_parts.append(r)
-                        share_parts.append(sh)
-                    ranked, shares = np.concatenate(ranked_parts, axis=1), np.concatenate(share_parts, axis=1)
-                    del ranked_parts, share_parts
+                    preds, vote_maps, vote_weights, own, _ = votes_of(i)
+                    if reliability is None:  # _VOTE_FRAMES frames at a time
+                        parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
+                                 for part in _frame_slices(preds)]
+                        ranked = np.concatenate([x[0] for x in parts], axis=1)
+                        shares = np.concatenate([x[1] for x in parts], axis=1)
+                        del parts
+                    else:  # frame by frame, each prediction weighted by its reliability in that frame
+                        ranked, shares = (np.stack(x, 1) for x in zip(*(
+                            _vote_shard([p[j:j + 1] for p in preds], vote_maps,
+                                        [w * r for w, r in zip(vote_weights, reliability[i][:, j])], n_classes, cfg,
+                                        calibration) for j in range(reliability[i].shape[1]))))
+                        ranked, shares = ranked[:, :, 0], shares[:, :, 0]
                     if cfg.sam_refine.enabled:
                         ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
                         refined += n_changed
@@ -276,6 +287,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         }
         if calibration is not None:
             summary["calibrated_classes"] = int(len(calibration.classes))
+        if vanished:
+            summary["calibration_rejected"] = {unified_space().names[c]: r for c, r in vanished.items()}
         if cfg.sam_refine.enabled:
             summary["refined_share"] = round(refined / pixels, 4) if pixels else None
         return summary
@@ -307,39 +320,80 @@ def _frame_slices(preds: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
         yield [p[start:start + _VOTE_FRAMES] for p in preds]
 
 
+def _vote_shard(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, calibration: Calibration | None):
+    """Ranked labels and shares (numpy, leading ranks axis) of the plain or calibrated vote (with
+    consensus.calibration_scope=weak: calibrated only where the plain vote is weak)."""
+    ranks = max(2, cfg.ranks)
+    if calibration is None or cfg.calibration_scope == "weak":
+        result = vote(preds, maps, weights, n_classes, cfg, prior=class_prior(), ranks=ranks)
+    if calibration is not None:
+        calibrated = vote_calibrated(preds, maps, weights, n_classes, calibration, cfg, ranks=ranks)
+        result = calibrated if cfg.calibration_scope == "all" else \
+            keep_clear_majorities(result, calibrated, cfg.calibration_weak_support)
+    return tuple(x.cpu().numpy() for x in result)
+
+
+def _scene_reliability(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
+                       progress: bool) -> list[np.ndarray]:
+    """Per shard the (predictions, frames) vote multipliers (consensus.agreement_counts over all
+    shards, then reliability_weights); the counts are stored, so a resumed stage does not count again."""
+    store = ws.consensus_calibration
+    if store.fingerprint(1) == fingerprint:
+        arrays = store.read(1)
+    else:
+        parts = []
+        for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (reliability)", unit="shard", disable=not progress):
+            preds, maps, _, _, groups = votes_of(i)
+            parts.append(agreement_counts(preds, maps, groups, n_classes, cfg, prior=class_prior()))
+        arrays = {"ref": np.concatenate([p[0] for p in parts], 1), "agree": np.concatenate([p[1] for p in parts], 1),
+                  "per_class": np.sum([p[2] for p in parts], 0), "sizes": np.array([p[0].shape[1] for p in parts])}
+        store.write(1, arrays, fingerprint)
+    weights = reliability_weights(arrays["ref"], arrays["agree"], arrays["per_class"], cfg.reliability,
+                                  cfg.reliability_pseudo_pixels)
+    return np.split(weights, np.cumsum(arrays["sizes"])[:-1], axis=1)
+
+
 def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, cfg: ConsensusConfig, fingerprint: str,
-                       progress: bool) -> Calibration:
+                       progress: bool) -> tuple[Calibration, dict[int, float]]:
     """What each model's classes mean in this scene (consensus.class_counts + calibrate over all
-    shards); stored, so a resumed stage does not count again."""
+    shards), and with consensus.calibration_guard the classes it would make vanish ({} = none:
+    accepted); stored, so a resumed stage does not count again."""
     store = ws.consensus_calibration
     store.remove_stale_temporaries()
     if store.fingerprint(0) == fingerprint:
         arrays = store.read(0)
-        return Calibration(
-            classes=arrays["classes"],
-            log_prior=arrays["log_prior"],
-            log_likelihood=[
-                arrays[f"log_likelihood_{m}"] for m in range(sum(k.startswith("log_likelihood_") for k in arrays))
-            ],
-        )
-    calibration = None
-    for round_ in range(max(1, int(cfg.calibration_rounds))):
+        vanished = arrays.get("vanished", np.zeros((0, 2)))
+        n_tables = sum(k.startswith("log_likelihood_") for k in arrays)
+        calibration = Calibration(classes=arrays["classes"], log_prior=arrays["log_prior"],
+                                  log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(n_tables)])
+        return calibration, {int(c): float(r) for c, r in vanished}
+
+    def count(calibration, what: str):
         counts, wins, mappings = None, 0, None
-        for i in tqdm(
-            range(n_shards), desc=f"consensus {ws.scene} (calibration {round_ + 1})", unit="shard", disable=not progress
-        ):
-            preds, mappings, weights, _ = votes_of(i)
+        for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} ({what})", unit="shard", disable=not progress):
+            preds, mappings, weights, *_ = votes_of(i)
             for part in _frame_slices(preds):  # integer counts (float64): the sums do not depend on the split
                 part_counts, part_wins = class_counts(
                     part, mappings, weights, n_classes, cfg, prior=class_prior(), calibration=calibration
                 )
                 counts = part_counts if counts is None else [a + b for a, b in zip(counts, part_counts)]
                 wins = wins + part_wins
+        return counts, wins, mappings
+
+    calibration, plain_wins = None, None
+    for round_ in range(max(1, int(cfg.calibration_rounds))):
+        counts, wins, mappings = count(calibration, f"calibration {round_ + 1}")
+        plain_wins = wins if plain_wins is None else plain_wins
         calibration = calibrate(counts, wins, mappings, n_classes, cfg, prior=class_prior())
-    arrays = {"classes": calibration.classes, "log_prior": calibration.log_prior}
+    vanished = {}
+    if cfg.calibration_guard > 0:
+        vanished = vanishing_classes(plain_wins, count(calibration, "guard")[1], cfg.calibration_guard,
+                                     cfg.calibration_guard_min_share)
+    arrays = {"classes": calibration.classes, "log_prior": calibration.log_prior,
+              "vanished": np.array(sorted(vanished.items()), dtype=np.float64).reshape(-1, 2)}
     arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(calibration.log_likelihood)})
     store.write(0, arrays, fingerprint)
-    return calibration
+    return calibration, vanished
 
 
 def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -> Iterator[LiftFrame]:
