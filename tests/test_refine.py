@@ -174,7 +174,9 @@ def test_refined_consensus_beats_plain_consensus_on_a_synthetic_scene(synth_scen
     from labelmaker.pipeline.label_stages import consensus_scene
     from labelmaker.pipeline.mask_stages import masks_scene
 
-    scene, cfg, ws = _segmented(synth_scene_factory, tmp_path, ["masks=simulated"])
+    # (measured with the calibrated consensus, an option since issue 11)
+    scene, cfg, ws = _segmented(synth_scene_factory, tmp_path,
+                                ["masks=simulated", "consensus.calibrate=true", "consensus.calibration_guard=0"])
     done = masks_scene(ws, "sam", cfg.masks.models["sam"], progress=False).record
     assert done["summary"]["masks_per_frame"] > 3
     ids = ws.mask_shards("sam").read(0)["ids"]
@@ -217,7 +219,8 @@ def test_turning_refinement_on_redoes_consensus_lift_and_evaluation(synth_scene_
 
     scene = synth_scene_factory(seed=7, n_frames=24)
     ws = Workspace(tmp_path / "ws")
-    base = ["progress=false", "models=simulated", "masks=simulated"]
+    base = ["progress=false", "models=simulated", "masks=simulated", "consensus.calibrate=true",
+            "consensus.calibration_guard=0"]
     plain = run_scene(load_config(base)[0], scene.video_dir, ws)
     refined = run_scene(load_config([*base, "consensus.sam_refine.enabled=true"])[0], scene.video_dir, ws)
     assert refined["masks-sam"].skipped and refined["segment-sim_ade20k"].skipped and refined["fuse"].skipped
