@@ -52,6 +52,9 @@ _TINY_SWIN = {
     "image_size": 64,
     "out_features": ["stage1", "stage2", "stage3", "stage4"],
 }
+# the transformer decoder both Mask2Former and OneFormer have
+_TINY_DECODER = dict(hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
+                     num_attention_heads=2, num_queries=5)
 # Tiny instances of each architecture the `transformers` kind runs (well under a million weights each).
 TINY_HF = {
     "segformer": dict(
@@ -75,68 +78,32 @@ TINY_HF = {
         num_queries=5,
         num_register_tokens=1,
     ),
-    "mask2former": dict(
-        backbone_config=_TINY_SWIN,
-        feature_size=32,
-        mask_feature_size=32,
-        hidden_dim=32,
-        encoder_feedforward_dim=32,
-        dim_feedforward=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_attention_heads=2,
-        num_queries=5,
-    ),
-    "oneformer": dict(
-        backbone_config=_TINY_SWIN,
-        conv_dim=32,
-        mask_dim=32,
-        hidden_dim=32,
-        encoder_feedforward_dim=32,
-        dim_feedforward=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        num_attention_heads=2,
-        num_queries=5,
-        task_seq_len=16,
-        text_encoder_width=32,
-        text_encoder_num_layers=1,
-        text_encoder_context_length=16,
-        text_encoder_vocab_size=100,
-    ),
+    "mask2former": dict(backbone_config=_TINY_SWIN, feature_size=32, mask_feature_size=32, **_TINY_DECODER),
+    "oneformer": dict(backbone_config=_TINY_SWIN, conv_dim=32, mask_dim=32, task_seq_len=16, text_encoder_width=32,
+                      text_encoder_num_layers=1, text_encoder_context_length=16, text_encoder_vocab_size=100,
+                      **_TINY_DECODER),
 }
+_IMAGENET = {"do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 # What each one's preprocessor_config.json says, as its image processor writes it for the real models
 TINY_PREPROCESS = {
-    "segformer": {
-        "do_resize": True,
-        "size": {"height": 64, "width": 64},
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
-    },
+    "segformer": {"do_resize": True, "size": {"height": 64, "width": 64}, **_IMAGENET},
     "eomt": {
         "do_resize": True,
         "size": {"shortest_edge": 64, "longest_edge": None},
         "do_split_image": True,
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
+        **_IMAGENET,
     },
     "mask2former": {
         "do_resize": True,
         "size": {"shortest_edge": 64, "longest_edge": 256},
         "size_divisor": 32,
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
+        **_IMAGENET,
     },
     "oneformer": {
         "do_resize": True,
         "size": {"shortest_edge": 64, "longest_edge": 256},
-        "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406],
-        "image_std": [0.229, 0.224, 0.225],
         "task_seq_length": 16,
+        **_IMAGENET,
     },
 }
 

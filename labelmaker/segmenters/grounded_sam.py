@@ -21,7 +21,7 @@ import torch
 from ..errors import SetupError
 from .base import GroundedSamConfig, ModelConfig, Resources, register_segmenter, resolve_device
 from .checkpoints import CheckpointError, locate_model_folder
-from .huggingface import _check_loading, import_transformers, resolve_preprocess, resized_shape
+from .huggingface import from_folder, import_transformers, load_tokenizer, resolve_preprocess, resized_shape
 
 MODEL_TYPE = "grounding-dino"
 
@@ -123,25 +123,15 @@ def load_detector(cfg: GroundedSamConfig, checkpoint_dir):
             f"model_type {config.model_type!r} is not Grounding DINO ({MODEL_TYPE})",
             "point grounded_sam.detector.checkpoint at a Grounding DINO folder",
         )
-    model, info = transformers.GroundingDinoForObjectDetection.from_pretrained(
-        str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
-    )
-    _check_loading(info, str(folder))
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            folder,
-            f"its tokenizer files are missing or broken ({err})",
-            "fetch the whole folder (vocab.txt, tokenizer_config.json)",
-        ) from err
+    model = from_folder(transformers.GroundingDinoForObjectDetection, folder)
+    tokenizer = load_tokenizer(folder, "its tokenizer", "tokenizer.json, tokenizer_config.json")
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(
             folder,
             "its tokenizer is not a fast tokenizer (needed for character offsets)",
             "fetch tokenizer.json with the folder",
         )
-    return model.eval(), tokenizer, folder
+    return model, tokenizer, folder
 
 
 @register_segmenter("grounded_sam")

@@ -229,11 +229,7 @@ def load_model(cfg: TransformersConfig, label_space: str, checkpoint_dir: Option
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         model_type = config.model_type
         cls = _architecture(model_type, str(folder), transformers)
-        model, info = cls.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
-        _check_loading(info, str(folder))
-        return model.eval(), folder, model_type
+        return from_folder(cls, folder), folder, model_type
     if not cfg.arch:
         raise SetupError(
             "transformers model",
@@ -277,26 +273,39 @@ def _plain(value):
     return value
 
 
+def from_folder(cls, folder: Path):
+    """`cls.from_pretrained` from a local folder: safetensors only, offline, strict (every weight
+    present, nothing left over, no shape changed), in eval mode."""
+    model, info = cls.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
+    )
+    _check_loading(info, str(folder))
+    return model.eval()
+
+
+def load_tokenizer(folder: Path, what: str, files: str):
+    """The folder's tokenizer, offline; missing or broken files are a CheckpointError naming `files`."""
+    transformers = import_transformers()
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            folder, f"{what} files are missing or broken ({err})", f"fetch the whole folder ({files})"
+        ) from err
+
+
 def task_tokens(folder: Optional[Path], task: str, length: int):
     """OneFormer's task input: the folder's tokenizer on "the task is <task>", padded to `length`
     (token ids times the attention mask, as OneFormer's processor builds it)."""
     import torch
 
-    transformers = import_transformers()
     if folder is None:
         raise SetupError(
             "oneformer",
             "random OneFormer weights have no tokenizer for the task token",
             "give a model folder with tokenizer files",
         )
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            folder,
-            f"OneFormer's tokenizer files are missing or broken ({err})",
-            "fetch the whole folder (vocab.json, merges.txt, tokenizer_config.json)",
-        ) from err
+    tokenizer = load_tokenizer(folder, "OneFormer's tokenizer", "vocab.json, merges.txt, tokenizer_config.json")
     tokens = tokenizer([f"the task is {task}"], padding="max_length", max_length=length, truncation=True)
     return torch.tensor(tokens["input_ids"]) * torch.tensor(tokens["attention_mask"])
 
