@@ -22,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
 
 from .segments import distinct_sorted, neighbour_cell_pairs, mesh_edges
 
@@ -275,6 +273,9 @@ def label_components(labels: np.ndarray, vertices: np.ndarray, triangles: np.nda
         n_nodes = V + len(occ)
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    from scipy import sparse  # here: ~0.3 s to import, and every command loads this module
+    from scipy.sparse import csgraph
+
     graph = sparse.coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n_nodes, n_nodes))
     _, comp = csgraph.connected_components(graph, directed=False)
     inst = np.where(labels > 0, comp[:V], -1)

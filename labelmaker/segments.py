@@ -26,8 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
 
 __all__ = ["SegmentsConfig", "mesh_edges", "vertex_normals", "segment_mesh", "pool_votes", "segment_adjacency",
            "neighbour_cell_pairs", "distinct_sorted", "top_k_rows"]
@@ -173,6 +171,9 @@ def _boruvka(comp, size, internal, ca, cb, w, accept):
         sel = cand[ok]
         if not len(sel):
             break
+        from scipy import sparse  # here: scipy.sparse costs ~0.3 s to import, and every command loads this module
+        from scipy.sparse import csgraph
+
         graph = sparse.coo_matrix((np.ones(len(sel), np.int8), (ca[sel], cb[sel])), shape=(n, n))
         n_new, label = csgraph.connected_components(graph, directed=False)
         label = label.astype(comp.dtype, copy=False)
@@ -342,6 +343,8 @@ def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray
 
 def _smooth(rows, cls, wt, V, n_classes, seg, edges, iters, alpha):
     """Vote shares averaged with mesh neighbours in the same segment, `iters` rounds."""
+    from scipy import sparse
+
     a, b = edges[:, 0], edges[:, 1]
     same = seg[a] == seg[b]
     a, b = a[same], b[same]
