@@ -9,13 +9,14 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from ..consensus import ConsensusConfig, vote
+from ..consensus import ConsensusConfig
+from ..consensus_numpy import vote_numpy
 from ..errors import BadInputError
 from ..evaluate import (Scores, confusion_matrix, instance_ap, plot_confusion, plot_per_class_iou, scores,
                         write_scores_json)
 from ..io.ground_truth import GroundTruth, find_ground_truth
 from ..labels import class_prior, mapping_to_unified, unified_space
-from ..lifting import lift
+from ..lifting_numpy import lift
 from ..mesh import read_mesh_or_points
 from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
@@ -82,10 +83,10 @@ def transfer_labels(gt_mesh, gt_labels: np.ndarray, vertices: np.ndarray, max_di
 def single_model_labels(pred: np.ndarray, label_space: str) -> np.ndarray:
     """A model's own prediction in unified ids (the consensus of that model alone)."""
     n_classes = len(unified_space().ids)
-    labels, _ = vote(
+    labels, _ = vote_numpy(
         [pred], [mapping_to_unified(label_space)], [1.0], n_classes, ConsensusConfig(device="cpu"), prior=class_prior()
     )
-    return labels.numpy()
+    return labels
 
 
 def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelConfig], lift_cfg: LiftStageConfig,

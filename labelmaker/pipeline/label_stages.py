@@ -28,11 +28,14 @@ from ..consensus import (
     vote,
     vote_calibrated,
 )
+from ..consensus_numpy import vote_numpy
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
 from ..instances import InstancesConfig, MaskEvidence, instance_classes, merge_instances
-from ..lifting import LiftConfig, LiftFrame, frames_in_view, lift
+from ..lazy import numpy_on_cpu
+from ..lifting import LiftConfig, LiftFrame, frames_in_view
+from ..lifting_numpy import lift
 from ..mesh import MeshArrays, read_checked_mesh
 from ..segments import SegmentsConfig, mesh_edges, pool_votes, segment_adjacency, segment_mesh
 from ..segmenters import ModelConfig, SceneContext
@@ -324,6 +327,8 @@ def _vote_shard(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, cali
     """Ranked labels and shares (numpy, leading ranks axis) of the plain or calibrated vote (with
     consensus.calibration_scope=weak: calibrated only where the plain vote is weak)."""
     ranks = max(2, cfg.ranks)
+    if calibration is None and numpy_on_cpu(cfg.device):  # the plain vote on the CPU: numpy, no torch
+        return vote_numpy(preds, maps, weights, n_classes, cfg, prior=class_prior(), ranks=ranks)
     if calibration is None or cfg.calibration_scope == "weak":
         result = vote(preds, maps, weights, n_classes, cfg, prior=class_prior(), ranks=ranks)
     if calibration is not None:

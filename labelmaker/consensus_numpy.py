@@ -1,0 +1,188 @@
+"""The plain consensus vote (`consensus.vote`) in numpy, for the CPU: no torch import.
+
+The same algorithm as `consensus.vote`, operation for operation (distinct tuples of source ids,
+dense votes per tuple over the active classes, the tie rule and the unknown rules), so its labels
+are those of the torch path and its shares the same bits where the weights are 0 or 1 (other
+weights: torch fuses multiply-add in its vector loops, numpy does not; shares then differ in the
+last bit at most). tests/test_numpy_cores.py compares the two on random inputs.
+
+Why: on the CPU the vote runs ~5x faster in numpy than in torch's small-operation dispatch, and a
+`labelmaker run` that never imports torch saves ~1.5 s and ~280 MB.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .consensus import _DENSE_UNIQUE_MAX, _DENSE_UNIQUE_MIN, _KEY_LIMIT, _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig
+
+__all__ = ["vote_numpy", "dense_mapping_numpy"]
+
+
+def _mapping_np(mapping: Any, index: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A mapping's CSR (offsets, targets) as int64 arrays, checked as `consensus._mapping_arrays` does."""
+    offsets = np.array(np.asarray(mapping.offsets), dtype=np.int64).reshape(-1)
+    targets = np.array(np.asarray(mapping.targets), dtype=np.int64).reshape(-1)
+    if offsets.ndim != 1 or offsets.size < 1 or int(offsets[0]) != 0 or int(offsets[-1]) > targets.size \
+            or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"mapping {index}: offsets must be non-decreasing CSR row pointers starting at 0")
+    used = targets[: int(offsets[-1])]
+    if used.size and (int(used.min()) < 1 or int(used.max()) >= n_classes):
+        raise ValueError(f"mapping {index}: unified target ids must lie in 1..{n_classes - 1} "
+                         f"(found {int(used.min())}..{int(used.max())})")
+    return offsets, targets
+
+
+def dense_mapping_numpy(offsets: np.ndarray, targets: np.ndarray, n_classes: int, split: str,
+                        prior: Sequence[float] | None = None) -> np.ndarray:
+    """`consensus.dense_mapping` in numpy: (S, n_classes) float32, row s = the votes of source class s."""
+    n_src = offsets.size - 1
+    counts = offsets[1:] - offsets[:-1]
+    rows = np.repeat(np.arange(n_src), counts)
+    cols = targets[: int(offsets[-1])]
+    if split == "prior":
+        p = np.maximum(np.asarray(prior, dtype=np.float32)[cols], np.float32(1e-12))
+        row_max = np.zeros(n_src, np.float32)
+        np.maximum.at(row_max, rows, p)
+        vals = p / row_max[rows]
+    elif split == "share":
+        vals = (np.float32(1.0) / np.maximum(counts, 1).astype(np.float32))[rows]
+    else:
+        vals = np.ones(rows.size, np.float32)
+    dense = np.zeros(n_src * n_classes, np.float32)
+    np.add.at(dense, rows * n_classes + cols, vals)
+    return dense.reshape(n_src, n_classes)
+
+
+def _compact_np(key: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
+    """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count). Ranks do not
+    depend on how they are found: a presence table up to 16 entries per key (numpy sorts slowly)."""
+    if radix <= max(_DENSE_UNIQUE_MIN, min(16 * key.size, _DENSE_UNIQUE_MAX)):
+        present = np.zeros(radix, bool)
+        present[key] = True
+        rank = np.cumsum(present, dtype=np.int32)
+        del present
+        return rank[key].astype(np.int64) - 1, int(rank[-1])
+    uniq, inverse = np.unique(key, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64, copy=False), int(uniq.size)
+
+
+def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
+               cfg: ConsensusConfig | None = None, prior: Sequence[float] | None = None,
+               ranks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """`consensus.vote` (see there: arguments, tie rule, unknown rules, ranks) as numpy arrays:
+    (labels int64, shares float32) of the predictions' shape, with a leading ranks axis when ranks > 1."""
+    cfg = cfg or ConsensusConfig()
+    if cfg.split not in ("prior", "share", "each"):
+        raise ValueError(f"consensus split must be 'prior', 'share' or 'each', got {cfg.split!r}")
+    if cfg.split == "prior" and (prior is None or len(prior) != n_classes):
+        raise ValueError(f"split='prior' needs a prior of length n_classes={n_classes}")
+    n_pred = len(predictions)
+    if n_pred == 0:
+        raise ValueError("vote needs at least one prediction")
+    if len(mappings) != n_pred or len(weights) != n_pred:
+        raise ValueError(f"got {n_pred} predictions, {len(mappings)} mappings and {len(weights)} weights; "
+                         "need one mapping and one weight per prediction")
+    w = [float(x) for x in weights]
+    if any(not np.isfinite(x) or x < 0 for x in w):
+        raise ValueError(f"prediction weights must be finite and >= 0, got {w}")
+    n_classes = int(n_classes)
+    if n_classes < 2:
+        raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
+    preds = []
+    for p in predictions:
+        a = np.asarray(p)
+        if a.dtype.kind not in "iub":
+            raise ValueError(f"label maps must hold integers, got dtype {a.dtype}")
+        preds.append(a)
+    shape = preds[0].shape
+    for i, p in enumerate(preds):
+        if p.shape != shape:
+            raise ValueError(f"prediction {i} has shape {tuple(p.shape)}, prediction 0 has {tuple(shape)}")
+    maps = [_mapping_np(m, i, n_classes) for i, m in enumerate(mappings)]
+    sizes = [int(off.size) - 1 for off, _ in maps]
+    flat = [p.reshape(-1) for p in preds]
+    for i, (p, size) in enumerate(zip(flat, sizes)):
+        if p.size == 0:
+            continue
+        lo, hi = int(p.min()), int(p.max())
+        if lo < 0 or hi >= size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"prediction {i}: source label id {bad} is outside its label mapping "
+                             f"(which covers ids 0..{size - 1})")
+    full = tuple(shape) if ranks == 1 else (ranks, *shape)
+    empty = np.zeros(full, np.int64), np.zeros(full, np.float32)
+    if flat[0].size == 0:
+        return empty
+    n = flat[0].size
+    key, radix = flat[0].astype(np.int64), sizes[0]
+    for p, size in zip(flat[1:], sizes[1:]):
+        if radix * size >= _KEY_LIMIT:
+            key, radix = _compact_np(key, radix)
+        key = key * size + p
+        radix *= size
+    inverse, n_unique = _compact_np(key, radix)
+    del key
+    rep = np.empty(n_unique, np.int64)
+    rep[inverse] = np.arange(n)
+    tuple_ids = [p[rep].astype(np.int64) for p in flat]
+
+    dense = [dense_mapping_numpy(off, tgt, n_classes, cfg.split, prior) for off, tgt in maps]
+    active = np.zeros(n_classes, bool)
+    for ids, mat in zip(tuple_ids, dense):
+        active |= (mat[np.unique(ids)] > 0).any(0)
+    classes = np.flatnonzero(active)
+    if classes.size == 0:
+        return empty
+    dense = [np.ascontiguousarray(mat[:, classes]) for mat in dense]
+    nonempty = [(off[1:] > off[:-1]).astype(np.float32) for off, _ in maps]
+    A = int(classes.size)
+    padded = A < 2
+    labels_u = np.zeros((ranks, n_unique), np.int64)
+    conf_u = np.zeros((ranks, n_unique), np.float32)
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    tol = np.float32(TIE_TOLERANCE)
+    chunk = max(1, _VOTE_CHUNK // (A + 1))
+    for start in range(0, n_unique, chunk):
+        stop = min(n_unique, start + chunk)
+        votes = np.zeros((stop - start, A), np.float32)
+        total = np.zeros(stop - start, np.float32)
+        for ids, table, ne, wi in zip(tuple_ids, dense, nonempty, w):
+            if wi == 0.0:
+                continue
+            sel = ids[start:stop]
+            if wi == 1.0:
+                votes += table[sel]
+                total += ne[sel]
+            else:  # torch's add with alpha is a fused multiply-add: one rounding
+                votes[:] = votes + wi * table[sel].astype(np.float64)
+                total[:] = total + wi * ne[sel].astype(np.float64)
+        if padded:
+            votes = np.concatenate([votes, np.zeros_like(votes[:, :1])], 1)
+        part = np.partition(votes, votes.shape[1] - 2, axis=1)
+        best, second = part[:, -1], part[:, -2]
+        del part
+        tied = votes >= (best - tol * total)[:, None]
+        winner = np.argmax(tied, axis=1)
+        safe_total = np.maximum(total, tiny)
+        support = best / safe_total
+        margin = (best - second) / safe_total
+        unknown = (total <= 0) | (best <= 0) | (total < cfg.min_votes) | (support < cfg.min_support) \
+            | (margin < cfg.min_margin)
+        winner_class = classes[np.minimum(winner, A - 1)]
+        labels_u[0, start:stop] = np.where(unknown, 0, winner_class)
+        conf_u[0, start:stop] = np.where(unknown, np.float32(0), np.minimum(support, np.float32(1.0)))
+        rest, pick = votes, winner
+        rows = np.arange(stop - start)
+        for r in range(1, ranks):
+            rest = rest.copy() if r == 1 else rest
+            rest[rows, pick] = -1.0
+            best_r = rest.max(1)
+            pick = np.argmax(rest >= (best_r - tol * total)[:, None], axis=1)
+            none = unknown | (best_r <= 0) | (pick >= A)
+            labels_u[r, start:stop] = np.where(none, 0, classes[np.minimum(pick, A - 1)])
+            conf_u[r, start:stop] = np.where(none, np.float32(0), np.clip(best_r / safe_total, 0.0, 1.0))
+    if ranks == 1:
+        return labels_u[0, inverse].reshape(shape), conf_u[0, inverse].reshape(shape)
+    return labels_u[:, inverse].reshape((ranks, *shape)), conf_u[:, inverse].reshape((ranks, *shape))
