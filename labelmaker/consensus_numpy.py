@@ -56,9 +56,8 @@ def dense_mapping_numpy(offsets: np.ndarray, targets: np.ndarray, n_classes: int
 
 
 def _compact_np(key: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
-    """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count). Ranks do not
-    depend on how they are found: a presence table up to 16 entries per key (numpy sorts slowly)."""
-    if radix <= max(_DENSE_UNIQUE_MIN, min(16 * key.size, _DENSE_UNIQUE_MAX)):
+    """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count)."""
+    if radix <= max(_DENSE_UNIQUE_MIN, min(4 * key.size, _DENSE_UNIQUE_MAX)):
         present = np.zeros(radix, bool)
         present[key] = True
         rank = np.cumsum(present, dtype=np.int32)
@@ -116,12 +115,21 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
     if flat[0].size == 0:
         return empty
     n = flat[0].size
-    key, radix = flat[0].astype(np.int64), sizes[0]
-    for p, size in zip(flat[1:], sizes[1:]):
+    # Each prediction's ids replaced by their rank among the ids it uses (an order-keeping map), so
+    # the packed keys stay small: the distinct tuples and their order are those of the raw ids.
+    dense_ids = []
+    for p, size in zip(flat, sizes):
+        present = np.zeros(size, bool)
+        present[p] = True
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        dense_ids.append((rank[p], int(rank[-1]) + 1))
+    key, radix = dense_ids[0]
+    for p, size in dense_ids[1:]:
         if radix * size >= _KEY_LIMIT:
             key, radix = _compact_np(key, radix)
         key = key * size + p
         radix *= size
+    del dense_ids
     inverse, n_unique = _compact_np(key, radix)
     del key
     rep = np.empty(n_unique, np.int64)
