@@ -309,8 +309,10 @@ def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray
     if seg.shape != (V,):
         raise ValueError(f"segment ids must be ({V},) like the votes, got {seg.shape}")
     totals = np.asarray(totals, dtype=np.float64)
-    rows, cls, wt = _sparse_votes(topk_ids, np.asarray(topk_shares), totals)
     S = int(seg.max()) + 1 if V else 0
+    if cfg.smooth_iters <= 0 and 0 < S * n_classes <= _DENSE_MAX:
+        return _pool_dense(topk_ids, np.asarray(topk_shares), totals, seg, S, n_classes, cfg)
+    rows, cls, wt = _sparse_votes(topk_ids, np.asarray(topk_shares), totals)
     srow, scls, swt = _group_sum(seg[rows], cls, wt, n_classes)
     seg_total = np.bincount(srow, weights=swt, minlength=S)
     seg_best = np.zeros(S, np.float64)
@@ -339,6 +341,56 @@ def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray
     ids, ws = top_k_rows(rows, cls, wt, V, k)
     shares = np.divide(ws, total[:, None], out=np.zeros_like(ws), where=total[:, None] > 0).astype(np.float32)
     return ids[:, 0].copy(), shares[:, 0].copy(), ids, shares
+
+
+_DENSE_MAX = 1 << 23  # segments x classes up to this: per-segment class sums in one dense array
+_ROWS = 1 << 18  # vertices per chunk of the dense path
+
+
+def _pool_dense(topk_ids, topk_shares, totals, seg, S, n_classes, cfg):
+    """`pool_votes` without smoothing, in vertex chunks with dense (S, classes) segment sums: the
+    same result as the sparse path in a fraction of its memory (each vertex's candidates are its
+    own top-k and its segment's top-k)."""
+    V, k = topk_ids.shape
+    sums = np.zeros(S * n_classes, np.float64)
+    for a in range(0, V, _ROWS):
+        ids = topk_ids[a:a + _ROWS].astype(np.int64)
+        w = topk_shares[a:a + _ROWS].astype(np.float64) * totals[a:a + _ROWS, None]
+        sums += np.bincount((seg[a:a + _ROWS, None] * n_classes + ids).reshape(-1), weights=w.reshape(-1),
+                            minlength=S * n_classes)
+    sums = sums.reshape(S, n_classes)
+    sums[:, 0] = 0.0  # id 0 casts no vote
+    seg_total = sums.sum(1)
+    agree = (seg_total > 0) & (sums.max(1) >= float(cfg.agree) * seg_total)
+    n_voting = np.bincount(seg, weights=(totals > 0).astype(np.float64), minlength=S)
+    mean_total = np.divide(np.bincount(seg, weights=totals, minlength=S), n_voting, out=np.zeros(S), where=n_voting > 0)
+    order = np.lexsort((np.broadcast_to(np.arange(n_classes), sums.shape), -sums), axis=-1)[:, :k]
+    sid = np.where(np.take_along_axis(sums, order, 1) > 0, order, 0)
+    scale = np.where(agree, float(cfg.strength) * mean_total / np.maximum(seg_total, 1e-12), 0.0)
+    add_w = np.take_along_axis(sums, order, 1) * scale[:, None] * (sid > 0)
+    out_ids = np.zeros((V, k), np.int64)
+    out_sh = np.zeros((V, k), np.float32)
+    for a in range(0, V, _ROWS):
+        ids = topk_ids[a:a + _ROWS].astype(np.int64)
+        own = np.where(ids > 0, topk_shares[a:a + _ROWS].astype(np.float64) * totals[a:a + _ROWS, None], 0.0)
+        sg = seg[a:a + _ROWS]
+        extra_ids, extra = sid[sg], add_w[sg]
+        if not cfg.fill_unseen:
+            extra = extra * (totals[a:a + _ROWS, None] > 0)
+        for j in range(k):  # a class both in the vertex's and in its segment's top-k: one candidate
+            for m in range(k):
+                same = (extra_ids[:, m] == ids[:, j]) & (ids[:, j] > 0)
+                own[:, j] += np.where(same, extra[:, m], 0.0)
+                extra[:, m] = np.where(same, 0.0, extra[:, m])
+        cand_ids = np.concatenate([ids, extra_ids], 1)
+        cand_w = np.concatenate([own, extra], 1)
+        cand_ids = np.where(cand_w > 0, cand_ids, 0)
+        pick = np.lexsort((cand_ids, -cand_w), axis=-1)[:, :k]
+        top_w = np.take_along_axis(cand_w, pick, 1)
+        total = cand_w.sum(1, keepdims=True)
+        out_ids[a:a + _ROWS] = np.where(top_w > 0, np.take_along_axis(cand_ids, pick, 1), 0)
+        out_sh[a:a + _ROWS] = np.divide(top_w, total, out=np.zeros_like(top_w), where=total > 0)
+    return out_ids[:, 0].copy(), out_sh[:, 0].copy(), out_ids, out_sh
 
 
 def _smooth(rows, cls, wt, V, n_classes, seg, edges, iters, alpha):
