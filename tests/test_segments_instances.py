@@ -88,6 +88,36 @@ def test_segment_pooling_follows_agreeing_segments_and_keeps_clear_disagreement(
     assert no_fill[5] == 0
 
 
+@pytest.mark.parametrize("fill_unseen", [True, False])
+def test_segment_pooling_in_chunks_matches_the_sparse_path(monkeypatch, fill_unseen):
+    """The dense, chunked pooling (no smoothing) gives the sparse path's labels and shares on random
+    votes: agreeing and split segments, vertices without votes, classes in both a vertex's and its
+    segment's top-k, chunks smaller than the mesh."""
+    import labelmaker.segments as segments
+
+    rng = np.random.default_rng(7)
+    V, k, n_classes = 3000, 3, 12
+    seg = rng.integers(0, 40, V)
+    base = rng.integers(1, n_classes, 40)[seg]  # each segment's usual class
+    ids = np.where(rng.random((V, k)) < 0.7, base[:, None], rng.integers(1, n_classes, (V, k)))
+    ids[:, 1:] = np.where(ids[:, 1:] == ids[:, :1], 0, ids[:, 1:])  # a vertex lists a class once
+    ids[:, 2] = np.where(ids[:, 2] == ids[:, 1], 0, ids[:, 2])
+    shares = rng.random((V, k)).astype(np.float32) * (ids > 0)
+    shares /= np.maximum(shares.sum(1, keepdims=True), 1e-6)
+    totals = rng.integers(0, 20, V).astype(np.float32) * (rng.random(V) < 0.9)
+    ids[totals == 0] = 0
+    shares[totals == 0] = 0
+    cfg = SegmentsConfig(agree=0.5, strength=1.0, fill_unseen=fill_unseen)
+    monkeypatch.setattr(segments, "_ROWS", 257)
+    dense = pool_votes(ids, shares, totals, seg, n_classes, cfg)
+    monkeypatch.setattr(segments, "_DENSE_MAX", 0)
+    sparse = pool_votes(ids, shares, totals, seg, n_classes, cfg)
+    assert (dense[0] != ids[:, 0]).sum() > 100  # pooling changed many labels
+    np.testing.assert_array_equal(dense[0], sparse[0])
+    np.testing.assert_array_equal(dense[2], sparse[2])
+    np.testing.assert_allclose(dense[3], sparse[3], atol=1e-5)
+
+
 def test_instance_ap_on_a_known_case():
     """GT: instances 1, 2 of class 3 and 3 of class 4 (4 vertices each). Predictions: A = GT 1 exactly
     (score 0.9), B = half of GT 2 plus 2 other vertices (IoU 2/6: a hit at 0.25 only, score 0.8), C = a
