@@ -445,9 +445,9 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
         verts = (verts_np - origin).astype(np.float32)
     blocks = _Blocks(verts, _BLOCK_SIZE_M)
     del verts
-    verts_s = blocks.sorted_points
+    xyz = tuple(np.ascontiguousarray(blocks.sorted_points[:, i]) for i in range(3))  # columns: faster gathers
+    verts_s = blocks.sorted_points if cfg.weight_by_angle and normals is not None else None  # (for view rays)
     blocks.sorted_points = None
-    xyz = tuple(np.ascontiguousarray(verts_s[:, i]) for i in range(3))  # columns: faster gathers
     norms_s = None
     if cfg.weight_by_angle and normals is not None:
         nrm = np.asarray(normals).astype(np.float32)[blocks.perm]

@@ -140,6 +140,13 @@ def _perspective_rays(pts: np.ndarray, eye: np.ndarray, R: np.ndarray, width: in
 
 
 # ----------------------------------------------------------------------------------- render
+def _used_vertices(triangles: np.ndarray, n_vertices: int) -> np.ndarray:
+    """The vertex ids the triangles use, ascending (np.unique's result, without its sort)."""
+    used = np.zeros(n_vertices, bool)
+    used[triangles.reshape(-1)] = True
+    return np.flatnonzero(used)
+
+
 def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, height: int = 480,
                       views: Sequence[str] = ("oblique",), up=(0.0, 0.0, 1.0), cull_backfaces: bool = True,
                       max_height: float | None = None, blend: bool = False, shade: bool = True) -> list[np.ndarray]:
@@ -172,7 +179,7 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
         finite = np.isfinite(local[triangles]).all(axis=(1, 2))
         triangles = triangles[finite]
     if max_height is not None and len(triangles):
-        floor = local[np.unique(triangles), 2].min()
+        floor = local[_used_vertices(triangles, len(local)), 2].min()
         triangles = triangles[(local[triangles, 2] <= floor + max_height).all(axis=1)]
 
     p0, p1, p2 = (local[triangles[:, i]] for i in range(3))
@@ -180,7 +187,7 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
     with np.errstate(invalid="ignore", divide="ignore"):
         normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     centroids = (p0 + p1 + p2) / 3.0
-    used = local[np.unique(triangles)] if len(triangles) else np.zeros((0, 3))
+    used = local[_used_vertices(triangles, len(local))] if len(triangles) else np.zeros((0, 3))
     light = _unit([0.3, -0.45, 1.0])
 
     images = []
