@@ -20,7 +20,7 @@ from PIL import Image
 
 from labelmaker.fusion import FusionConfig, TSDFVolume
 from labelmaker.geometry import invert_transforms
-from labelmaker.io.registry import get_importer
+from labelmaker.io.registry import IMPORTERS
 from labelmaker.pipeline.stages import fuse_scene, import_scene
 from labelmaker.synthetic import SynthConfig, make_scene
 from labelmaker.workspace import Workspace
@@ -60,7 +60,7 @@ def seven_scenes_case(n_frames: int, cfg: FusionConfig, tmp: Path) -> None:
         for i in ids
     ]
     ws = Workspace(tmp / "7scenes")
-    importer = get_importer("posed_rgbd")
+    importer = IMPORTERS.get("posed_rgbd")
     import_cfg = importer.config(source="posed_rgbd", max_depth_m=cfg.depth_max_m)
     t0 = time.perf_counter()
     import_scene(SEVEN_SCENES, ws, import_cfg, progress=False)
@@ -77,7 +77,7 @@ def synthetic_case(n_frames: int, cfg: FusionConfig, tmp: Path) -> None:
         for n, T in zip(names, truth["T_cw"])
     ]
     ws = Workspace(tmp / "synth")
-    importer = get_importer("arkitscenes")
+    importer = IMPORTERS.get("arkitscenes")
     t0 = time.perf_counter()
     import_scene(scene.video_dir, ws, importer.config(), progress=False)
     import_fps = ws.read_scene_meta()["n_frames"] / (time.perf_counter() - t0)

@@ -25,7 +25,8 @@ import torch
 
 from labelmaker.masks import MaskModelConfig, SamConfig
 from labelmaker.masks.sam import SamMasks
-from labelmaker.segmenters.base import ModelConfig, OpenVocabConfig, build_segmenter, resolve_device
+from labelmaker.devices import resolve_device
+from labelmaker.segmenters.base import ModelConfig, OpenVocabConfig, build_segmenter
 from labelmaker.segmenters.runner import ImageRunner, RunOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--tiny", action="store_true", help="tiny random SAM and CLIP (CPU sanity run)")
     args = p.parse_args()
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     cuda = device.startswith("cuda")
     if not cuda:
         os.environ.setdefault("LABELMAKER_TORCHVISION_CPU_NMS", "1")  # explicit: this bench on a CPU-only torch

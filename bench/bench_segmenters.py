@@ -18,7 +18,8 @@ import time
 import numpy as np
 import torch
 
-from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig, build_segmenter, resolve_device
+from labelmaker.devices import resolve_device
+from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig, build_segmenter
 from labelmaker.segmenters.runner import ImageRunner, RunOptions
 from labelmaker.synthetic import SynthConfig, make_scene
 
@@ -60,7 +61,7 @@ def main() -> None:
     p.add_argument("--input-size", type=int, default=0, help="0: the model's own (512 / 640)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     color, upright = frames(args.frames)
     print(
         f"device {device} "

@@ -25,7 +25,8 @@ from labelmaker.config import load_config
 from labelmaker.pipeline.batch import SceneInput
 from labelmaker.pipeline.commands import read_status, status_report
 from labelmaker.pipeline.graph import expected_input_hash, scene_graph, stage_config
-from labelmaker.pipeline.records import package_versions, stable_hash
+from labelmaker.digests import stable_hash
+from labelmaker.pipeline.records import package_versions
 from labelmaker.pipeline.state import StateCache, StateReader, counts
 from labelmaker.workspace import BatchFolder, Workspace
 

@@ -28,7 +28,7 @@ from labelmaker.config import load_config
 from labelmaker.pipeline.batch import Controller, SceneInput
 from labelmaker.pipeline.executors import Task
 from labelmaker.pipeline.graph import scene_graph, stage_config
-from labelmaker.pipeline.records import stable_hash
+from labelmaker.digests import stable_hash
 from labelmaker.workspace import BatchFolder, Workspace
 
 OVERRIDES = ["models=none", "lift.mesh=/given/mesh.ply", "progress=false"]  # one stage ready per scene: consensus

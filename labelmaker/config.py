@@ -18,7 +18,7 @@ from .consensus import ConsensusConfig
 from .errors import ConfigError, config_message
 from .fusion import FusionConfig
 from .io.download import DownloadConfig
-from .io.registry import all_importers
+from .io.registry import IMPORTERS
 from .masks import MasksConfig
 from .pipeline.batch_config import BatchConfig, ClusterConfig
 from .pipeline.batch_report import BatchReportConfig
@@ -26,7 +26,7 @@ from .pipeline.dataset_export import DatasetExportConfig
 from .pipeline.eval_stages import EvaluateConfig
 from .pipeline.label_stages import ExportConfig, LiftStageConfig, SegmentConfig
 from .segmenters import ModelConfig
-from .segmenters.checkpoints import CheckpointsConfig
+from .checkpoints import CheckpointsConfig
 from .synthetic import SynthConfig
 
 
@@ -69,7 +69,7 @@ def config_dir() -> Path:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="labelmaker_schema", node=LabelmakerConfig)
-    for importer in all_importers().values():
+    for _, importer in IMPORTERS.items():
         cs.store(group="data", name=f"{importer.name}_schema", node=importer.config)
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
 

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .devices import cpu_threads, resolve_device, to_tensor
 from .lazy import LazyModule
 from .refine import SamRefineConfig
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "resolve_device", "cpu_threads", "dense_mapping", "disagreement", "keep_clear_majorities",
+           "dense_mapping", "disagreement", "keep_clear_majorities",
            "vanishing_classes", "agreement_counts", "reliability_weights"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
@@ -75,47 +75,13 @@ class ConsensusConfig:
     sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when torch sees a GPU, else CPU; 'cuda' without a GPU is an error."""
-    name = str(name).lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} but torch sees no CUDA device; use device=auto or cpu")
-    if name == "cpu" or name.startswith("cuda"):
-        return torch.device(name)
-    raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
-
-
-@contextmanager
-def cpu_threads(n: int):
-    """torch's intra-op CPU threads set to `n` for the block (0: torch's default, unchanged).
-
-    The consensus and lifting cores run many small operations (~10^5 elements): extra threads cost
-    more in hand-offs than they gain, and on a loaded machine spinning threads cost several times
-    the work (lifting a 240-frame scene used 7x the CPU time with 2 threads than with 1)."""
-    n = int(n)
-    before = torch.get_num_threads() if n > 0 else n
-    if n <= 0 or before == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _as_long(x: Any, device: torch.device) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device=device, dtype=torch.int64)
     a = np.asarray(x)
     if a.dtype.kind not in "iub":
         raise ValueError(f"label maps must hold integers, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a).astype(np.int64, copy=False)
-    if not a.flags.writeable:  # torch wants writable memory
-        a = a.copy()
-    return torch.from_numpy(a).to(device)
+    return to_tensor(a, device, torch.int64)
 
 
 def _mapping_arrays(

@@ -14,7 +14,7 @@ from typing import Optional
 
 from .errors import LabelmakerError
 from .segmenters.base import ModelConfig
-from .segmenters.checkpoints import CheckpointError, fetch_command, locate, verify
+from .checkpoints import CheckpointError, fetch_command, locate, verify
 
 MMSEG_PACKAGES = ("mmsegmentation", "mmdet", "mmengine", "mmcv", "mmcv-lite")
 

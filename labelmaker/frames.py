@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,3 +34,12 @@ class FrameBatch:
     def depth_m(self) -> np.ndarray:
         """Depth in metres as float32, 0 where missing."""
         return self.depth.astype(np.float32) / 1000.0
+
+
+@dataclass
+class SceneContext:
+    """What a frame model (segmenter, mask model) may know about the scene besides the frames."""
+
+    scene: str
+    source: str  # importer name
+    input_dir: Path  # the raw capture folder

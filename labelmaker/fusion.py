@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .devices import open3d_device
 from .frames import FrameBatch
 from .mesh import MeshArrays, canonical_order, empty_mesh
 
@@ -28,17 +29,6 @@ class FusionConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-def select_device(name: str):
-    import open3d.core as o3c
-
-    if name == "cpu":
-        return o3c.Device("CPU:0")
-    cuda = o3c.cuda.is_available()
-    if name == "cuda" and not cuda:
-        raise RuntimeError("fusion.device=cuda but open3d sees no CUDA device; use fusion.device=auto or cpu")
-    return o3c.Device("CUDA:0" if cuda else "CPU:0")
-
-
 class TSDFVolume:
     """An incremental TSDF volume: integrate frames one by one, then extract the mesh."""
 
@@ -47,7 +37,7 @@ class TSDFVolume:
         import open3d.core as o3c
 
         self.cfg = cfg
-        self.device = select_device(cfg.device)
+        self.device = open3d_device(cfg.device)
         self._o3d, self._o3c = o3d, o3c
         self.grid = o3d.t.geometry.VoxelBlockGrid(
             attr_names=("tsdf", "weight", "color"),

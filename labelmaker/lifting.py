@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .consensus import cpu_threads, resolve_device
+from .devices import cpu_threads, resolve_device, to_tensor
 from .lazy import LazyModule
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
@@ -76,20 +76,6 @@ class LiftResult:
     topk_shares: np.ndarray  # (V,k) float32 share of the vertex's votes, rows sum <= 1
     n_views: np.ndarray  # (V,) int32 frames in which the vertex was visible and labelled
     votes_total: np.ndarray  # (V,) float32 summed vote weight
-
-
-def _to_tensor(x: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype)
-    a = np.asarray(x)
-    if dtype.is_floating_point:
-        a = a.astype(np.float32 if dtype == torch.float32 else np.float64, copy=False)
-    else:
-        a = a.astype(np.int64, copy=False)
-    a = np.ascontiguousarray(a)
-    if not a.flags.writeable:  # torch wants writable memory
-        a = a.copy()
-    return torch.from_numpy(a).to(device)
 
 
 def _nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -160,9 +146,9 @@ class VoteAccumulator:
         """Add votes. Class id 0 and weight 0 entries are ignored. `distinct=True` promises that no
         vertex id occurs twice in this call (as in one frame of `lift`); it skips a sort."""
         dev = self.device
-        v = _to_tensor(vertex_ids, dev, torch.int64).reshape(-1)
-        c = _to_tensor(class_ids, dev, torch.int64).reshape(-1)
-        w = _to_tensor(weights, dev, torch.float32).reshape(-1)
+        v = to_tensor(vertex_ids, dev, torch.int64).reshape(-1)
+        c = to_tensor(class_ids, dev, torch.int64).reshape(-1)
+        w = to_tensor(weights, dev, torch.float32).reshape(-1)
         if w.numel() == 1 and v.numel() != 1:
             w = w.expand(v.numel())
         if not (v.numel() == c.numel() == w.numel()):
@@ -531,7 +517,7 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
 
     origin = np.mean(verts_np, axis=0, dtype=np.float64)  # work relative to the scene centre in float32
     if verts_np.dtype == np.float32:
-        verts = _to_tensor(verts_np, device, torch.float32) - torch.from_numpy(origin.astype(np.float32)).to(device)
+        verts = to_tensor(verts_np, device, torch.float32) - torch.from_numpy(origin.astype(np.float32)).to(device)
     else:
         verts = torch.from_numpy((verts_np - origin).astype(np.float32)).to(device)
     blocks = _Blocks(verts, _BLOCK_SIZE_M)
@@ -540,7 +526,7 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
     blocks.sorted_points = None
     norms_s = None
     if cfg.weight_by_angle and normals is not None:
-        nrm = _to_tensor(normals, device, torch.float32).index_select(0, blocks.perm)
+        nrm = to_tensor(normals, device, torch.float32).index_select(0, blocks.perm)
         norms_s = nrm / nrm.norm(dim=1, keepdim=True).clamp(min=1e-12)
         del nrm
     raycaster = None
@@ -559,7 +545,7 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
                 acc: VoteAccumulator, raycaster: _Raycaster | None, origin: np.ndarray, cfg: LiftConfig,
                 device: torch.device, on_visible: Callable | None = None) -> None:
     tol_m, tol_rel = float(cfg.depth_tolerance_m), float(cfg.depth_tolerance_rel)
-    labels = _to_tensor(frame.labels, device, torch.int64)
+    labels = to_tensor(frame.labels, device, torch.int64)
     if labels.ndim != 2 or labels.numel() == 0:
         raise ValueError(f"frame {index}: labels must be (H,W), got {tuple(labels.shape)}")
     H, W = labels.shape
@@ -570,7 +556,7 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
                          f"0..{acc.n_classes - 1}")
     conf = None
     if cfg.weight_by_confidence and frame.confidence is not None:
-        conf = _to_tensor(frame.confidence, device, torch.float32).reshape(-1)
+        conf = to_tensor(frame.confidence, device, torch.float32).reshape(-1)
         if conf.numel() != H * W:
             raise ValueError(f"frame {index}: confidence must have the label raster's shape {(H, W)}")
     near_edge = boundary_weight(labels.view(H, W), int(cfg.boundary_px)).reshape(-1) if cfg.boundary_px > 0 else None
@@ -578,19 +564,19 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
         conf = near_edge if conf is None else conf * near_edge
     more, more_w = [], []
     if frame.more_labels is not None:
-        layers = _to_tensor(frame.more_labels, device, torch.int64).reshape(-1, H * W)
+        layers = to_tensor(frame.more_labels, device, torch.int64).reshape(-1, H * W)
         if layers.shape[1] != H * W:
             raise ValueError(f"frame {index}: more_labels must be (R,H,W) with the label raster's (H,W) = {(H, W)}")
         shares = None
         if frame.more_confidence is not None and cfg.weight_by_confidence:
-            shares = _to_tensor(frame.more_confidence, device, torch.float32).reshape(-1, H * W)
+            shares = to_tensor(frame.more_confidence, device, torch.float32).reshape(-1, H * W)
         for r in range(layers.shape[0]):
             w_r = shares[r] if shares is not None else (layers[r] > 0).to(torch.float32)
             more.append(layers[r])
             more_w.append(w_r * near_edge if near_edge is not None else w_r)
     depth = None
     if frame.depth_m is not None:
-        depth = _to_tensor(frame.depth_m, device, torch.float32)
+        depth = to_tensor(frame.depth_m, device, torch.float32)
         if depth.ndim != 2:
             raise ValueError(f"frame {index}: depth must be (H,W), got {tuple(depth.shape)}")
         Hd, Wd = depth.shape

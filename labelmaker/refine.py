@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from .devices import resolve_device, to_tensor
 from .lazy import LazyModule
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
@@ -46,13 +45,6 @@ class Refined:
     masks_seen: int
 
 
-def _as_tensor(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype)
-    np_dtype = np.int64 if dtype == torch.int64 else np.float32
-    return torch.from_numpy(np.array(x, dtype=np_dtype)).to(device)  # a copy: torch wants writable memory
-
-
 def refine_with_masks(
     labels, confidence, mask_ids, cfg: SamRefineConfig, device: str = "auto", runners_up=None
 ) -> Refined:
@@ -70,15 +62,13 @@ def refine_with_masks(
     edge from overruling what the models saw there. A pixel whose label changes gets the mean confidence
     of the mask's pixels that voted for d. Pixels outside refined masks keep label and confidence.
     """
-    from .consensus import resolve_device  # consensus.py imports this module for its config
-
     dev = resolve_device(device)
-    lab = _as_tensor(labels, dev, torch.int64)
-    conf = _as_tensor(confidence, dev, torch.float32)
-    ids = _as_tensor(mask_ids, dev, torch.int64)
+    lab = to_tensor(labels, dev, torch.int64, copy=True)
+    conf = to_tensor(confidence, dev, torch.float32, copy=True)
+    ids = to_tensor(mask_ids, dev, torch.int64, copy=True)
     if cfg.require_vote and runners_up is None:
         raise ValueError("require_vote needs the runners-up (the consensus's ranked classes)")
-    others = _as_tensor(runners_up, dev, torch.int64).reshape(-1, lab.numel()) if cfg.require_vote else None
+    others = to_tensor(runners_up, dev, torch.int64, copy=True).reshape(-1, lab.numel()) if cfg.require_vote else None
     if not (lab.shape == conf.shape == ids.shape):
         raise ValueError(
             f"labels {tuple(lab.shape)}, confidence {tuple(conf.shape)} and mask ids {tuple(ids.shape)} must have one "

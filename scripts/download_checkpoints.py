@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Download model checkpoints listed in labelmaker/segmenters/checkpoints.csv (needs internet).
+"""Download model checkpoints listed in labelmaker/checkpoints.csv (needs internet).
 
     python scripts/download_checkpoints.py                         # list the manifest
     python scripts/download_checkpoints.py mask2former_swin-l_ade20k sam_vit_h --dir /ckpt
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from labelmaker.errors import LabelmakerError
-from labelmaker.segmenters.checkpoints import ENV_DIR, manifest
+from labelmaker.checkpoints import ENV_DIR, manifest
 from labelmaker.segmenters.download import download
 
 

@@ -12,7 +12,7 @@ from batch_helpers import status_json, submissions
 from labelmaker.cli import main
 from labelmaker.config import load_config
 from labelmaker.pipeline.graph import expected_input_hash, scene_graph, stage_config
-from labelmaker.pipeline.records import stable_hash
+from labelmaker.digests import stable_hash
 from labelmaker.pipeline.state import StateReader
 from labelmaker.workspace import BatchFolder, Workspace
 

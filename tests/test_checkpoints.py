@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from labelmaker.cli import main
-from labelmaker.segmenters import checkpoints
+from labelmaker import checkpoints
 from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig
-from labelmaker.segmenters.checkpoints import (
+from labelmaker.checkpoints import (
     CheckpointEntry,
     CheckpointError,
     load_checkpoint,

@@ -23,7 +23,7 @@ from labelmaker.segmenters.base import (
     build_segmenter,
     clear_segmenter_cache,
 )
-from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
+from labelmaker.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.grounded_sam import box_candidates, paint, prompt_chunks, vocabulary  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402
 

@@ -17,7 +17,7 @@ from labelmaker.pipeline.label_stages import consensus_scene, model_votes, segme
 from labelmaker.pipeline.stages import import_scene  # noqa: E402
 # noqa: E402
 from labelmaker.segmenters.base import Mask2FormerConfig, ModelConfig, build_segmenter, clear_segmenter_cache
-from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
+from labelmaker.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.mask2former import build_model  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from labelmaker.errors import SetupError  # noqa: E402
 from labelmaker.labels import label_space  # noqa: E402
 from labelmaker.segmenters.base import ModelConfig, OnnxConfig, build_segmenter  # noqa: E402
-from labelmaker.segmenters.checkpoints import CheckpointEntry, CheckpointError  # noqa: E402
+from labelmaker.checkpoints import CheckpointEntry, CheckpointError  # noqa: E402
 from labelmaker.segmenters.onnx import CPU, CUDA, TENSORRT, execution_providers  # noqa: E402
 
 RNG = np.random.default_rng(5)
@@ -172,7 +172,7 @@ def test_an_id_output_is_shifted_and_unknown_ids_become_unlabelled(tmp_path):
 
 
 def test_setup_mistakes_are_one_clear_error_each(tmp_path, monkeypatch):
-    from labelmaker.segmenters import checkpoints
+    from labelmaker import checkpoints
 
     tiny_model(tmp_path / "tiny.onnx", np.eye(3))
     with pytest.raises(CheckpointError, match="missing.onnx is missing from"):
@@ -211,7 +211,7 @@ def test_execution_providers_follow_the_device():
 
 def test_the_deeplab_preset_composes_and_names_its_manifest_entry():
     from labelmaker.config import load_config
-    from labelmaker.segmenters.checkpoints import manifest
+    from labelmaker.checkpoints import manifest
 
     cfg, _ = load_config(["models=deeplab_ade20k_onnx", "checkpoints.dir=/nowhere"])
     model = cfg.segment.models["deeplab_ade20k"]

@@ -58,7 +58,7 @@ def test_clip_checkpoint_forms_load_with_every_key_and_give_the_same_embeddings(
 
 
 def test_bad_clip_checkpoints_are_clear_errors(checkpoints, tmp_path):
-    from labelmaker.segmenters.checkpoints import CheckpointError
+    from labelmaker.checkpoints import CheckpointError
     from labelmaker.segmenters.open_vocab import OpenVocabSegmenter
 
     clip, folder = checkpoints
@@ -141,7 +141,7 @@ def test_presets_compose_into_typed_configs(tmp_path):
     from labelmaker.config import load_config
     from labelmaker.doctor import model_checkpoints
     from labelmaker.masks import MaskModelConfig
-    from labelmaker.segmenters.checkpoints import manifest
+    from labelmaker.checkpoints import manifest
 
     cfg = load_config(
         [

@@ -12,7 +12,8 @@ from labelmaker.config import load_config
 from labelmaker.pipeline.batch import Controller, SceneInput, bucket_of, discover_scenes
 from labelmaker.pipeline.graph import scale, scene_graph, stage_config
 from labelmaker.pipeline.journal import Journal
-from labelmaker.pipeline.records import _now, stable_hash
+from labelmaker.digests import stable_hash
+from labelmaker.pipeline.records import _now
 from labelmaker.pipeline.slurm import job_state, sbatch_parameters
 from labelmaker.pipeline.state import StateReader
 from labelmaker.workspace import BatchFolder, Workspace

@@ -79,7 +79,7 @@ def test_mask_stage_runs_sam_on_a_synthetic_scene(tiny_sam, synth_scene_factory,
 
 def test_bad_checkpoints_and_small_images_are_clear_errors(tiny_sam, tmp_path):
     from labelmaker.masks.sam import SamMasks, load_sam
-    from labelmaker.segmenters.checkpoints import CheckpointError
+    from labelmaker.checkpoints import CheckpointError
 
     _, folder = tiny_sam
     with pytest.raises(CheckpointError, match="tiny_sam.pth is missing"):

@@ -22,7 +22,7 @@ from labelmaker.pipeline.label_stages import consensus_scene, model_votes, segme
 from labelmaker.pipeline.stages import import_scene  # noqa: E402
 # noqa: E402
 from labelmaker.segmenters.base import ModelConfig, TransformersConfig, build_segmenter, clear_segmenter_cache
-from labelmaker.segmenters.checkpoints import CheckpointError  # noqa: E402
+from labelmaker.checkpoints import CheckpointError  # noqa: E402
 from labelmaker.segmenters.huggingface import class_lut, windows  # noqa: E402
 from labelmaker.workspace import Workspace  # noqa: E402
 

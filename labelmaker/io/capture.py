@@ -16,10 +16,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..digests import stable_hash
 from ..errors import BadInputError
 from ..frames import FrameBatch
 from ..geometry import camera_centres, rotation_angle_deg, upright_rotations
-from ..pipeline.records import stable_hash
 from ..workspace import Workspace
 from .images import read_image, resample_nearest, resize_color, scale_intrinsics
 

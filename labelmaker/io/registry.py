@@ -1,10 +1,14 @@
-"""Importers by name: each one is a config dataclass and a function that indexes a capture."""
+"""Importers by name: each one is a config dataclass and a function that indexes a capture.
+
+Importer modules register themselves in IMPORTERS; the `labelmaker.io` package imports them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..registry import Registry
 from .capture import CaptureIndex, ImportConfig
 
 
@@ -16,30 +20,8 @@ class Importer:
     description: str
 
 
-IMPORTERS: dict[str, Importer] = {}
+IMPORTERS: Registry[Importer] = Registry("importer")
 
 
 def register_importer(importer: Importer) -> Importer:
-    if importer.name in IMPORTERS:
-        raise ValueError(f"importer {importer.name!r} registered twice")
-    IMPORTERS[importer.name] = importer
-    return importer
-
-
-def all_importers() -> dict[str, Importer]:
-    """Every registered importer, the built-in ones included."""
-    _load_builtin()
-    return IMPORTERS
-
-
-def get_importer(name: str) -> Importer:
-    _load_builtin()
-    try:
-        return IMPORTERS[name]
-    except KeyError:
-        raise KeyError(f"unknown importer {name!r}; known: {', '.join(sorted(IMPORTERS))}") from None
-
-
-def _load_builtin() -> None:
-    """Import the built-in importer modules, which register themselves."""
-    from . import arkitscenes, posed_rgbd, scanner3d  # noqa: F401
+    return IMPORTERS.register(importer.name, importer)

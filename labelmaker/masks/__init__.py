@@ -2,7 +2,10 @@
 
 A mask model turns frames into per-pixel mask-id maps (uint16, 0 = no mask, ids per frame).
 They refine the consensus (labelmaker.refine) and propose regions to the open-vocabulary model.
+Kinds register themselves in `base.MASK_MODELS`; this package imports them (the registry does not).
 """
-from .base import MaskModelConfig, MasksConfig, SamArch, SamConfig, SimulatedMaskNoise, build_mask_model
+from . import sam, simulated  # noqa: F401  (register their kinds)
+from .base import MASK_MODELS, MaskModelConfig, MasksConfig, SamArch, SamConfig, SimulatedMaskNoise, build_mask_model
 
-__all__ = ["MaskModelConfig", "MasksConfig", "SamArch", "SamConfig", "SimulatedMaskNoise", "build_mask_model"]
+__all__ = ["MASK_MODELS", "MaskModelConfig", "MasksConfig", "SamArch", "SamConfig", "SimulatedMaskNoise",
+           "build_mask_model"]

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Protocol
+from typing import Dict, List, Optional, Protocol
 
 import numpy as np
 
-from ..frames import FrameBatch
-
-if TYPE_CHECKING:  # (segmenters.base imports this module for the open-vocabulary model's proposals)
-    from ..segmenters.base import SceneContext
+from ..frames import FrameBatch, SceneContext
+from ..registry import Registry
 
 
 @dataclass
@@ -99,17 +97,12 @@ class MasksConfig:
 class MaskModel(Protocol):
     name: str
 
-    def masks(self, batch: FrameBatch, ctx: "SceneContext") -> np.ndarray:
+    def masks(self, batch: FrameBatch, ctx: SceneContext) -> np.ndarray:
         """(N,H,W) uint16 mask-id maps at the batch's colour raster (0 = no mask)."""
 
 
+MASK_MODELS: Registry = Registry("mask model kind")  # kind -> class(name, cfg); masks/__init__.py imports the kinds
+
+
 def build_mask_model(name: str, cfg: MaskModelConfig) -> MaskModel:
-    if cfg.kind == "simulated":
-        from .simulated import SimulatedMasks
-
-        return SimulatedMasks(name, cfg)
-    if cfg.kind == "sam":
-        from .sam import SamMasks
-
-        return SamMasks(name, cfg)
-    raise ValueError(f"mask model {name!r}: unknown kind {cfg.kind!r}; known: sam, simulated")
+    return MASK_MODELS.build(cfg.kind, name, cfg, context=f"mask model {name!r}: ")

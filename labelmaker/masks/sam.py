@@ -11,13 +11,15 @@ import json
 from functools import partial
 
 import numpy as np
-import torch
 
+from ..devices import resolve_device
 from ..errors import BadInputError
-from ..frames import FrameBatch
-from ..segmenters.base import SceneContext
-from .base import MaskModelConfig, SamArch, SamConfig
+from ..frames import FrameBatch, SceneContext
+from ..lazy import LazyModule
+from .base import MASK_MODELS, MaskModelConfig, SamArch, SamConfig
 from .idmap import masks_to_id_map
+
+torch = LazyModule("torch")  # loaded on first use: the package imports this module to register it
 
 MIN_SIZE = 32  # smallest image side (px) we hand to SAM
 _MODELS: dict[str, torch.nn.Module] = {}
@@ -70,7 +72,7 @@ def build_sam(arch: SamArch) -> torch.nn.Module:
 
 def load_weights(model: torch.nn.Module, state, source: str, what: str = "SAM") -> None:
     """Load a plain state dict strictly: a missing, unexpected or reshaped key is an error."""
-    from ..segmenters.checkpoints import CheckpointError
+    from ..checkpoints import CheckpointError
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
@@ -94,7 +96,7 @@ def load_weights(model: torch.nn.Module, state, source: str, what: str = "SAM") 
 
 def load_sam(cfg: SamConfig) -> torch.nn.Module:
     """SAM of cfg's architecture with the checkpoint's weights (random weights when checkpoint is null)."""
-    from ..segmenters.checkpoints import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     state, path = load_checkpoint(cfg.checkpoint, cfg.checkpoint_dir) if cfg.checkpoint else (None, None)
     model = build_sam(cfg.architecture())
@@ -107,10 +109,9 @@ def _model_key(cfg: SamConfig) -> str:
     return json.dumps(dataclasses.asdict(cfg) | {"points_per_batch": None}, sort_keys=True, default=str)
 
 
+@MASK_MODELS.register("sam")
 class SamMasks:
     def __init__(self, name: str, cfg: MaskModelConfig):
-        from ..consensus import resolve_device
-
         self.name = name
         self.cfg = cfg
         self.sam_cfg = cfg.sam

@@ -11,14 +11,14 @@ import zlib
 import numpy as np
 from scipy import ndimage
 
-from ..frames import FrameBatch
+from ..frames import FrameBatch, SceneContext
 from ..io.ground_truth import GroundTruth, simulation_ground_truth
 from ..io.images import resize_nearest
-from ..segmenters.base import SceneContext
-from .base import MaskModelConfig, SimulatedMaskNoise
+from .base import MASK_MODELS, MaskModelConfig, SimulatedMaskNoise
 from .idmap import compact_ids
 
 
+@MASK_MODELS.register("simulated")
 class SimulatedMasks:
     def __init__(self, name: str, cfg: MaskModelConfig):
         self.name = name

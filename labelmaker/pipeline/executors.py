@@ -6,7 +6,8 @@ All speak one small protocol used by the batch controller:
   recover(token)                         -> {scene: job id} of a submission never journaled
 A job's outcome is read from the stage record it leaves; `poll` only says whether it is over
 and, when the scheduler knows better than the record (timeout, preemption, cancellation, memory),
-why it ended. The SLURM executor is in slurm.py so that nothing here needs SLURM.
+why it ended. The SLURM executor is in slurm.py so that nothing here needs SLURM. Executors are found by
+`cluster.executor` in EXECUTORS.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from ..errors import LabelmakerError
+from ..registry import Registry
 from ..workspace import Workspace, stage_entries
 from .graph import Resources, StageSpec, run_graph_stage
 
 log = logging.getLogger(__name__)
 
 JOB_STATES = ("pending", "running", "finished")  # anything else returned by poll is an error class
+# cluster.executor -> class(jobs_dir, cluster_cfg); slurm.py registers "slurm"
+EXECUTORS: Registry = Registry("executor")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Executor(Protocol):
     def recover(self, token: str) -> dict[str, str]: ...
 
 
+@EXECUTORS.register("inprocess")
 class InProcessExecutor:
     """Runs each task at once, one after the other, in this process (debugging, small tests)."""
 
@@ -131,6 +136,7 @@ def recover_from_folder(folder: Path) -> dict[str, str]:
     return found
 
 
+@EXECUTORS.register("local")
 class LocalProcessExecutor:
     """submitit's LocalExecutor: one child process per task, all started at once."""
 
@@ -173,13 +179,4 @@ class LocalProcessExecutor:
 
 
 def make_executor(cluster_cfg, jobs_dir: Path) -> Executor:
-    kind = cluster_cfg.executor
-    if kind == "inprocess":
-        return InProcessExecutor(jobs_dir, cluster_cfg)
-    if kind == "local":
-        return LocalProcessExecutor(jobs_dir, cluster_cfg)
-    if kind == "slurm":
-        from .slurm import SlurmArrayExecutor
-
-        return SlurmArrayExecutor(jobs_dir, cluster_cfg)
-    raise LabelmakerError(f"cluster.executor={kind!r}: expected inprocess, local or slurm")
+    return EXECUTORS.build(cluster_cfg.executor, jobs_dir, cluster_cfg, context="cluster.executor: ")

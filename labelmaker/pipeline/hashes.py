@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Mapping, Optional
 
-from .records import stable_hash
+from ..digests import stable_hash
 
 REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
 

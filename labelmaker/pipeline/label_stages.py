@@ -32,20 +32,22 @@ from ..consensus_numpy import vote_numpy
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
+from ..devices import resolve_device
 from ..instances import InstancesConfig, MaskEvidence, instance_classes, merge_instances
 from ..lazy import numpy_on_cpu
 from ..lifting import LiftConfig, LiftFrame, frames_in_view
 from ..lifting_numpy import lift
 from ..mesh import MeshArrays, read_checked_mesh
+from ..segmenters import ModelConfig
+from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources
 from ..segments import SegmentsConfig, mesh_edges, pool_votes, segment_adjacency, segment_mesh
-from ..segmenters import ModelConfig, SceneContext
-from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources, resolve_device
 from ..segmenters.runner import ImageRunner, RunOptions
 from ..workspace import CONSENSUS_STATS, Workspace, atomic_path, scene_input_path, write_json_atomic
 from .hashes import consensus_input_hash, hashed_config, lift_input_hash, segment_config, versioned
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
-from .records import StageOutcome, run_stage, stable_hash
-from .stages import FrameShardPass, require_done
+from ..digests import stable_hash
+from .records import StageOutcome, run_stage
+from .stages import FrameShardPass, require_done, scene_context
 
 
 @dataclass
@@ -76,11 +78,6 @@ class ExportConfig:
 
 def segment_stage(model: str) -> str:
     return f"segment-{model}"
-
-
-def scene_context(ws: Workspace) -> SceneContext:
-    meta = ws.read_scene_meta()
-    return SceneContext(scene=meta["scene"], source=meta["source"], input_dir=Path(meta["input_dir"]))
 
 
 def segment_scene(
@@ -137,7 +134,7 @@ def _image_runner(segmenter, cfg: ModelConfig, model: str) -> ImageRunner | None
         if cfg.flip_tta:
             raise ValueError(f"model {model!r}: flip_tta applies to image models only, not to kind {cfg.kind!r}")
         return None
-    device = getattr(segmenter, "device", None) or resolve_device(cfg.device)
+    device = getattr(segmenter, "device", None) or str(resolve_device(cfg.device))
     return ImageRunner(
         segmenter, RunOptions(batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=str(device), fp16=cfg.fp16)
     )

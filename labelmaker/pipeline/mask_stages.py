@@ -14,8 +14,9 @@ from ..masks import MaskModelConfig, build_mask_model
 from ..refine import SamRefineConfig, refine_with_masks
 from ..workspace import Workspace
 from .hashes import versioned
-from .records import StageOutcome, run_stage, stable_hash
-from .stages import FrameShardPass, require_done
+from ..digests import stable_hash
+from .records import StageOutcome, run_stage
+from .stages import FrameShardPass, require_done, scene_context
 
 
 def mask_stage(model: str) -> str:
@@ -26,8 +27,6 @@ def masks_scene(
     ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = False, progress: bool = True
 ) -> StageOutcome:
     """Stage `masks-<model>`: a uint16 mask-id map per frame at the colour raster (0 = no mask)."""
-    from .label_stages import scene_context
-
     stage = mask_stage(model)
     imported = require_done(ws, stage, "import")
     config = versioned("masks", dataclasses.asdict(cfg))

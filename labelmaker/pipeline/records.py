@@ -6,8 +6,6 @@ is skipped when its done-record matches the current config and input hashes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import sys
@@ -19,19 +17,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Callable, Iterator
 
+from ..digests import stable_hash
 from ..errors import LabelmakerError
 from ..workspace import Workspace
 
 _VERSIONED = ("labelmaker", "numpy", "open3d-cpu", "open3d", "h5py", "torch", "scipy")
-
-
-# json.dumps with these options builds a new encoder per call; status hashes ~15,000 times
-_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
-
-
-def stable_hash(data) -> str:
-    """A short hash of JSON-able data, independent of dict order."""
-    return hashlib.sha256(_ENCODER.encode(data).encode()).hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import submitit
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from .executors import StageTask, Task, recover_from_folder, submitit_folder
+from .executors import EXECUTORS, StageTask, Task, recover_from_folder, submitit_folder
 from .graph import Resources, StageSpec
 
 # sacct states -> what the controller needs to know
@@ -58,6 +58,7 @@ def sbatch_parameters(cluster, res: Resources, token: str) -> dict:
     return params
 
 
+@EXECUTORS.register("slurm")
 class SlurmArrayExecutor:
     name = "slurm"
 

@@ -8,13 +8,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import BadInputError, StageDependencyError
+from ..frames import SceneContext
 from ..fusion import FusionConfig, TSDFVolume, iter_frames
 from ..io.capture import ImportConfig, file_signatures, write_capture
 from ..io.download import DownloadConfig, download_video, local_manifest, parse_video_dir
-from ..io.registry import get_importer
+from ..io.registry import IMPORTERS
 from ..workspace import Workspace
 from .hashes import download_config, versioned
-from .records import StageOutcome, run_stage, stable_hash
+from ..digests import stable_hash
+from .records import StageOutcome, run_stage
 
 
 def _as_dict(cfg) -> dict:
@@ -63,7 +65,7 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
     without reading the files, and it goes into the shards' fingerprints: the importer's own
     index sees names and poses, not pixels, so re-fetched files that differ only in content
     must not let old shards be reused."""
-    importer = get_importer(cfg.source)
+    importer = IMPORTERS.get(cfg.source)
     input_dir = Path(input_dir).resolve()
     config = versioned("import", _as_dict(cfg))
     config_hash = stable_hash(config)
@@ -95,6 +97,11 @@ def require_done(ws: Workspace, stage: str, needed: str) -> dict:
             ws.scene, stage, needed, f"run stage '{needed}' for {ws.root} first (labelmaker run does all stages)"
         )
     return record
+
+
+def scene_context(ws: Workspace) -> SceneContext:
+    meta = ws.read_scene_meta()
+    return SceneContext(scene=meta["scene"], source=meta["source"], input_dir=Path(meta["input_dir"]))
 
 
 class FrameShardPass:

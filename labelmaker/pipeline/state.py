@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 from ..workspace import Workspace, state_index_entry
 from .graph import StageSpec, expected_input_hash, input_constants, stage_config
-from .records import stable_hash
+from ..digests import stable_hash
 
 ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
 _HOST = socket.gethostname()

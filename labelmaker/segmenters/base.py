@@ -9,15 +9,14 @@ colour raster of the frames. Two kinds:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..frames import FrameBatch
+from ..frames import FrameBatch, SceneContext
 from ..masks.base import MaskModelConfig, SamConfig
+from ..registry import Registry
 
 
 @dataclass
@@ -197,15 +196,6 @@ class ModelConfig:
     grounded_sam: GroundedSamConfig = field(default_factory=GroundedSamConfig)
 
 
-@dataclass
-class SceneContext:
-    """What a segmenter may know about the scene besides the frames."""
-
-    scene: str
-    source: str  # importer name
-    input_dir: Path  # the raw capture folder
-
-
 class Segmenter(Protocol):
     label_space: str
     # optional class attribute `reads_pixels = False`: predict() needs the frames' names and raster
@@ -240,48 +230,13 @@ def model_resources(segmenter) -> Resources:
     return getattr(segmenter, "resources", None) or Resources()
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> "cuda" when torch sees a GPU, else "cpu"; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-_REGISTRY: dict[str, Callable[[str, ModelConfig], Segmenter]] = {}
-
-
-def register_segmenter(kind: str):
-    def decorate(factory):
-        if kind in _REGISTRY:
-            raise ValueError(f"segmenter kind {kind!r} registered twice")
-        _REGISTRY[kind] = factory
-        return factory
-
-    return decorate
-
-
-# segmenter kind -> the module of this package that registers it (when imported)
-_KIND_MODULES = {"grounded_sam": "grounded_sam", "mask2former": "mask2former", "onnx": "onnx",
-                 "open_vocab": "open_vocab", "precomputed": "precomputed", "simulated": "simulated",
-                 "transformers": "huggingface"}
+# kind -> factory(name, cfg); segmenters/__init__.py imports the kinds
+SEGMENTERS: Registry = Registry("segmenter kind")
+register_segmenter = SEGMENTERS.register
 
 
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
-    # only the configured kind's module: open_vocab loads torch (1.4 s, 200 MB), simulated scipy, and a
-    # segment job of precomputed predictions needs neither; an unknown kind loads all to list them
-    modules = [_KIND_MODULES[cfg.kind]] if cfg.kind in _KIND_MODULES else sorted(set(_KIND_MODULES.values()))
-    for module in modules:
-        importlib.import_module(f"{__package__}.{module}")
-
-    try:
-        factory = _REGISTRY[cfg.kind]
-    except KeyError:
-        raise ValueError(
-            f"model {name!r}: unknown segmenter kind {cfg.kind!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return factory(name, cfg)
+    return SEGMENTERS.build(cfg.kind, name, cfg, context=f"model {name!r}: ")
 
 
 _CACHE: dict[str, Any] = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..checkpoints import CheckpointEntry, CheckpointError, fetch_command, verify
 from ..io.download import DownloadConfig, fetch_file
-from .checkpoints import CheckpointEntry, CheckpointError, fetch_command, verify
 
 
 def download(entry: CheckpointEntry, folder: Path, progress: bool = True, cfg: Optional[DownloadConfig] = None) -> str:

@@ -16,12 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ..checkpoints import CheckpointError, locate_model_folder
+from ..devices import inference_mode, resolve_device
 from ..errors import SetupError
-from .base import GroundedSamConfig, ModelConfig, Resources, register_segmenter, resolve_device
-from .checkpoints import CheckpointError, locate_model_folder
+from ..lazy import LazyModule
+from .base import GroundedSamConfig, ModelConfig, Resources, register_segmenter
 from .huggingface import from_folder, import_transformers, load_tokenizer, resolve_preprocess, resized_shape
+
+torch = LazyModule("torch")  # loaded on first use: the package imports this module to register it
 
 MODEL_TYPE = "grounding-dino"
 
@@ -149,7 +152,7 @@ class GroundedSamSegmenter:
             )
         self.label_space = "unified"
         self.cfg: GroundedSamConfig = cfg.grounded_sam
-        self.device = resolve_device(cfg.device)
+        self.device = str(resolve_device(cfg.device))
         self.class_ids, self.phrases = vocabulary(self.cfg)
         model, self.tokenizer, folder = load_detector(self.cfg, cfg.checkpoint_dir)
         self.pre = resolve_preprocess(self.cfg.detector, folder, MODEL_TYPE, None)
@@ -171,7 +174,7 @@ class GroundedSamSegmenter:
             detections = self.detect(images)
             return np.stack([self.segment(image, *found) for image, found in zip(images, detections)])
 
-    @torch.inference_mode()
+    @inference_mode
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per frame: boxes (K,4) x0,y0,x1,y1 in pixels, unified class ids (K,), scores (K,)."""
         import torch.nn.functional as F

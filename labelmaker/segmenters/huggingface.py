@@ -29,9 +29,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..checkpoints import CheckpointError, locate_model_folder
+from ..devices import resolve_device
 from ..errors import SetupError
-from .base import ModelConfig, Resources, TransformersConfig, register_segmenter, resolve_device
-from .checkpoints import CheckpointError, locate_model_folder
+from .base import ModelConfig, Resources, TransformersConfig, register_segmenter
 
 # model_type -> (transformers class, kind of head)
 ARCHITECTURES = {
@@ -320,7 +321,7 @@ class TransformersSegmenter:
         self.name = name
         self.label_space = cfg.label_space
         self.cfg: TransformersConfig = cfg.transformers
-        self.device = resolve_device(cfg.device)
+        self.device = str(resolve_device(cfg.device))
         model, self.folder, self.model_type = load_model(self.cfg, cfg.label_space, cfg.checkpoint_dir)
         source = str(self.folder or "transformers.arch")
         self.lut = class_lut(dict(model.config.id2label), cfg.label_space, source)

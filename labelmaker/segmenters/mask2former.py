@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoints import CheckpointError, load_checkpoint
+from ..devices import resolve_device
 from ..errors import SetupError
-from .base import Mask2FormerConfig, ModelConfig, Resources, register_segmenter, resolve_device
-from .checkpoints import CheckpointError, load_checkpoint
+from .base import Mask2FormerConfig, ModelConfig, Resources, register_segmenter
 
 MEAN = (123.675, 116.28, 103.53)  # RGB, as in mmseg's ADE20K configs
 STD = (58.395, 57.12, 57.375)
@@ -70,7 +71,7 @@ def load_weights(model, state: Any, source: str) -> None:
     """Load an mmseg checkpoint (dict with `state_dict`) strictly; any key mismatch is an error."""
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(source, "is not an mmseg checkpoint (a dict with 'state_dict' and 'meta')",
-                              "use a checkpoint from mmseg's model zoo (see labelmaker/segmenters/checkpoints.csv)")
+                              "use a checkpoint from mmseg's model zoo (see labelmaker/checkpoints.csv)")
     result = model.load_state_dict(state["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -95,7 +96,7 @@ class Mask2FormerSegmenter:
         self.name = name
         self.label_space = cfg.label_space
         self.cfg = cfg.mask2former
-        self.device = resolve_device(cfg.device)
+        self.device = str(resolve_device(cfg.device))
         # weights first: a missing or damaged checkpoint fails before the (slow) build
         state, path = (
             load_checkpoint(self.cfg.checkpoint, cfg.checkpoint_dir)

@@ -13,7 +13,7 @@ becomes the space's unlabelled id: it votes for nothing).
 Logits are reduced to labels (and, when asked, the winning class's softmax probability) one frame
 at a time straight after the forward pass: no (H,W,C) float map outlives its frame.
 
-Execution providers follow the model's `device` (base.resolve_device): CPU, or with
+Execution providers follow the model's `device` (devices.resolve_device): CPU, or with
 onnxruntime-gpu on a CUDA machine the CUDA provider (TensorRT first when `onnx.tensorrt`).
 """
 
@@ -26,10 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..checkpoints import CheckpointError, fetch_command, locate, verify
+from ..devices import resolve_device
 from ..errors import SetupError
 from ..io.images import resize_color, resize_nearest
-from .base import ModelConfig, OnnxConfig, Resources, register_segmenter, resolve_device
-from .checkpoints import CheckpointError, fetch_command, locate, verify
+from .base import ModelConfig, OnnxConfig, Resources, register_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class OnnxSegmenter:
         self.label_space = cfg.label_space
         self.cfg = cfg.onnx
         self.requested_device = cfg.device
-        self.device = resolve_device(cfg.device)
+        self.device = str(resolve_device(cfg.device))
         self._check_config()
         path, entry = locate(self.cfg.checkpoint, cfg.checkpoint_dir)
         self.verified = verify(path, entry)

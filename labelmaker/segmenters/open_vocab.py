@@ -15,13 +15,16 @@ Weights: open_clip's format (a state dict, or a training checkpoint with `state_
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from ..checkpoints import CheckpointError, load_checkpoint
+from ..devices import inference_mode, resolve_device
+from ..lazy import LazyModule
 from ..masks.base import MaskModelConfig
 from ..masks.sam import SamMasks, load_weights
-from .base import ModelConfig, OpenVocabConfig, Resources, register_segmenter, resolve_device
-from .checkpoints import CheckpointError, load_checkpoint
+from .base import ModelConfig, OpenVocabConfig, Resources, register_segmenter
+
+torch = LazyModule("torch")  # loaded on first use: the package imports this module to register it
+F = LazyModule("torch.nn.functional")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation (RGB, 0..1)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -116,7 +119,7 @@ class OpenVocabSegmenter:
         self.cfg: OpenVocabConfig = cfg.open_vocab
         if not self.cfg.templates or any("{}" not in t for t in self.cfg.templates):
             raise ValueError(f"model {name!r}: every open_vocab.templates entry needs a '{{}}' for the class name")
-        self.device = resolve_device(cfg.device)
+        self.device = str(resolve_device(cfg.device))
         self.class_ids, self.words = vocabulary(self.cfg)
         # weights first: a missing or damaged checkpoint fails before the build
         state, path = (
@@ -140,7 +143,7 @@ class OpenVocabSegmenter:
         self.text = self.text_embeddings()
         self.resources = Resources(gpu=True, memory_gb=8.0)  # rough: SAM ViT-H + CLIP ViT-L, not measured here
 
-    @torch.inference_mode()
+    @inference_mode
     def text_embeddings(self) -> torch.Tensor:
         """(C, D) unit vectors: per class the mean of its prompts' embeddings, renormalised."""
         out = []
@@ -155,7 +158,7 @@ class OpenVocabSegmenter:
         ids = self.proposer.generate_images(images)
         return np.stack([self.classify(image, frame_ids) for image, frame_ids in zip(images, ids)])
 
-    @torch.inference_mode()
+    @inference_mode
     def classify(self, image: np.ndarray, mask_ids: np.ndarray) -> np.ndarray:
         """Label every proposal of one frame (mask_ids: (H,W), 0 = none) -> (H,W) unified ids."""
         k = int(mask_ids.max())

@@ -23,7 +23,7 @@ from .base import ImageSegmenter
 class RunOptions:
     batch_size: int = 4
     flip_tta: bool = False
-    device: str = "cpu"  # resolved already (see base.resolve_device)
+    device: str = "cpu"  # resolved already (see devices.resolve_device)
     fp16: bool = True
 
 

@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from ..digests import sha256_of
-from ..errors import SetupError
+from .digests import sha256_of
+from .errors import SetupError
 
 ENV_DIR = "LABELMAKER_CHECKPOINT_DIR"
 MANIFEST = Path(__file__).with_name("checkpoints.csv")
