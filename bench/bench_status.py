@@ -23,8 +23,10 @@ import numpy as np
 
 from labelmaker.config import load_config
 from labelmaker.pipeline.batch import SceneInput
-from labelmaker.pipeline.commands import read_status, status_report
-from labelmaker.pipeline.graph import expected_input_hash, scene_graph, stage_config
+from labelmaker.pipeline.commands import status_report
+from labelmaker.pipeline.state import read_status
+from labelmaker.pipeline.graph import expected_input_hash, scene_graph
+from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
 from labelmaker.pipeline.records import package_versions
 from labelmaker.pipeline.state import StateCache, StateReader, counts

@@ -27,7 +27,8 @@ import numpy as np
 from labelmaker.config import load_config
 from labelmaker.pipeline.batch import Controller, SceneInput
 from labelmaker.pipeline.executors import Task
-from labelmaker.pipeline.graph import scene_graph, stage_config
+from labelmaker.pipeline.graph import scene_graph
+from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
 from labelmaker.workspace import BatchFolder, Workspace
 

@@ -214,6 +214,14 @@ def cmd_synth(args) -> None:
     )
 
 
+def _outcome_line(outcome) -> str:
+    """How a stage went, for a command's summary."""
+    reason = (outcome.record.get("summary") or {}).get("not_applicable")
+    if reason:
+        return f"not applicable: {reason}"
+    return "up to date" if outcome.skipped else f"done in {outcome.record.get('seconds', 0):.1f}s"
+
+
 def cmd_run(args) -> None:
     from .config import absolute_path_overrides, precomputed_models
     from .pipeline.graph import refuse_missing_inputs
@@ -231,11 +239,10 @@ def cmd_run(args) -> None:
     startup = _startup_figures() if args.profile else None
     done = run_scene(cfg, args.input, ws)
     _record_run(ws.root, "run", raw, [*(f"--pred {p}" for p in args.pred), *overrides])
-    lines = {
-        stage: "up to date" if o.skipped else f"done in {o.record.get('seconds', 0):.1f}s" for stage, o in done.items()
-    }
-    if "evaluate" in done:
-        lines["3D mIoU"] = done["evaluate"].record["summary"]["miou_3d"]
+    lines = {stage: _outcome_line(o) for stage, o in done.items()}
+    evaluated = done["evaluate"].record["summary"] if "evaluate" in done else {}
+    if "miou_3d" in evaluated:
+        lines["3D mIoU"] = evaluated["miou_3d"]
     for key in ("labels_ply", "labels_scannet200", "pointcept", "preview"):
         if ws.output_path(key).exists():
             lines[key] = ws.output_path(key)
@@ -353,9 +360,10 @@ def cmd_batch(args) -> int:
 
 def cmd_status(args) -> int:
     from .pipeline import commands
+    from .pipeline.state import read_status
 
     cfg, scenes, folder, _ = commands.reopen_batch(args.out_root, list(args.overrides), _load, "status")
-    states = commands.read_status(cfg, scenes, folder)
+    states = read_status(cfg, scenes, folder)
     report = commands.report_link(folder)
     if args.json:
         print(commands.dump_json(commands.status_report(states, report)))

@@ -55,8 +55,8 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
         "mesh": f"{fused['vertices']} vertices, {fused['triangles']} triangles; median {np.median(dist) * 100:.2f} cm, "
         f"95th pct {np.percentile(dist, 95) * 100:.2f} cm from the true surface",
     }
-    if "evaluate" in done:
-        ev = done["evaluate"].record["summary"]
+    ev = done["evaluate"].record["summary"] if "evaluate" in done else {}
+    if "miou_3d" in ev:
         for method, miou in ev["miou_3d"].items():
             lines[f"3D mIoU {method}"] = f"{miou:.3f} (accuracy {ev['accuracy_3d'][method]:.3f})"
         lines["2D mIoU"] = ", ".join(f"{k} {v:.3f}" for k, v in ev["miou_2d"].items())
@@ -68,7 +68,7 @@ def run_demo(cfg: LabelmakerConfig, out_dir: Path) -> dict:
         "ScanNet200 ids": ws.output_path("labels_scannet200"),
         "Pointcept folder": ws.output_path("pointcept"),
     })
-    if "report" in done:
+    if "preview" in (done["report"].record["summary"] if "report" in done else {}):
         lines["preview"] = ws.output_path("preview")
     return {
         "workspace": ws.root,

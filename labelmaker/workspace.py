@@ -87,21 +87,8 @@ CONSENSUS_STATS = ("pixels", "known_pixels", "confidence_sum", "disagree_pixels"
 
 LABELS_DIR, EVAL_DIR, REPORT_DIR = "labels", "eval", "report"  # where OUTPUTS live
 
-# What each stage kind reads or rewrites of a workspace, as paths relative to it ({model}: the
-# stage's model). A stage run on node-local scratch (cluster/scratch.py) gets a copy of these
-# and of STAGED_ALWAYS only: a segment stage needs no labels, an export no predictions.
-STAGE_ENTRIES = {
-    "download": (),
-    "import": (SCENE_FILE, FRAMES_DIR),
-    "segment": (SCENE_FILE, FRAMES_DIR, f"{PRED_DIR}/{{model}}"),
-    "masks": (SCENE_FILE, FRAMES_DIR, f"{MASKS_DIR}/{{model}}"),
-    "consensus": (SCENE_FILE, FRAMES_DIR, PRED_DIR, MASKS_DIR, CONSENSUS_DIR),
-    "fuse": (SCENE_FILE, FRAMES_DIR, MESH_FILE),
-    "lift": (SCENE_FILE, FRAMES_DIR, CONSENSUS_DIR, MASKS_DIR, MESH_FILE, LABELS_DIR),
-    "export": (SCENE_FILE, MESH_FILE, LABELS_DIR),
-    "evaluate": (SCENE_FILE, FRAMES_DIR, PRED_DIR, CONSENSUS_DIR, MESH_FILE, LABELS_DIR, EVAL_DIR),
-    "report": (SCENE_FILE, MESH_FILE, LABELS_DIR, REPORT_DIR),
-}
+# What a stage run on node-local scratch (cluster/scratch.py) always gets, besides the entries
+# of its row in the stage table (pipeline/table.py).
 STAGED_ALWAYS = (STATE_DIR, LOGS_DIR)
 
 
@@ -124,11 +111,6 @@ def scene_input_path(pattern: str, scene: str, capture: str | Path | None) -> Pa
     if not pattern_fields(pattern):
         return Path(pattern)
     return Path(pattern.format(scene=scene, capture=str(capture) if capture is not None else "{capture}"))
-
-
-def stage_entries(kind: str, model: str | None = None) -> tuple[str, ...]:
-    """The workspace paths a stage of `kind` (and `model`) works on: what scratch staging copies."""
-    return STAGED_ALWAYS + tuple(e.format(model=model) for e in STAGE_ENTRIES[kind])
 
 
 _FRAME_ARRAYS = ("timestamps", "color", "depth", "confidence", "K_color", "K_depth", "T_cw", "upright")

@@ -479,12 +479,12 @@ def test_relative_lift_mesh_reruns_and_exports(pristine, tmp_path, capsys):
 def test_unexpected_exception_is_one_line_with_its_log(pristine, tmp_path, capsys, monkeypatch):
     """A bug (here: the consensus raising a plain exception) prints one line saying where the
     traceback was written and that it is a bug to report; exit 1; the stage is recorded as crashed."""
-    import labelmaker.pipeline.run as run_module
+    from labelmaker.pipeline.table import STAGES
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(run_module, "consensus_scene", broken)
+    monkeypatch.setattr(STAGES.get("consensus"), "run", broken)
     cap = build_capture(pristine, tmp_path)
     code, err = run_cli(cap, capsys)
     line = error_line(err)

@@ -81,7 +81,7 @@ def test_batch_in_process_bad_input_then_retry(captures, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_batch_on_node_local_scratch_gives_the_same_labels(captures, tmp_path, monkeypatch):
-    """cluster.scratch_dir: every stage runs on a copy of what it works on (workspace.stage_entries)
+    """cluster.scratch_dir: every stage runs on a copy of what it works on (pipeline.table.stage_entries)
     and copies back; the labels and scores equal those of a batch on the shared workspace, and
     the scratch is left empty. Every stage kind runs staged, SAM-refined consensus included."""
     from labelmaker.cluster import scratch

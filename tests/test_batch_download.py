@@ -11,7 +11,8 @@ from arkit_server import FaultyServer, pack_release
 from batch_helpers import status_json, submissions
 from labelmaker.cli import main
 from labelmaker.config import load_config
-from labelmaker.pipeline.graph import expected_input_hash, scene_graph, stage_config
+from labelmaker.pipeline.graph import expected_input_hash, scene_graph
+from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
 from labelmaker.pipeline.state import StateReader
 from labelmaker.workspace import BatchFolder, Workspace

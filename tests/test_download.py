@@ -286,7 +286,8 @@ def test_download_stage_records_mirror_the_planner_resume_a_killed_run_and_make_
 
     import numpy as np
 
-    from labelmaker.pipeline.graph import expected_input_hash, run_graph_stage, scene_graph, stage_config
+    from labelmaker.pipeline.graph import expected_input_hash, run_graph_stage, scene_graph
+    from labelmaker.pipeline.table import stage_config
     from labelmaker.digests import stable_hash
     from labelmaker.pipeline.state import StateReader
 

@@ -282,3 +282,20 @@ def test_guard_rejects_a_calibration_and_reliability_weights_vote(synth_scene_fa
     assert "calibration_rejected" not in summary and not np.array_equal(calibrated, plain)
     weighted, _ = labels_with("consensus.calibrate=false", "consensus.reliability=frame")
     assert not np.array_equal(weighted, plain) and (weighted == plain).mean() > 0.8
+
+
+def test_run_walks_the_batch_graph_skips_and_records_not_applicable(synth_scene_factory, tmp_path, capsys):
+    """`labelmaker run` runs the stages of graph.scene_graph: `batch.skip` leaves stages out, and
+    evaluate without ground truth leaves a done-record saying it is not applicable (as a batch does)."""
+    scene, ws = _prepared(synth_scene_factory, tmp_path, n_frames=8)
+    _write_predictions(ws, scene, tmp_path / "pred", "ade20k")
+    scene.gt_dir.rename(tmp_path / "hidden_ground_truth")
+    code = main(["run", str(scene.video_dir), str(ws.root), "--pred", f"ade20k={tmp_path / 'pred'}",
+                 "batch.skip=[report]", "export.pointcept=false", "fusion.voxel_size_m=0.05", "progress=false"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    evaluated = ws.read_state("evaluate")
+    assert evaluated["status"] == "done"
+    assert evaluated["summary"] == {"not_applicable": "no ground truth for this scene"}
+    assert ws.read_state("report") is None and ws.is_done("export")
+    assert "not applicable: no ground truth" in out

@@ -10,12 +10,13 @@ import pytest
 
 from labelmaker.config import load_config
 from labelmaker.pipeline.batch import Controller, SceneInput, bucket_of, discover_scenes
-from labelmaker.pipeline.graph import scale, scene_graph, stage_config
+from labelmaker.pipeline.graph import scale, scene_graph
 from labelmaker.pipeline.journal import Journal
 from labelmaker.digests import stable_hash
 from labelmaker.pipeline.records import _now
 from labelmaker.pipeline.slurm import job_state, sbatch_parameters
 from labelmaker.pipeline.state import StateReader
+from labelmaker.pipeline.table import stage_config
 from labelmaker.workspace import BatchFolder, Workspace
 
 
@@ -120,11 +121,10 @@ def test_state_done_stale_failed_crashed_and_dependency(tmp_path):
     _done(ws, specs["import"], cfg)
     assert StateReader(_cfg("fusion.voxel_size_m=0.07"), graph).scene("a", ws.root).stages["fuse"].status == "stale"
     # new code in fuse (its code version bumped): stale, though config and inputs are the same
-    from labelmaker.pipeline import hashes
+    from labelmaker.pipeline.table import STAGES
 
-    bumped = {**hashes.CODE_VERSIONS, "fuse": hashes.CODE_VERSIONS["fuse"] + 1}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hashes, "CODE_VERSIONS", bumped)
+        mp.setattr(STAGES.get("fuse"), "code_version", STAGES.get("fuse").code_version + 1)
         st = StateReader(cfg, graph).scene("a", ws.root)
         assert st.stages["fuse"].status == "stale" and st.stages["import"].status == "done"
     # a failed record, and what it blocks

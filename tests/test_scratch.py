@@ -8,7 +8,9 @@ import pytest
 
 from labelmaker.cluster import scratch
 from labelmaker.cluster.scratch import staged_workspace
-from labelmaker.workspace import Workspace, stage_entries
+from labelmaker.pipeline.graph import StageSpec
+from labelmaker.pipeline.table import stage_entries
+from labelmaker.workspace import Workspace
 
 
 def _workspace(root) -> Workspace:
@@ -95,20 +97,22 @@ def test_staging_only_a_stages_entries_copies_back_only_its_changes(tmp_path):
     shared = _workspace(tmp_path / "shared")
     (shared.root / "pred" / "m").mkdir(parents=True)
     (shared.root / "pred" / "m" / "x.h5").write_bytes(b"pred")
-    with staged_workspace(shared.root, tmp_path / "node", stage_entries("consensus")) as local_root:
+    consensus = StageSpec("consensus", "consensus", ())
+    with staged_workspace(shared.root, tmp_path / "node", stage_entries(consensus)) as local_root:
         assert {p.name for p in local_root.iterdir()} == {"scene.json", "frames", "consensus", "pred", "state", "logs"}
         _rerun_consensus(Workspace(local_root))
     assert shared.read_state("consensus") == {"status": "done", "hash": "new"}
     assert (shared.root / "pred" / "m" / "x.h5").read_bytes() == b"pred" and shared.frame_shards.folder.exists()
-    with staged_workspace(shared.root, tmp_path / "node", stage_entries("segment", "m")) as local_root:
+    segment = StageSpec("segment-m", "segment", (), model="m")
+    with staged_workspace(shared.root, tmp_path / "node", stage_entries(segment)) as local_root:
         assert (local_root / "pred" / "m" / "x.h5").exists() and not (local_root / "consensus").exists()
     assert shared.consensus_shards.fingerprint(0) == "new"  # not staged, so not deleted
 
 
-def test_every_stage_kind_and_output_has_staging_entries():
-    from labelmaker.pipeline.graph import STAGE_KINDS
-    from labelmaker.workspace import OUTPUTS, STAGE_ENTRIES
+def test_every_output_is_staged_by_some_stage_kind():
+    from labelmaker.pipeline.table import STAGES
+    from labelmaker.workspace import OUTPUTS
 
-    assert set(STAGE_ENTRIES) == set(STAGE_KINDS)
-    staged = {e.split("/")[0] for entries in STAGE_ENTRIES.values() for e in entries}
+    assert len(STAGES) == 10
+    staged = {e.split("/")[0] for _, row in STAGES.items() for e in row.entries}
     assert {Path(p).parts[0] for p in OUTPUTS.values()} <= staged

@@ -102,7 +102,7 @@ def copy_in(shared: Path, local: Path, entries: tuple[str, ...] | None) -> None:
 def staged_workspace(shared: str | Path, scratch_root: str | Path | None,
                      entries: tuple[str, ...] | None = None) -> Iterator[Path]:
     """Yield a node-local copy of the workspace `shared` (of its `entries` only, when given: see
-    workspace.stage_entries); copy changes back on exit (also when the body raises, then
+    pipeline.table.stage_entries); copy changes back on exit (also when the body raises, then
     re-raise). With scratch_root None, yield `shared` itself (no staging).
     """
     shared = Path(shared)

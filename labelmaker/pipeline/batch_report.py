@@ -599,7 +599,7 @@ def write_report(
     batch are removed; the index and its data are rewritten every time. Each file is renamed into
     place, so a browser never reads half a file."""
     from ..labels import unified_space
-    from .commands import read_status
+    from .state import read_status
     from .graph import scene_graph
 
     t0 = time.perf_counter()

@@ -1,7 +1,6 @@
 """`labelmaker batch`, `status` and `retry`: the shell around the controller and the state reader."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
@@ -14,9 +13,7 @@ from ..config import absolute_path_overrides, precomputed_models
 from ..errors import LabelmakerError
 from ..workspace import BatchFolder, atomic_path
 from .batch import Controller, SceneInput, discover_scenes, download_scenes
-from .graph import scene_graph
-from .journal import Journal
-from .state import StateCache, SceneState, StateReader, counts
+from .state import SceneState, counts
 
 READ_ONLY = ("status", "report", "export-dataset")  # commands that leave no config in _batch/configs
 STATUS_ORDER = ("done", "stale", "queued", "running", "pending", "failed", "dependency_failed")
@@ -101,19 +98,6 @@ def reopen_batch(out_root: str, overrides: list[str], load, command: str):
     _same_kind(folder, bool(cfg.batch.download))
     config_path = _record_config(folder, command, raw, [*stored, *overrides]) if command not in READ_ONLY else None
     return cfg, scenes, folder, config_path
-
-
-def read_status(cfg, scenes: list[SceneInput], folder: BatchFolder) -> list[SceneState]:
-    reader = StateReader(cfg, scene_graph(cfg))
-    cache = StateCache(folder.status_cache_path, use_index=True)
-    states = [reader.scene(s.scene, s.workspace, cache, s.input_dir) for s in scenes]
-    cache.save()
-    flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}
-    for st in states:
-        for name, stage in st.stages.items():
-            if (st.scene, name) in flying and stage.status not in ("running", "done"):
-                st.stages[name] = dataclasses.replace(stage, status="queued")
-    return states
 
 
 def report_link(folder: BatchFolder) -> str | None:

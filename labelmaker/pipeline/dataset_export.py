@@ -40,7 +40,7 @@ from ..digests import sha256_of
 from ..errors import BadInputError, LabelmakerError
 from ..io.export import write_pointcept
 from ..workspace import BatchFolder, Workspace, atomic_path, write_json_atomic
-from .hashes import CODE_VERSIONS
+from .table import code_versions
 from .records import package_versions, stable_hash
 
 # The dataset export's own code version (in every scene's key: a change reexports all scenes).
@@ -265,7 +265,7 @@ def export_scene_to_dataset(
 
 def export_dataset(cfg, scenes, folder: BatchFolder, dest: Path, progress: bool = True) -> ExportResult:
     """Export the batch's finished scenes into `dest` (see the module docstring)."""
-    from .commands import read_status
+    from .state import read_status
     from .graph import scene_graph
 
     t0 = time.perf_counter()
@@ -399,7 +399,7 @@ def write_manifest(
             "batch_overrides": folder.read_batch().get("overrides", []),
             "labelmaker": OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True),
         },
-        "code_versions": {**CODE_VERSIONS, "export-dataset": DATASET_EXPORT_VERSION},
+        "code_versions": {**code_versions(), "export-dataset": DATASET_EXPORT_VERSION},
         "package_versions": package_versions(),
     }
     path = writer.dest / "manifest.json"

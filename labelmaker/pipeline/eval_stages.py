@@ -22,10 +22,22 @@ from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
 from ..instances import instance_classes, label_components
 from ..io.export import read_soft_labels
-from ..workspace import Workspace, write_json_atomic
+from ..workspace import (
+    CONSENSUS_DIR,
+    EVAL_DIR,
+    FRAMES_DIR,
+    LABELS_DIR,
+    MESH_FILE,
+    PRED_DIR,
+    REPORT_DIR,
+    SCENE_FILE,
+    Workspace,
+    write_json_atomic,
+)
 from .label_stages import LiftStageConfig, lift_frames
-from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs, versioned
+from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs
 from .records import StageOutcome, run_stage
+from .table import from_stage, stage_kind, versioned
 from .stages import require_done
 
 
@@ -134,7 +146,7 @@ def evaluate_scene(ws: Workspace, cfg: EvaluateConfig, models: Dict[str, ModelCo
             summary["instances"] = {k: v for k, v in found.items() if k != "per_class"}
         return summary
 
-    return run_stage(ws, "evaluate", versioned("evaluate", dataclasses.asdict(cfg)), input_hash, body, force=force)
+    return run_stage(ws, "evaluate", versioned("evaluate", cfg), input_hash, body, force=force)
 
 
 def eval_summary(results3d: dict[str, Scores], results2d: dict[str, Scores]) -> dict:
@@ -269,4 +281,37 @@ def report_scene(
         write_png(ws.output_path("preview"), side_by_side([*images, legend], [*titles, "classes"]))
         return {"preview": ws.path_for_record(ws.output_path("preview"))}
 
-    return run_stage(ws, "report", versioned("report", REPORT_CONFIG), lifted["output_hash"], body, force=force)
+    return run_stage(ws, "report", versioned("report", evaluate_cfg), lifted["output_hash"], body, force=force)
+
+
+# -- rows of the stage table (table.py) -------------------------------------------------------
+def _evaluate_input(cfg, spec, out, consts, where):
+    inputs = consts["evaluate"] if consts else evaluate_inputs(cfg.segment.models, cfg.lift)
+    return evaluate_input_hash(out("lift"), inputs)
+
+
+def _without_ground_truth(ws: Workspace, cfg) -> str | None:
+    require_done(ws, "evaluate", "lift")
+    return "no ground truth for this scene" if ground_truth_of(ws, cfg.evaluate.ground_truth) is None else None
+
+
+# evaluate 2: paths relative to the workspace; 3: the per-scene summary of the batch report; 4: instance AP
+@stage_kind("evaluate", section=lambda cfg, spec: cfg.evaluate, input_hash=_evaluate_input,
+            entries=(SCENE_FILE, FRAMES_DIR, PRED_DIR, CONSENSUS_DIR, MESH_FILE, LABELS_DIR, EVAL_DIR), code_version=4,
+            not_applicable=_without_ground_truth)
+def run_evaluate(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return evaluate_scene(ws, cfg.evaluate, cfg.segment.models, cfg.lift, force=force, progress=progress)
+
+
+def _without_triangles(ws: Workspace, cfg) -> str | None:
+    lifted = require_done(ws, "report", "lift")
+    return "the lifted geometry has no triangles to render" if lifted["summary"].get("triangles", 0) <= 0 else None
+
+
+# report 2: rendered with the capture's world up (scene.json), not always +z. Its section is
+# evaluate's (where the ground truth is); it hashes only what it draws (REPORT_CONFIG).
+@stage_kind("report", section=lambda cfg, spec: cfg.evaluate, hashed=lambda section: REPORT_CONFIG,
+            input_hash=from_stage("lift"), entries=(SCENE_FILE, MESH_FILE, LABELS_DIR, REPORT_DIR), code_version=2,
+            not_applicable=_without_triangles)
+def run_report(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return report_scene(ws, cfg.evaluate, force=force, progress=progress)

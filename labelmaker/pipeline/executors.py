@@ -23,8 +23,9 @@ from submitit.helpers import Checkpointable
 
 from ..errors import LabelmakerError
 from ..registry import Registry
-from ..workspace import Workspace, stage_entries
+from ..workspace import Workspace
 from .graph import Resources, StageSpec, run_graph_stage
+from .table import stage_entries
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class StageTask(Checkpointable):
     def __call__(self, task: Task) -> dict:
         from ..cluster.scratch import staged_workspace
 
-        entries = stage_entries(self.spec.kind, self.spec.model)
+        entries = stage_entries(self.spec)
         with staged_workspace(task.workspace, scratch_root(self.cfg.cluster.scratch_dir), entries) as root:
             outcome = run_graph_stage(self.cfg, self.spec, task.input_dir, Workspace(root))
         return {"scene": task.scene, "stage": self.spec.name, "skipped": outcome.skipped,

@@ -5,35 +5,27 @@
 
 (download only in a downloading batch, `batch.download=true` / `labelmaker batch --download`.)
 
-Each stage declares its dependencies, whether it wants a GPU, and resources (CPUs, memory, time)
-that grow with the scene's frame count; the coefficients live in `batch.resources` (configs/
-config.yaml). The graph also knows, per stage, the config a stage hashes and the
-input hash it will compute from its dependencies' done-records, so that the planner can tell a
-stale stage from an up-to-date one without running it (tests check these mirrors against the
-records the stages really write).
+This module states the stage order (scene_graph), once: `labelmaker run` and the batch planner
+walk the same graph (same `batch.skip`, same "not applicable" records). What each kind of stage
+is -- its run function, the config it hashes, the input hash it will compute from its
+dependencies' done-records, the workspace entries it works on, its code version, whether it
+wants a GPU -- is its row of the stage table (table.py), so that the planner can tell a stale
+stage from an up-to-date one without running it (tests check these mirrors against the records
+the stages really write). Resources (CPUs, memory, time) grow with the scene's frame count; the
+coefficients live in `batch.resources` (configs/config.yaml).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import BadInputError
+from ..errors import BadInputError, LabelmakerError
 from ..workspace import Workspace, scene_input_path
-from .hashes import (
-    REPORT_CONFIG,
-    consensus_input_hash,
-    download_config,
-    evaluate_input_hash,
-    evaluate_inputs,
-    hashed_config,
-    lift_input_hash,
-    segment_config,
-    versioned,
-)
+from .hashes import evaluate_inputs
 from .records import StageOutcome, failures_recorded, record_failure, run_stage
+from .table import STAGES, stage_config, stage_name
 
 
 @dataclass
@@ -48,12 +40,10 @@ class ResourceConfig:
     minutes_per_1k_frames: float = 0.0
 
 
-STAGE_KINDS = ("download", "import", "segment", "masks", "consensus", "fuse", "lift", "export", "evaluate", "report")
-
-
 def default_resources() -> dict[str, ResourceConfig]:
-    """The schema's fallback; configs/config.yaml (`batch.resources`) sets the real values."""
-    return {kind: ResourceConfig(gpus=1 if kind in ("segment", "masks") else 0) for kind in STAGE_KINDS}
+    """The schema's fallback, per kind of the stage table; configs/config.yaml (`batch.resources`)
+    sets the real values."""
+    return {kind: ResourceConfig(gpus=1 if row.gpu else 0) for kind, row in STAGES.items()}
 
 
 @dataclass(frozen=True)
@@ -76,32 +66,32 @@ def scale(res: ResourceConfig, n_frames: int, mem_factor: float = 1.0) -> Resour
 
 @dataclass(frozen=True)
 class StageSpec:
-    name: str  # the stage record's name: import, segment-<model>, consensus, ...
-    kind: str  # the resources' key: import, segment, consensus, ...
+    name: str  # the stage record's name: stage_name(kind, model)
+    kind: str  # its row of the stage table (table.STAGES) and its resources' key
     deps: tuple[str, ...]
     model: Optional[str] = None  # for segment and masks stages
 
 
 def scene_graph(cfg) -> list[StageSpec]:
-    """The stages of one scene under config `cfg` (a LabelmakerConfig), in a topological order."""
-    from .label_stages import segment_stage
-    from .mask_stages import mask_stage
-
+    """The stages of one scene under config `cfg` (a LabelmakerConfig), in a topological order:
+    the one statement of the stage order (`labelmaker run` and `batch` both walk it)."""
     models = sorted(cfg.segment.models)
     mask_models = sorted(getattr(getattr(cfg, "masks", None), "models", None) or {})
     downloading = bool(getattr(getattr(cfg, "batch", None), "download", False))
     stages = [StageSpec("download", "download", ())] if downloading else []
     stages.append(StageSpec("import", "import", ("download",) if downloading else ()))
-    stages += [StageSpec(segment_stage(m), "segment", ("import",), model=m) for m in models]
-    stages += [StageSpec(mask_stage(m), "masks", ("import",), model=m) for m in mask_models]
+    stages += [StageSpec(stage_name("segment", m), "segment", ("import",), model=m) for m in models]
+    stages += [StageSpec(stage_name("masks", m), "masks", ("import",), model=m) for m in mask_models]
     refine = cfg.consensus.sam_refine
-    consensus_deps = tuple(segment_stage(m) for m in models) + ((mask_stage(refine.masks),) if refine.enabled else ())
+    consensus_deps = tuple(stage_name("segment", m) for m in models)
+    if refine.enabled:
+        consensus_deps += (stage_name("masks", refine.masks),)
     # consensus reads the frames too: it needs import even when no model is configured
     stages.append(StageSpec("consensus", "consensus", consensus_deps or ("import",)))
     lift_deps = ("consensus",)
     instances = getattr(cfg.lift, "instances", None)
     if instances is not None and instances.enabled:  # 3D instances read a mask stage's masks
-        lift_deps += (mask_stage(instances.masks),)
+        lift_deps += (stage_name("masks", instances.masks),)
     if cfg.lift.mesh is None:
         stages.append(StageSpec("fuse", "fuse", ("import",)))
         lift_deps += ("fuse",)
@@ -114,29 +104,10 @@ def scene_graph(cfg) -> list[StageSpec]:
     names = {s.name for s in kept}
     orphans = [f"{s.name} (needs {d})" for s in kept for d in s.deps if d not in names]
     if orphans:
-        from ..errors import LabelmakerError
-
         raise LabelmakerError(
             f"batch.skip={sorted(skip)} leaves stages without their inputs: {', '.join(orphans)}; skip those too"
         )
     return kept
-
-
-def stage_config(spec: StageSpec, cfg) -> dict:
-    """The config dict the stage hashes into its record (mirrors the stage functions)."""
-    asdict = dataclasses.asdict
-    return versioned(spec.kind, {
-        "download": lambda: download_config(cfg.download),
-        "import": lambda: asdict(cfg.data),
-        "segment": lambda: segment_config(cfg.segment.models[spec.model]),
-        "masks": lambda: asdict(cfg.masks.models[spec.model]),
-        "consensus": lambda: hashed_config(cfg.consensus),
-        "fuse": lambda: asdict(cfg.fusion),
-        "lift": lambda: hashed_config(cfg.lift),
-        "export": lambda: asdict(cfg.export),
-        "evaluate": lambda: asdict(cfg.evaluate),
-        "report": lambda: REPORT_CONFIG,
-    }[spec.kind]())
 
 
 def input_constants(cfg) -> dict:
@@ -146,85 +117,35 @@ def input_constants(cfg) -> dict:
 
 def expected_input_hash(spec: StageSpec, cfg, records: dict[str, dict], consts: dict | None = None,
                         where: tuple[str, str] | None = None) -> Optional[str]:
-    """The input hash the stage would compute now from its dependencies' done-records, or None
-    when it cannot be known without the scene's raw input: download (the video and split are
-    in the scene's capture path), and import reading a capture it did not get from a download
-    stage (with one, its input is the download's output hash). `where`: the scene's name and
-    capture folder, for per-scene paths (a lift.mesh pattern)."""
+    """The input hash the stage would compute now from its dependencies' done-records (the
+    table row's `input_hash`), or None when it cannot be known without the scene's raw input:
+    download (the video and split are in the scene's capture path), and import reading a capture
+    it did not get from a download stage (with one, its input is the download's output hash).
+    `where`: the scene's name and capture folder, for per-scene paths (a lift.mesh pattern)."""
 
     def out(name: str) -> Optional[str]:
         rec = records.get(name)
         return rec.get("output_hash") if rec else None
 
-    if spec.kind == "download":
-        return None
-    if spec.kind == "import":
-        return out("download") if "download" in spec.deps else None
-    if spec.kind in ("segment", "masks", "fuse"):
-        return out("import")
-    if spec.kind == "consensus":
-        refine = cfg.consensus.sam_refine
-        return consensus_input_hash({n: out(f"segment-{n}") for n in cfg.segment.models}, cfg.segment.models,
-                                    refine, out(f"masks-{refine.masks}"))
-    if spec.kind == "lift":
-        mesh = None if cfg.lift.mesh is None else scene_input_path(cfg.lift.mesh, *(where or ("", None)))
-        instances = cfg.lift.instances
-        return lift_input_hash(out("consensus"), out("fuse"), mesh,
-                               out(f"masks-{instances.masks}") if instances.enabled else None)
-    if spec.kind in ("export", "report"):
-        return out("lift")
-    if spec.kind == "evaluate":
-        return evaluate_input_hash(out("lift"), (consts or input_constants(cfg))["evaluate"])
-    raise KeyError(spec.kind)
+    return STAGES.get(spec.kind).input_hash(cfg, spec, out, consts or input_constants(cfg), where or ("", None))
 
 
 def run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Workspace) -> StageOutcome:
-    """Run one stage of one scene in this process (what a batch task does). A failure leaves a
-    failed record even when the stage fails before it began (bad input is then not retried)."""
+    """Run one stage of one scene in this process (what a batch task and `labelmaker run` do); a
+    stage with nothing to do for this scene (its row's `not_applicable`) records that instead. A
+    failure leaves a failed record even when the stage fails before it began (bad input is then
+    not retried)."""
     with failures_recorded(ws, spec.name):
-        return _run_graph_stage(cfg, spec, input_dir, ws)
+        row = STAGES.get(spec.kind)
+        reason = row.not_applicable(ws, cfg) if row.not_applicable else None
+        if reason:
+            return _not_applicable(ws, spec, cfg, reason)
+        return row.run(cfg, spec, input_dir, ws, force=cfg.force, progress=cfg.progress)
 
 
-def _run_graph_stage(cfg, spec: StageSpec, input_dir: str | Path | None, ws: Workspace) -> StageOutcome:
-    from .eval_stages import evaluate_scene, ground_truth_of, report_scene
-    from .label_stages import consensus_scene, export_scene, lift_scene, segment_scene
-    from .stages import download_scene, fuse_scene, import_scene, require_done
-
-    run = dict(force=cfg.force, progress=cfg.progress)
-    if spec.kind == "download":
-        return download_scene(input_dir, ws, cfg.download, **run)
-    if spec.kind == "import":
-        fetched = require_done(ws, "import", "download")["output_hash"] if "download" in spec.deps else None
-        return import_scene(input_dir, ws, cfg.data, source_hash=fetched, **run)
-    if spec.kind == "segment":
-        return segment_scene(ws, spec.model, cfg.segment.models[spec.model], **run)
-    if spec.kind == "masks":
-        from .mask_stages import masks_scene
-
-        return masks_scene(ws, spec.model, cfg.masks.models[spec.model], **run)
-    if spec.kind == "consensus":
-        return consensus_scene(ws, cfg.segment.models, cfg.consensus, **run)
-    if spec.kind == "fuse":
-        return fuse_scene(ws, cfg.fusion, **run)
-    if spec.kind == "lift":
-        return lift_scene(ws, cfg.lift, **run)
-    if spec.kind == "export":
-        return export_scene(ws, cfg.export, **run)
-    lifted = require_done(ws, spec.name, "lift")
-    if spec.kind == "evaluate":
-        if ground_truth_of(ws, cfg.evaluate.ground_truth) is None:
-            return _not_applicable(ws, spec, cfg, lifted, "no ground truth for this scene")
-        return evaluate_scene(ws, cfg.evaluate, cfg.segment.models, cfg.lift, **run)
-    if spec.kind == "report":
-        if lifted["summary"].get("triangles", 0) <= 0:
-            return _not_applicable(ws, spec, cfg, lifted, "the lifted geometry has no triangles to render")
-        return report_scene(ws, cfg.evaluate, **run)
-    raise KeyError(spec.kind)
-
-
-def _not_applicable(ws: Workspace, spec: StageSpec, cfg, lifted: dict, reason: str) -> StageOutcome:
+def _not_applicable(ws: Workspace, spec: StageSpec, cfg, reason: str) -> StageOutcome:
     """A done-record that says the stage has nothing to do for this scene (so the scene is complete)."""
-    input_hash = expected_input_hash(spec, cfg, {"lift": lifted})
+    input_hash = expected_input_hash(spec, cfg, ws.read_states(list(spec.deps)))
 
     def body() -> dict:
         return {"not_applicable": reason}
@@ -263,7 +184,7 @@ def missing_scene_input(
         if model.kind == "precomputed" and model.path:
             folder = scene_input_path(model.path, scene, capture)
             if not folder.is_dir():
-                return (f"segment-{name}", folder, f"the prediction folder of model '{name}' does not exist",
+                return (stage_name("segment", name), folder, f"the prediction folder of model '{name}' does not exist",
                         f"put the scene's label PNGs there or fix the path (--pred / segment.models.{name}.path)")
     if cfg.lift.mesh is not None:
         mesh = scene_input_path(cfg.lift.mesh, scene, capture)

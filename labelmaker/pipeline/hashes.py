@@ -1,7 +1,9 @@
-"""What each stage hashes into its record: the config it depends on and its inputs.
+"""What stages hash into their records beyond a plain config section: the parts of configs that
+make outputs stale, and input hashes built from several dependencies.
 
 The stages and the batch planner (graph.py, state.py: "is this stage stale?") both compute these,
-so they live here once; two copies drift and the planner then reruns a finished stage forever.
+through the stage table (table.py), so they live here once; two copies drift and the planner
+then reruns a finished stage forever. Code versions are in the table's rows.
 """
 from __future__ import annotations
 
@@ -13,29 +15,6 @@ from ..digests import stable_hash
 
 REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
 
-# A stage kind's code version, hashed with its config. Bump it when the stage's code changes
-# what it writes for the same config and inputs: its records and shard fingerprints then stop
-# matching, so finished scenes rerun that stage (and what depends on it) instead of keeping
-# outputs of the old code. import 2: raw files' sizes and times in its fingerprints; import 3: colour
-# resized by OpenCV (area averaging) instead of PIL; fuse 2:
-# vertices in canonical order; lift 2, evaluate 2: paths relative to the workspace; report 2:
-# rendered with the capture's world up (scene.json), not always +z; consensus 2: agreement sums in
-# its shards; export 2, evaluate 3: the per-scene summaries of the batch report; lift 3: mesh
-# segments and 3D instances; export 3: the instance property and instance.npy; evaluate 4: instance AP.
-CODE_VERSIONS = {
-    "download": 1,
-    "import": 3,
-    "segment": 1,
-    "masks": 1,
-    "consensus": 2,
-    "fuse": 2,
-    "lift": 3,
-    "export": 3,
-    "evaluate": 4,
-    "report": 2,
-}
-
-
 # Settings that change how fast a stage runs, never what it writes: left out of config hashes.
 NOT_HASHED = ("cpu_threads",)
 
@@ -43,11 +22,6 @@ NOT_HASHED = ("cpu_threads",)
 def hashed_config(cfg) -> dict:
     """A stage config dataclass as a dict, without the settings in NOT_HASHED."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
-
-
-def versioned(kind: str, config: dict) -> dict:
-    """The config dict stage `kind` hashes (and stores in its record): `config` and its code version."""
-    return {**config, "code_version": CODE_VERSIONS[kind]}
 
 
 # The download settings that change what is fetched or where it goes; retries, backoff,

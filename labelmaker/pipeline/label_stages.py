@@ -42,11 +42,25 @@ from ..segmenters import ModelConfig
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources
 from ..segments import SegmentsConfig, mesh_edges, pool_votes, segment_adjacency, segment_mesh
 from ..segmenters.runner import ImageRunner, RunOptions
-from ..workspace import CONSENSUS_STATS, Workspace, atomic_path, scene_input_path, write_json_atomic
-from .hashes import consensus_input_hash, hashed_config, lift_input_hash, segment_config, versioned
+from ..workspace import (
+    CONSENSUS_DIR,
+    CONSENSUS_STATS,
+    FRAMES_DIR,
+    LABELS_DIR,
+    MASKS_DIR,
+    MESH_FILE,
+    PRED_DIR,
+    SCENE_FILE,
+    Workspace,
+    atomic_path,
+    scene_input_path,
+    write_json_atomic,
+)
+from .hashes import consensus_input_hash, hashed_config, lift_input_hash, segment_config
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from ..digests import stable_hash
 from .records import StageOutcome, run_stage
+from .table import from_stage, stage_kind, stage_name, versioned
 from .stages import FrameShardPass, require_done, scene_context
 
 
@@ -76,17 +90,13 @@ class ExportConfig:
     preview_points: int = 6000  # labelled vertices kept (a random subsample) for the batch report's 3D view
 
 
-def segment_stage(model: str) -> str:
-    return f"segment-{model}"
-
-
 def segment_scene(
     ws: Workspace, model: str, cfg: ModelConfig, force: bool = False, progress: bool = True
 ) -> StageOutcome:
     """Stage `segment-<model>`: label maps of every frame in the model's own label space."""
-    stage = segment_stage(model)
+    stage = stage_name("segment", model)
     imported = require_done(ws, stage, "import")
-    config = versioned("segment", segment_config(cfg))
+    config = versioned("segment", cfg)
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
@@ -198,10 +208,10 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
             "no segmentation models are configured",
             "add models under segment.models (see configs/models/)",
         )
-    records = {name: require_done(ws, "consensus", segment_stage(name)) for name in models}
+    records = {name: require_done(ws, "consensus", stage_name("segment", name)) for name in models}
     input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
                                       cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
-    config = versioned("consensus", hashed_config(cfg))
+    config = versioned("consensus", cfg)
 
     def body() -> dict:
         names = sorted(models)
@@ -451,7 +461,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
     lift.segments.enabled the votes are pooled within mesh segments, with lift.instances.enabled the
     same pass merges a mask model's masks into 3D instances."""
     consensus = require_done(ws, "lift", "consensus")
-    config = versioned("lift", hashed_config(cfg))
+    config = versioned("lift", cfg)
     fused = require_done(ws, "lift", "fuse")["output_hash"] if cfg.mesh is None else None
     masks = instances_input(ws, cfg.instances)
     input_hash = lift_input_hash(
@@ -544,9 +554,7 @@ def instances_input(ws: Workspace, cfg: InstancesConfig) -> str | None:
     """The mask stage's output hash when lift makes instances (part of lift's input), else None."""
     if not cfg.enabled:
         return None
-    from .mask_stages import mask_stage
-
-    return require_done(ws, "lift", mask_stage(cfg.masks))["output_hash"]
+    return require_done(ws, "lift", stage_name("masks", cfg.masks))["output_hash"]
 
 
 def instances_json(instances) -> dict:
@@ -613,7 +621,7 @@ def export_scene(ws: Workspace, cfg: ExportConfig, force: bool = False, progress
         return summary
 
     return run_stage(
-        ws, "export", versioned("export", dataclasses.asdict(cfg)), lifted["output_hash"], body, force=force
+        ws, "export", versioned("export", cfg), lifted["output_hash"], body, force=force
     )
 
 
@@ -672,3 +680,46 @@ def _contiguous(ids: np.ndarray, space: str) -> np.ndarray:
     lookup = np.full(int(class_ids.max()) + 1, -1, dtype=np.int64)
     lookup[class_ids] = np.arange(len(class_ids))
     return lookup[ids]
+
+
+# -- rows of the stage table (table.py) -------------------------------------------------------
+@stage_kind("segment", section=lambda cfg, spec: cfg.segment.models[spec.model], hashed=segment_config,
+            input_hash=from_stage("import"), entries=(SCENE_FILE, FRAMES_DIR, f"{PRED_DIR}/{{model}}"),
+            code_version=1, gpu=True)
+def run_segment(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return segment_scene(ws, spec.model, cfg.segment.models[spec.model], force=force, progress=progress)
+
+
+def _consensus_input(cfg, spec, out, consts, where):
+    refine = cfg.consensus.sam_refine
+    segments = {n: out(stage_name("segment", n)) for n in cfg.segment.models}
+    return consensus_input_hash(segments, cfg.segment.models, refine, out(stage_name("masks", refine.masks)))
+
+
+# consensus 2: agreement sums in its shards
+@stage_kind("consensus", section=lambda cfg, spec: cfg.consensus, hashed=hashed_config, input_hash=_consensus_input,
+            entries=(SCENE_FILE, FRAMES_DIR, PRED_DIR, MASKS_DIR, CONSENSUS_DIR), code_version=2)
+def run_consensus(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return consensus_scene(ws, cfg.segment.models, cfg.consensus, force=force, progress=progress)
+
+
+# lift 2: paths relative to the workspace
+def _lift_input(cfg, spec, out, consts, where):
+    mesh = None if cfg.lift.mesh is None else scene_input_path(cfg.lift.mesh, *where)
+    instances = cfg.lift.instances
+    masks = out(stage_name("masks", instances.masks)) if instances.enabled else None
+    return lift_input_hash(out("consensus"), out("fuse"), mesh, masks)
+
+
+# lift 2: paths relative to the workspace; 3: mesh segments and 3D instances
+@stage_kind("lift", section=lambda cfg, spec: cfg.lift, hashed=hashed_config, input_hash=_lift_input,
+            entries=(SCENE_FILE, FRAMES_DIR, CONSENSUS_DIR, MASKS_DIR, MESH_FILE, LABELS_DIR), code_version=3)
+def run_lift(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return lift_scene(ws, cfg.lift, force=force, progress=progress)
+
+
+# export 2: the per-scene summary of the batch report; 3: the instance property and instance.npy
+@stage_kind("export", section=lambda cfg, spec: cfg.export, input_hash=from_stage("lift"),
+            entries=(SCENE_FILE, MESH_FILE, LABELS_DIR), code_version=3)
+def run_export(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return export_scene(ws, cfg.export, force=force, progress=progress)

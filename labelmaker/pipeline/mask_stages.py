@@ -5,31 +5,26 @@ The mask stage resumes shard by shard like the segment stage. The consensus stag
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from ..errors import BadInputError
 from ..masks import MaskModelConfig, build_mask_model
 from ..refine import SamRefineConfig, refine_with_masks
-from ..workspace import Workspace
-from .hashes import versioned
+from ..workspace import FRAMES_DIR, MASKS_DIR, SCENE_FILE, Workspace
 from ..digests import stable_hash
 from .records import StageOutcome, run_stage
+from .table import from_stage, stage_kind, stage_name, versioned
 from .stages import FrameShardPass, require_done, scene_context
-
-
-def mask_stage(model: str) -> str:
-    return f"masks-{model}"
 
 
 def masks_scene(
     ws: Workspace, model: str, cfg: MaskModelConfig, force: bool = False, progress: bool = True
 ) -> StageOutcome:
     """Stage `masks-<model>`: a uint16 mask-id map per frame at the colour raster (0 = no mask)."""
-    stage = mask_stage(model)
+    stage = stage_name("masks", model)
     imported = require_done(ws, stage, "import")
-    config = versioned("masks", dataclasses.asdict(cfg))
+    config = versioned("masks", cfg)
     cfg_hash = stable_hash(config)
 
     def body() -> dict:
@@ -61,7 +56,7 @@ def refinement_input(ws: Workspace, cfg: SamRefineConfig) -> str | None:
     """The mask stage's output hash when refinement is on (part of the consensus's input), else None."""
     if not cfg.enabled:
         return None
-    return require_done(ws, "consensus", mask_stage(cfg.masks))["output_hash"]
+    return require_done(ws, "consensus", stage_name("masks", cfg.masks))["output_hash"]
 
 
 def refinement_fingerprint(ws: Workspace, cfg: SamRefineConfig, index: int) -> str | None:
@@ -91,3 +86,9 @@ def refine_shard(ws: Workspace, cfg: SamRefineConfig, index: int, ranked: np.nda
     ranked[1:, changed] = 0
     shares[1:, changed] = 0.0
     return ranked, shares, int(changed.sum())
+
+
+@stage_kind("masks", section=lambda cfg, spec: cfg.masks.models[spec.model], input_hash=from_stage("import"),
+            entries=(SCENE_FILE, FRAMES_DIR, f"{MASKS_DIR}/{{model}}"), code_version=1, gpu=True)
+def run_masks(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return masks_scene(ws, spec.model, cfg.masks.models[spec.model], force=force, progress=progress)

@@ -13,14 +13,11 @@ from ..fusion import FusionConfig, TSDFVolume, iter_frames
 from ..io.capture import ImportConfig, file_signatures, write_capture
 from ..io.download import DownloadConfig, download_video, local_manifest, parse_video_dir
 from ..io.registry import IMPORTERS
-from ..workspace import Workspace
-from .hashes import download_config, versioned
+from ..workspace import FRAMES_DIR, MESH_FILE, SCENE_FILE, Workspace
+from .hashes import download_config
 from ..digests import stable_hash
 from .records import StageOutcome, run_stage
-
-
-def _as_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+from .table import from_stage, stage_kind, versioned
 
 
 def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, force: bool = False,
@@ -52,7 +49,7 @@ def download_scene(video_dir: str | Path, ws: Workspace, cfg: DownloadConfig, fo
         }
 
     return run_stage(
-        ws, "download", versioned("download", download_config(cfg)), stable_hash([video_id, split]), body, force=force
+        ws, "download", versioned("download", cfg), stable_hash([video_id, split]), body, force=force
     )
 
 
@@ -67,7 +64,7 @@ def import_scene(input_dir: str | Path, ws: Workspace, cfg: ImportConfig, force:
     must not let old shards be reused."""
     importer = IMPORTERS.get(cfg.source)
     input_dir = Path(input_dir).resolve()
-    config = versioned("import", _as_dict(cfg))
+    config = versioned("import", cfg)
     config_hash = stable_hash(config)
     shard_key = config_hash if source_hash is None else stable_hash([config_hash, source_hash])
 
@@ -172,4 +169,31 @@ def fuse_scene(ws: Workspace, cfg: FusionConfig, force: bool = False, progress: 
             "bounds_max": mesh.vertices.max(axis=0).round(3).tolist(),
         }
 
-    return run_stage(ws, "fuse", versioned("fuse", _as_dict(cfg)), imported["output_hash"], body, force=force)
+    return run_stage(ws, "fuse", versioned("fuse", cfg), imported["output_hash"], body, force=force)
+
+
+# -- rows of the stage table (table.py) -------------------------------------------------------
+@stage_kind("download", section=lambda cfg, spec: cfg.download, hashed=download_config, reads_capture=True,
+            input_hash=lambda cfg, spec, out, consts, where: None, entries=(), code_version=1)
+def run_download(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return download_scene(input_dir, ws, cfg.download, force=force, progress=progress)
+
+
+def _import_input(cfg, spec, out, consts, where):
+    return out("download") if "download" in spec.deps else None
+
+
+# import 2: raw files' sizes and times in its fingerprints; 3: colour resized by OpenCV (area
+# averaging) instead of PIL
+@stage_kind("import", section=lambda cfg, spec: cfg.data, input_hash=_import_input, reads_capture=True,
+            entries=(SCENE_FILE, FRAMES_DIR), code_version=3)
+def run_import(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    fetched = require_done(ws, "import", "download")["output_hash"] if "download" in spec.deps else None
+    return import_scene(input_dir, ws, cfg.data, source_hash=fetched, force=force, progress=progress)
+
+
+# fuse 2: vertices in canonical order
+@stage_kind("fuse", section=lambda cfg, spec: cfg.fusion, input_hash=from_stage("import"),
+            entries=(SCENE_FILE, FRAMES_DIR, MESH_FILE), code_version=2)
+def run_fuse(cfg, spec, input_dir, ws: Workspace, force: bool, progress: bool) -> StageOutcome:
+    return fuse_scene(ws, cfg.fusion, force=force, progress=progress)

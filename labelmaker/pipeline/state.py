@@ -21,11 +21,17 @@ import socket
 from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from ..workspace import Workspace, state_index_entry
-from .graph import StageSpec, expected_input_hash, input_constants, stage_config
+from .graph import StageSpec, expected_input_hash, input_constants, scene_graph
+from .journal import Journal
+from .table import stage_config
 from ..digests import stable_hash
+
+if TYPE_CHECKING:
+    from ..workspace import BatchFolder
+    from .batch import SceneInput
 
 ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
 _HOST = socket.gethostname()
@@ -235,3 +241,18 @@ class StateCache:
             with open(tmp, "wb") as fh:
                 pickle.dump({"version": self.VERSION, "entries": self.entries}, fh, protocol=pickle.HIGHEST_PROTOCOL)
         self.dirty = False
+
+
+def read_status(cfg, scenes: list["SceneInput"], folder: "BatchFolder") -> list[SceneState]:
+    """The state of every scene of a batch (status, the batch report, export-dataset): from the
+    records through the status cache, and "queued" for stages the journal has in flight."""
+    reader = StateReader(cfg, scene_graph(cfg))
+    cache = StateCache(folder.status_cache_path, use_index=True)
+    states = [reader.scene(s.scene, s.workspace, cache, s.input_dir) for s in scenes]
+    cache.save()
+    flying = Journal(folder.journal_path).in_flight() if folder.journal_path.exists() else {}
+    for st in states:
+        for name, stage in st.stages.items():
+            if (st.scene, name) in flying and stage.status not in ("running", "done"):
+                st.stages[name] = dataclasses.replace(stage, status="queued")
+    return states
