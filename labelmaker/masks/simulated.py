@@ -9,13 +9,15 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-from scipy import ndimage
 
 from ..frames import FrameBatch, SceneContext
 from ..io.ground_truth import GroundTruth, simulation_ground_truth
 from ..io.images import resize_nearest
+from ..lazy import LazyModule
 from .base import MASK_MODELS, MaskModelConfig, SimulatedMaskNoise
 from .idmap import compact_ids
+
+ndimage = LazyModule("scipy.ndimage")  # loaded on first use (segmenters import this module)
 
 
 @MASK_MODELS.register("simulated")

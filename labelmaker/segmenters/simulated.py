@@ -30,13 +30,15 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-from scipy import ndimage
 
 from ..frames import FrameBatch
 from ..io.ground_truth import GroundTruth, simulation_ground_truth
 from ..io.images import resize_nearest
+from ..lazy import LazyModule
 from ..masks.simulated import largest_neighbour
 from .base import ModelConfig, SceneContext, SimulatedNoise, register_segmenter
+
+ndimage = LazyModule("scipy.ndimage")  # loaded on first use: the package imports every kind
 
 
 @register_segmenter("simulated")
