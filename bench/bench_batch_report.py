@@ -23,7 +23,8 @@ import numpy as np
 
 from bench_status import generate
 from labelmaker.labels import unified_space
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 
 def add_summaries(root: Path, n_points: int, seed: int = 1) -> None:

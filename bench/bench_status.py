@@ -30,7 +30,8 @@ from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
 from labelmaker.pipeline.records import package_versions
 from labelmaker.pipeline.state import StateCache, StateReader, counts
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 OVERRIDES = ["models=simulated", "progress=false"]
 

@@ -30,7 +30,8 @@ from labelmaker.pipeline.executors import Task
 from labelmaker.pipeline.graph import scene_graph
 from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 OVERRIDES = ["models=none", "lift.mesh=/given/mesh.ply", "progress=false"]  # one stage ready per scene: consensus
 

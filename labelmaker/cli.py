@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _record_run(workspace: Path, command: str, raw_cfg, overrides: list[str]) -> None:
     """Keep the full resolved config and the overrides of this run next to its outputs."""
-    from .workspace import Workspace, atomic_path
+    from .workspace import Workspace
+    from .atomic_io import atomic_path
 
     logs = Workspace(workspace).logs_dir
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")

@@ -85,6 +85,13 @@ def cpu_threads(n: int):
         torch.set_num_threads(before)
 
 
+def nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D mask (numpy's is several times faster on the CPU)."""
+    if mask.is_cuda:
+        return torch.nonzero(mask).squeeze(1)
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+
+
 def inference_mode(fn):
     """Decorator: run `fn` under torch.inference_mode(), importing torch only when it is called
     (`@torch.inference_mode()` would import torch with the module)."""

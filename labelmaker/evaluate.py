@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .workspace import atomic_path, write_json_atomic
+from .atomic_io import atomic_path, write_json_atomic
 
 
 # ------------------------------------------------------------------------------------ confusion

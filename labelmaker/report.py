@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .workspace import atomic_path
+from .atomic_io import atomic_path
 
 BACKGROUND = 255
 _AMBIENT = 0.45

@@ -21,17 +21,15 @@ renamed, so a reader never sees half a file. Readers trust only what a done-reco
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import time
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
+from .atomic_io import atomic_path, is_temporary, locked, write_json_atomic
 from .frames import FrameBatch
 from .mesh import MeshArrays, read_mesh, write_ply
 
@@ -116,80 +114,10 @@ def scene_input_path(pattern: str, scene: str, capture: str | Path | None) -> Pa
 _FRAME_ARRAYS = ("timestamps", "color", "depth", "confidence", "K_color", "K_depth", "T_cw", "upright")
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success fsync it and rename it into place.
-
-    The temporary name keeps the final suffix so that libraries that pick a format by
-    extension (open3d, PIL) write the right one. On error the temporary file is removed.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=_json_default))
-
-
-@contextlib.contextmanager
-def locked(path: Path, timeout_s: float) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if needed). OSError when the file system has
-    no locks or someone holds it longer than `timeout_s`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise OSError(f"{path} stayed locked for {timeout_s:.0f}s") from None
-                time.sleep(0.005)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def is_derived(path: Path) -> bool:
     """A file a workspace rebuilds from its other files (the state index, its lock): copies of a
     workspace leave it out and rebuild it."""
     return Path(path).name in (STATE_INDEX_FILE, STATE_LOCK_FILE)
-
-
-def is_temporary(path: Path) -> bool:
-    """A temporary that `atomic_path` writes and renames: never to be read or copied."""
-    name = Path(path).name
-    return name.startswith(".") and ".tmp-" in name
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 class Workspace:
@@ -505,50 +433,3 @@ class ShardSet:
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
-
-
-# -- batch folders ---------------------------------------------------------------------------
-BATCH_DIR = "_batch"  # beside the scene workspaces under a batch's output root
-
-
-class BatchFolder:
-    """A batch's own files under its output root: the scene list, the controller's journal,
-    submitit's job folders and the config of every controller run."""
-
-    def __init__(self, out_root: str | Path):
-        self.out_root = Path(out_root)
-        self.root = self.out_root / BATCH_DIR
-
-    @property
-    def journal_path(self) -> Path:
-        return self.root / "journal.jsonl"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.root / "jobs"
-
-    @property
-    def config_dir(self) -> Path:
-        return self.root / "configs"
-
-    @property
-    def status_cache_path(self) -> Path:
-        return self.root / "status-cache.pickle"
-
-    @property
-    def report_dir(self) -> Path:
-        """`labelmaker report`'s static HTML report of the batch."""
-        return self.root / "report"
-
-    @property
-    def report_index(self) -> Path:
-        return self.report_dir / "index.html"
-
-    def exists(self) -> bool:
-        return (self.root / "batch.json").exists()
-
-    def write_batch(self, data: dict) -> None:
-        write_json_atomic(self.root / "batch.json", data)
-
-    def read_batch(self) -> dict:
-        return json.loads((self.root / "batch.json").read_text())

@@ -7,7 +7,7 @@ from contextlib import redirect_stdout
 from io import StringIO
 
 from labelmaker.cli import main
-from labelmaker.workspace import BatchFolder
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 
 def status_json(out) -> dict:

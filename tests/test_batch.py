@@ -13,7 +13,8 @@ import pytest
 
 from batch_helpers import status_json, submissions
 from labelmaker.cli import main
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 SMALL = ["progress=false", "data.shard_size=8", "fusion.voxel_size_m=0.05", "batch.poll_s=0.3", "batch.backoff_s=0"]
 ONE_MODEL = ["models=simulated", "~segment.models.sim_nyu40", "~segment.models.sim_scannet200"]

@@ -15,7 +15,8 @@ from labelmaker.pipeline.graph import expected_input_hash, scene_graph
 from labelmaker.pipeline.table import stage_config
 from labelmaker.digests import stable_hash
 from labelmaker.pipeline.state import StateReader
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 VIDEOS = {"41000001": "Validation", "41000002": "Validation", "41000003": "Training"}
 UNKNOWN = "41999999"  # not on the server (until the test adds it)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from labelmaker.cli import main
-from labelmaker.workspace import BatchFolder
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = '''

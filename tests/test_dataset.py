@@ -26,7 +26,8 @@ from labelmaker.consensus import disagreement
 from labelmaker.errors import BadInputError
 from labelmaker.pipeline.batch_report import BatchReportConfig, encode_points, scene_flags, upright_disagreement
 from labelmaker.pipeline.dataset_export import benchmark_text, read_split_file, split_name
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 SMALL = [
     "progress=false",

@@ -17,7 +17,8 @@ from labelmaker.pipeline.records import _now
 from labelmaker.pipeline.slurm import job_state, sbatch_parameters
 from labelmaker.pipeline.state import StateReader
 from labelmaker.pipeline.table import stage_config
-from labelmaker.workspace import BatchFolder, Workspace
+from labelmaker.workspace import Workspace
+from labelmaker.pipeline.batch_folder import BatchFolder
 
 
 def _cfg(*overrides):

@@ -5,7 +5,8 @@ from labelmaker.errors import BadInputError
 from labelmaker.frames import FrameBatch
 from labelmaker.mesh import MeshArrays
 from labelmaker.pipeline.records import run_stage
-from labelmaker.workspace import Workspace, atomic_path
+from labelmaker.workspace import Workspace
+from labelmaker.atomic_io import atomic_path
 
 
 def _batch(n=3, h=4, w=5):

@@ -21,7 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from ..workspace import STATE_DIR, Workspace, atomic_path, is_derived, is_temporary
+from ..workspace import STATE_DIR, Workspace, is_derived
+from ..atomic_io import atomic_path, is_temporary
 
 Snapshot = dict[str, tuple[int, int]]
 

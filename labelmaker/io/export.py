@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from ..mesh import MeshArrays, write_ply
-from ..workspace import atomic_path, fsync_dir
+from ..atomic_io import atomic_path, fsync_dir
 
 SOFT_LABELS_FORMAT = "labelmaker-soft-labels/1"
 # optional datasets of soft.h5 when lift made 3D instances, and their types

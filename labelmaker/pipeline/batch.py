@@ -21,7 +21,8 @@ from typing import Optional
 from tqdm import tqdm
 
 from ..errors import BadInputError
-from ..workspace import BatchFolder, Workspace
+from ..workspace import Workspace
+from .batch_folder import BatchFolder
 from .executors import Executor, Task, make_executor
 from .graph import StageSpec, missing_scene_input, refuse_missing_inputs, scale, scene_graph
 from .journal import Journal

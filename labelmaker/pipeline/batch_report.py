@@ -38,7 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..io.arkitscenes import SKY_TO_UPRIGHT
-from ..workspace import BatchFolder, Workspace
+from ..workspace import Workspace
+from .batch_folder import BatchFolder
 
 ASSETS_DIR = Path(__file__).resolve().parent / "report_assets"
 ASSET_FILES = ("report.css", "report.js", "viewer.js")

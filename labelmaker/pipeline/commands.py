@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from ..config import absolute_path_overrides, precomputed_models
 from ..errors import LabelmakerError
-from ..workspace import BatchFolder, atomic_path
+from ..atomic_io import atomic_path
+from .batch_folder import BatchFolder
 from .batch import Controller, SceneInput, discover_scenes, download_scenes
 from .state import SceneState, counts
 

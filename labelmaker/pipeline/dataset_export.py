@@ -39,7 +39,9 @@ from tqdm import tqdm
 from ..digests import sha256_of
 from ..errors import BadInputError, LabelmakerError
 from ..io.export import write_pointcept
-from ..workspace import BatchFolder, Workspace, atomic_path, write_json_atomic
+from ..workspace import Workspace
+from ..atomic_io import atomic_path, write_json_atomic
+from .batch_folder import BatchFolder
 from .table import code_versions
 from .records import package_versions, stable_hash
 

@@ -32,8 +32,8 @@ from ..workspace import (
     REPORT_DIR,
     SCENE_FILE,
     Workspace,
-    write_json_atomic,
 )
+from ..atomic_io import write_json_atomic
 from .label_stages import LiftStageConfig, lift_frames
 from .hashes import REPORT_CONFIG, evaluate_input_hash, evaluate_inputs
 from .records import StageOutcome, run_stage

@@ -52,10 +52,9 @@ from ..workspace import (
     PRED_DIR,
     SCENE_FILE,
     Workspace,
-    atomic_path,
     scene_input_path,
-    write_json_atomic,
 )
+from ..atomic_io import atomic_path, write_json_atomic
 from .hashes import consensus_input_hash, hashed_config, lift_input_hash, segment_config
 from .mask_stages import refine_shard, refinement_fingerprint, refinement_input
 from ..digests import stable_hash

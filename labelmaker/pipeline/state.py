@@ -30,7 +30,7 @@ from .table import stage_config
 from ..digests import stable_hash
 
 if TYPE_CHECKING:
-    from ..workspace import BatchFolder
+    from .batch_folder import BatchFolder
     from .batch import SceneInput
 
 ERROR_CLASSES = ("bad_input", "out_of_memory", "timeout", "preempted", "cancelled", "crashed", "dependency_failed")
@@ -233,7 +233,7 @@ class StateCache:
     def save(self) -> None:
         import pickle
 
-        from ..workspace import atomic_path
+        from ..atomic_io import atomic_path
 
         if self.path is None or not self.dirty:
             return

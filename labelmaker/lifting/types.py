@@ -1,0 +1,47 @@
+"""What `lift` takes and returns: its options, one frame's inputs, the per-vertex result."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LiftConfig:
+    depth_tolerance_m: float = 0.03  # visibility: |z_vertex - depth| <= tol_m + tol_rel * depth
+    depth_tolerance_rel: float = 0.02
+    raycast_missing_depth: bool = True  # where sensor depth is 0, test against the mesh's ray-cast depth
+    weight_by_confidence: bool = True  # vote weight = consensus confidence (else 1)
+    weight_by_angle: bool = False  # also weight by |cos| of the view angle (needs normals)
+    max_distance_m: float = 0.0  # vertices farther than this (camera z) cast no vote; 0 = no limit
+    boundary_px: int = 0  # > 0: votes from pixels within this many pixels of a label change weigh less
+    top_k: int = 3  # soft labels kept per vertex
+    device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 1  # torch CPU threads while lifting (0 = torch's default); not hashed: results do not
+    # depend on it
+
+
+@dataclass
+class LiftFrame:
+    """One frame's inputs to `lift`."""
+
+    labels: Any  # (H,W) int unified ids (np.ndarray or torch.Tensor), 0 = unknown (casts no vote)
+    confidence: Any | None  # (H,W) float in [0,1], or None (weight 1)
+    depth_m: np.ndarray | None  # (Hd,Wd) float32 metres, 0 = missing; None = no sensor depth at all
+    K_labels: np.ndarray  # (3,3) intrinsics of the label raster
+    K_depth: np.ndarray  # (3,3) intrinsics of the depth raster
+    T_cw: np.ndarray  # (4,4) world-to-camera, OpenCV axes
+    more_labels: Any | None = None  # (R,H,W) the consensus' next-best classes per pixel (0 = none): they vote
+    more_confidence: Any | None = None  # too, so a close call keeps its information; (R,H,W) their vote shares
+    masks: Any | None = None  # (H,W) class-agnostic mask ids (0 = none), for `on_visible` observers (3D instances)
+
+
+@dataclass
+class LiftResult:
+    labels: np.ndarray  # (V,) int64 hard label, 0 where no vote
+    confidence: np.ndarray  # (V,) float32 winner's share of the vertex's votes
+    topk_ids: np.ndarray  # (V,k) int64, best first, 0-padded
+    topk_shares: np.ndarray  # (V,k) float32 share of the vertex's votes, rows sum <= 1
+    n_views: np.ndarray  # (V,) int32 frames in which the vertex was visible and labelled
+    votes_total: np.ndarray  # (V,) float32 summed vote weight
