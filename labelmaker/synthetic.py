@@ -34,10 +34,30 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .io.arkit_layout import (
+    CONFIDENCE_DIR,
+    DEPTH_DIR,
+    METADATA_CSV,
+    TRAJ_FILE,
+    frame_file,
+    intrinsics_dir,
+    mesh_file,
+    write_pincam,
+    write_traj,
+)
+from .io.ground_truth import (
+    CLASSES,
+    GT_DIR,
+    PIXEL_INSTANCES,
+    PIXEL_LABELS,
+    POSES,
+    VERTEX_INSTANCES,
+    VERTEX_LABELS,
+)
+from .io.ground_truth import MESH as GT_MESH
 from .lazy import LazyModule
 
 o3d = LazyModule("open3d")  # loaded on first use (see lazy.py)
-transform = LazyModule("scipy.spatial.transform")
 
 # name, visualisation colour (classes.json, GT mesh), base albedo for rendering
 _CLASSES = (
@@ -806,7 +826,7 @@ def _write_mesh(path: Path, verts: np.ndarray, tris: np.ndarray, colours: np.nda
 
 def _write_metadata(root: Path, video_id: str, visit_id: int, sky_direction: str) -> None:
     """Add or replace this video's row in metadata.csv, keeping the other rows and columns."""
-    path = root / "metadata.csv"
+    path = root / METADATA_CSV
     fields = ["video_id", "visit_id", "fold", "sky_direction"]
     rows: list[dict[str, str]] = []
     if path.exists():
@@ -828,22 +848,15 @@ def _write_metadata(root: Path, video_id: str, visit_id: int, sky_direction: str
         writer.writerows(rows)
 
 
-def _write_traj(path: Path, timestamps: np.ndarray, poses_cw: np.ndarray) -> None:
-    rotvecs = transform.Rotation.from_matrix(poses_cw[:, :3, :3]).as_rotvec()
-    lines = [f"{ts:.3f} " + " ".join(f"{x:.8f}" for x in (*r, *T[:3, 3]))
-             for ts, r, T in zip(timestamps, rotvecs, poses_cw)]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def _write_ground_truth(gt_dir: Path, mesh: _SceneMesh, frames: np.ndarray, poses: np.ndarray,
                         K: np.ndarray) -> None:
-    _write_mesh(gt_dir / "mesh.ply", mesh.verts, mesh.tris, _PALETTE[mesh.vert_class] / 255.0)
-    np.save(gt_dir / "vertex_labels.npy", mesh.vert_class)
-    np.save(gt_dir / "vertex_instances.npy", mesh.vert_instance)
+    _write_mesh(gt_dir / GT_MESH, mesh.verts, mesh.tris, _PALETTE[mesh.vert_class] / 255.0)
+    np.save(gt_dir / VERTEX_LABELS, mesh.vert_class)
+    np.save(gt_dir / VERTEX_INSTANCES, mesh.vert_instance)
     classes = [{"id": i, "name": name, "color": [int(c) for c in _PALETTE[i]]}
                for i, name in enumerate(CLASS_NAMES)]
-    (gt_dir / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    _save_npz(gt_dir / "poses.npz", timestamps=frames, T_cw=poses, K=K)
+    (gt_dir / CLASSES).write_text(json.dumps(classes, indent=1) + "\n")
+    _save_npz(gt_dir / POSES, timestamps=frames, T_cw=poses, K=K)
 
 
 def make_scene(cfg: SynthConfig, out_root: Path, progress: bool = False) -> SyntheticScene:
@@ -855,7 +868,7 @@ def make_scene(cfg: SynthConfig, out_root: Path, progress: bool = False) -> Synt
     _sky_roll(cfg.sky_direction)  # fail on a bad value before writing anything
     out_root = Path(out_root)
     video_dir, vid = out_root / cfg.video_id, cfg.video_id
-    gt_dir = video_dir / "ground_truth"
+    gt_dir = video_dir / GT_DIR
     dims = _room_dims(cfg)
     timing = _timing(cfg)
     K = _intrinsics(cfg)
@@ -863,19 +876,18 @@ def make_scene(cfg: SynthConfig, out_root: Path, progress: bool = False) -> Synt
 
     if video_dir.exists():
         shutil.rmtree(video_dir)
-    folders = ["lowres_wide", "lowres_depth", "confidence", "lowres_wide_intrinsics",
-               "ground_truth/labels", "ground_truth/instances"]
+    folders = ["lowres_wide", DEPTH_DIR, CONFIDENCE_DIR, intrinsics_dir("lowres_wide"),
+               f"{GT_DIR}/{PIXEL_LABELS}", f"{GT_DIR}/{PIXEL_INSTANCES}"]
     for folder in folders:
         (video_dir / folder).mkdir(parents=True)
     sky = cfg.sky_direction if cfg.metadata_sky_direction is None else cfg.metadata_sky_direction
     _write_metadata(out_root, vid, timing.visit_id, sky)
-    _write_traj(video_dir / "lowres_wide.traj", timing.traj, true_world_to_camera(cfg, timing.traj))
-    _write_mesh(video_dir / f"{vid}_3dod_mesh.ply", mesh.verts, mesh.tris, mesh.vertex_colours())
+    write_traj(video_dir / TRAJ_FILE, timing.traj, true_world_to_camera(cfg, timing.traj))
+    _write_mesh(video_dir / mesh_file(vid), mesh.verts, mesh.tris, mesh.vertex_colours())
     poses = true_world_to_camera(cfg, timing.frames)
     _write_ground_truth(gt_dir, mesh, timing.frames, poses, K)
 
     renderer = _Renderer(mesh, K, cfg.width, cfg.height)
-    pincam = " ".join(repr(float(x)) for x in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     frames = tqdm(enumerate(zip(timing.frames, poses)), total=cfg.n_frames, disable=not progress,
                   desc=f"synthetic {vid}", unit="frame")
     for k, (ts, T_cw) in frames:
@@ -883,12 +895,12 @@ def make_scene(cfg: SynthConfig, out_root: Path, progress: bool = False) -> Synt
         hits = renderer.render(T_cw)
         edges = _depth_edges(hits.depth)
         depth_mm = _lidar_depth(hits, edges, cfg, rng)
-        name = f"{vid}_{ts:.3f}.png"
+        name = frame_file(vid, ts)
         _save_png(video_dir / "lowres_wide" / name, _camera_rgb(hits, rng))
-        _save_png(video_dir / "lowres_depth" / name, depth_mm)
-        _save_png(video_dir / "confidence" / name, _confidence(hits, edges, depth_mm, cfg.max_depth_m))
-        _save_png(gt_dir / "labels" / name, hits.cls)
-        _save_png(gt_dir / "instances" / name, hits.instance)
-        (video_dir / "lowres_wide_intrinsics" / name.replace(".png", ".pincam")).write_text(
-            f"{cfg.width} {cfg.height} {pincam}\n")
+        _save_png(video_dir / DEPTH_DIR / name, depth_mm)
+        _save_png(video_dir / CONFIDENCE_DIR / name, _confidence(hits, edges, depth_mm, cfg.max_depth_m))
+        _save_png(gt_dir / PIXEL_LABELS / name, hits.cls)
+        _save_png(gt_dir / PIXEL_INSTANCES / name, hits.instance)
+        write_pincam(video_dir / intrinsics_dir("lowres_wide") / frame_file(vid, ts, "pincam"),
+                     (cfg.width, cfg.height), K)
     return SyntheticScene(root=out_root, video_dir=video_dir, video_id=vid, gt_dir=gt_dir)

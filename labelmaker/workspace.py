@@ -180,20 +180,19 @@ class Workspace:
     def frame_shards(self) -> "ShardSet":
         return ShardSet(self.root / FRAMES_DIR)
 
-    def prediction_shards(self, model: str) -> "ShardSet":
-        return ShardSet(self.root / PRED_DIR / model)
+    def prediction_shards(self, model: str) -> "PredictionShards":
+        return PredictionShards(self.root / PRED_DIR / model)
 
-    def mask_shards(self, model: str) -> "ShardSet":
-        return ShardSet(self.root / MASKS_DIR / model)
-
-    @property
-    def consensus_shards(self) -> "ShardSet":
-        return ShardSet(self.root / CONSENSUS_DIR)
+    def mask_shards(self, model: str) -> "MaskShards":
+        return MaskShards(self.root / MASKS_DIR / model)
 
     @property
-    def consensus_calibration(self) -> "ShardSet":
-        """One shard (index 0): what each model's classes mean in this scene (consensus.calibrate)."""
-        return ShardSet(self.root / CONSENSUS_DIR / "calibration")
+    def consensus_shards(self) -> "ConsensusShards":
+        return ConsensusShards(self.root / CONSENSUS_DIR)
+
+    @property
+    def consensus_calibration(self) -> "CalibrationStore":
+        return CalibrationStore(self.root / CONSENSUS_DIR / "calibration")
 
     def frame_shard_fingerprint(self, index: int) -> str | None:
         return self.frame_shards.fingerprint(index)
@@ -433,3 +432,83 @@ class ShardSet:
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
+
+
+class PredictionShards(ShardSet):
+    """One model's label maps per frame shard, uint16 ids in the model's own label space:
+    `labels` (N,H,W), and `labels_flip` (the mirrored frames' labels, mirrored back) with flip TTA."""
+
+    def write_labels(self, index: int, labels: np.ndarray, labels_flip: np.ndarray | None, fingerprint: str,
+                     attrs: dict) -> None:
+        arrays = {"labels": labels} if labels_flip is None else {"labels": labels, "labels_flip": labels_flip}
+        self.write(index, {k: v.astype(np.uint16) for k, v in arrays.items()}, fingerprint, attrs=attrs)
+
+    def labels(self, index: int) -> np.ndarray:
+        return self.read(index, ("labels",))["labels"]
+
+    def votes(self, index: int) -> list[np.ndarray]:
+        """The labels, and the flipped frames' labels when stored: each votes in the consensus."""
+        return [self.read(index, (key,))[key] for key in ("labels", "labels_flip") if key in self.keys(index)]
+
+
+class ConsensusShards(ShardSet):
+    """The consensus per frame shard: `labels` (N,H,W) uint16 unified ids, `confidence` (N,H,W)
+    float16 the winner's vote share, and the runners-up `more_labels` / `more_confidence` (N,R,H,W);
+    the shard's agreement sums (CONSENSUS_STATS) in its attributes."""
+
+    def write_ranked(self, index: int, labels: np.ndarray, confidence: np.ndarray, more_labels: np.ndarray,
+                     more_confidence: np.ndarray, fingerprint: str, attrs: dict) -> None:
+        self.write(index, {"labels": labels.astype(np.uint16), "confidence": confidence.astype(np.float16),
+                           "more_labels": more_labels.astype(np.uint16),
+                           "more_confidence": more_confidence.astype(np.float16)}, fingerprint, attrs=attrs)
+
+    def labels(self, index: int) -> np.ndarray:
+        return self.read(index, ("labels",))["labels"]
+
+    def ranked(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, confidence, more_labels, more_confidence) in their stored dtypes."""
+        c = self.read(index, ("labels", "confidence", "more_labels", "more_confidence"))
+        return c["labels"], c["confidence"], c["more_labels"], c["more_confidence"]
+
+
+class MaskShards(ShardSet):
+    """One mask model's class-agnostic masks per frame shard: `ids` (N,H,W) uint16, 0 = no mask."""
+
+    def write_ids(self, index: int, ids: np.ndarray, fingerprint: str, attrs: dict) -> None:
+        self.write(index, {"ids": ids.astype(np.uint16)}, fingerprint, attrs=attrs)
+
+    def ids(self, index: int) -> np.ndarray:
+        return self.read(index, ("ids",))["ids"]
+
+
+class CalibrationStore(ShardSet):
+    """The consensus stage's counts over the whole scene, kept so that a resumed stage does not
+    count again: shard 0 the calibration (consensus.calibrate), shard 1 the agreement counts of
+    consensus.reliability. Each is read back only under the fingerprint it was written with."""
+
+    def write_calibration(self, classes: np.ndarray, log_prior: np.ndarray, log_likelihood: list[np.ndarray],
+                          vanished: dict[int, float], fingerprint: str) -> None:
+        arrays = {"classes": classes, "log_prior": log_prior,
+                  "vanished": np.array(sorted(vanished.items()), dtype=np.float64).reshape(-1, 2)}
+        arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(log_likelihood)})
+        self.write(0, arrays, fingerprint)
+
+    def read_calibration(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict] | None:
+        """(classes, log_prior, log_likelihood tables, vanished {class: ratio}), or None when the
+        stored one was made under another fingerprint."""
+        if self.fingerprint(0) != fingerprint:
+            return None
+        arrays = self.read(0)
+        vanished = arrays.get("vanished", np.zeros((0, 2)))
+        n_tables = sum(k.startswith("log_likelihood_") for k in arrays)
+        return (arrays["classes"], arrays["log_prior"], [arrays[f"log_likelihood_{m}"] for m in range(n_tables)],
+                {int(c): float(r) for c, r in vanished})
+
+    def write_agreement(self, ref: np.ndarray, agree: np.ndarray, per_class: np.ndarray, sizes: np.ndarray,
+                        fingerprint: str) -> None:
+        self.write(1, {"ref": ref, "agree": agree, "per_class": per_class, "sizes": sizes}, fingerprint)
+
+    def read_agreement(self, fingerprint: str) -> dict[str, np.ndarray] | None:
+        """{ref, agree, per_class, sizes} (see consensus.agreement_counts), or None when the stored
+        counts were made under another fingerprint."""
+        return self.read(1) if self.fingerprint(1) == fingerprint else None

@@ -1,14 +1,6 @@
 """ARKitScenes raw videos -> CaptureIndex.
 
-Layout of one video folder (as the dataset publishes it):
-
-    <video_id>/lowres_wide/<video_id>_<ts>.png            colour (also vga_wide/, wide/)
-    <video_id>/lowres_wide_intrinsics/<video_id>_<ts>.pincam   "w h fx fy cx cy"
-    <video_id>/lowres_depth/<video_id>_<ts>.png           uint16 millimetres
-    <video_id>/confidence/<video_id>_<ts>.png             0 low, 1 medium, 2 high
-    <video_id>/lowres_wide.traj                           "ts rx ry rz tx ty tz", world-to-camera
-    <video_id>/<video_id>_3dod_mesh.ply                   ARKit's mesh of the scene
-    metadata.csv (beside or above the video folder)       video_id, ..., sky_direction
+The layout of one video folder, as the dataset publishes it: io/arkit_layout.py.
 
 The traj is sampled at ~10 Hz at other times than the frames; we interpolate. World is z-up.
 sky_direction in metadata.csv is known to be wrong for some videos, so the upright rotation is
@@ -19,14 +11,26 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError
-from ..geometry import axis_angle_to_transforms, interpolate_poses
+from ..geometry import interpolate_poses
+from .arkit_layout import (
+    COLOR_STREAMS,
+    CONFIDENCE_DIR,
+    DEPTH_DIR,
+    FRAME_NAME,
+    METADATA_CSV,
+    TRAJ_FILE,
+    intrinsics_dir,
+    mesh_file,
+    read_pincam,
+    read_traj,
+    timestamp_of,
+)
 from .capture import CaptureIndex, FrameRecord, ImportConfig
 from .framefiles import check_principal_point, image_size
 from .registry import Importer, register_importer
@@ -36,7 +40,6 @@ log = logging.getLogger(__name__)
 SKY_DIRECTIONS = ("Up", "Down", "Left", "Right")
 # What each valid sky_direction implies for the upright quarter turns (geometry convention).
 SKY_TO_UPRIGHT = {"Up": 0, "Down": 2, "Left": 3, "Right": 1}
-COLOR_STREAMS = ("lowres_wide", "vga_wide", "wide")
 
 
 @dataclass
@@ -48,89 +51,18 @@ class ArkitScenesConfig(ImportConfig):
     metadata_csv: str | None = None  # None: look for metadata.csv in the video folder and the two above
 
 
-# <video_id>_<seconds>.<ext>: names of frames, depth, confidence and intrinsics files. Anything else in those
-# folders (macOS '._' resource forks, '.DS_Store', Finder copies like '..._6917.604 (1).png') is not a frame.
-_FRAME_NAME = re.compile(r"(?P<video>[^.][^/]*)_(?P<ts>\d+(?:\.\d+)?)\.(?P<ext>png|pincam)")
-
-
-def _timestamp(path: Path) -> float:
-    return float(_FRAME_NAME.fullmatch(path.name).group("ts"))
-
-
 def frame_files(folder: Path, ext: str, scene: str, ignored: list[str]) -> list[Path]:
     """The frame files of one asset folder, sorted; other files are appended to `ignored`."""
     if not folder.is_dir():
         return []
     found = []
     for path in sorted(folder.iterdir()):
-        match = _FRAME_NAME.fullmatch(path.name)
+        match = FRAME_NAME.fullmatch(path.name)
         if match and match.group("ext") == ext and path.is_file():
             found.append(path)
         else:
             ignored.append(str(path.relative_to(folder.parent)))
     return found
-
-
-def read_traj(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray]:
-    """Timestamps (M,) and world-to-camera transforms (M,4,4) from a .traj file."""
-    if not path.exists():
-        raise BadInputError(scene, path, "camera trajectory is missing", "download the video's lowres_wide.traj asset")
-    rows = []
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadInputError(
-            scene, path, f"trajectory is not a text file ({err})", "re-download lowres_wide.traj"
-        ) from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) != 7 or not np.all(np.isfinite(values)):
-            raise BadInputError(
-                scene, path, f"line {lineno} is not 7 finite numbers 'ts rx ry rz tx ty tz': {line.strip()[:80]!r}",
-                "re-download lowres_wide.traj",
-            )
-        rows.append(values)
-    data = np.array(rows).reshape(-1, 7)
-    # a line repeated as it is (a file appended to itself, a concatenated copy) says nothing new: drop it
-    _, first = np.unique(data, axis=0, return_index=True)
-    if len(first) < len(data):
-        log.warning("scene %s: %s repeats %d line(s); each is used once", scene, path.name, len(data) - len(first))
-        data = data[np.sort(first)]
-    if len(data) < 2:
-        raise BadInputError(
-            scene,
-            path,
-            f"trajectory has {len(data)} distinct pose(s), at least 2 are needed",
-            "re-download lowres_wide.traj",
-        )
-    if (np.diff(data[:, 0]) < 0).any():  # each line carries its time: lines out of order are sorted
-        log.warning("scene %s: %s is not in time order; its lines are sorted", scene, path.name)
-        data = data[np.argsort(data[:, 0], kind="stable")]
-    same = np.flatnonzero(np.diff(data[:, 0]) == 0)
-    if len(same):
-        raise BadInputError(scene, path, f"two different poses at time {data[same[0], 0]!r}",
-                            "re-download lowres_wide.traj (one pose per time; merged or mixed trajectories are not)")
-    return data[:, 0], axis_angle_to_transforms(data[:, 1:4], data[:, 4:7])
-
-
-def read_pincam(path: Path, scene: str) -> tuple[tuple[int, int], np.ndarray]:
-    try:
-        w, h, fx, fy, cx, cy = (float(v) for v in path.read_text().split())
-    except (ValueError, OSError) as err:
-        raise BadInputError(
-            scene, path, f"intrinsics file is not 'w h fx fy cx cy' ({err})", "re-download the intrinsics asset"
-        ) from None
-    if not all(np.isfinite([w, h, fx, fy, cx, cy])) or fx <= 0 or fy <= 0 or w < 1 or h < 1:
-        raise BadInputError(
-            scene, path, "intrinsics are not finite positive numbers", "re-download the intrinsics asset"
-        )
-    return (int(w), int(h)), np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
 
 
 def check_pincam(
@@ -153,8 +85,8 @@ def find_metadata(video_dir: Path, cfg: ArkitScenesConfig) -> Path | None:
             )
         return path
     for folder in (video_dir, video_dir.parent, video_dir.parent.parent):
-        if (folder / "metadata.csv").exists():
-            return folder / "metadata.csv"
+        if (folder / METADATA_CSV).exists():
+            return folder / METADATA_CSV
     return None
 
 
@@ -206,21 +138,21 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
         raise BadInputError(
             scene, color_dir, "no colour frames (folder missing or empty)", f"download the video's {cfg.color} asset"
         )
-    depth_dir = video_dir / "lowres_depth"
+    depth_dir = video_dir / DEPTH_DIR
     depths = frame_files(depth_dir, "png", scene, ignored)
     if not depths:
         raise BadInputError(
             scene, depth_dir, "no depth frames (folder missing or empty)", "download the video's lowres_depth asset"
         )
-    traj_t, traj_T = read_traj(video_dir / "lowres_wide.traj", scene)
+    traj_t, traj_T = read_traj(video_dir / TRAJ_FILE, scene)
 
     metadata = find_metadata(video_dir, cfg)
     sky = read_sky_direction(metadata, scene) if metadata else None
 
-    mesh_path = video_dir / f"{scene}_3dod_mesh.ply"
+    mesh_path = video_dir / mesh_file(scene)
     mesh_vertices = check_mesh(mesh_path, scene) if mesh_path.exists() else 0
-    color_t = np.array([_timestamp(p) for p in colors])
-    depth_t = np.array([_timestamp(p) for p in depths])
+    color_t = np.array([timestamp_of(p) for p in colors])
+    depth_t = np.array([timestamp_of(p) for p in depths])
     dropped: dict[str, int] = {}
 
     # Pair each colour frame with a depth frame (same stem for lowres, nearest time otherwise).
@@ -235,12 +167,12 @@ def index_arkitscenes(video_dir: Path, cfg: ArkitScenesConfig) -> CaptureIndex:
     dropped["outside_trajectory"] = int((has_depth & (reason == "outside")).sum())
     dropped["pose_gap"] = int((has_depth & (reason == "gap")).sum())
 
-    conf_dir = video_dir / "confidence"
+    conf_dir = video_dir / CONFIDENCE_DIR
     confidences = {p.name: p for p in frame_files(conf_dir, "png", scene, ignored)}
-    intr_dir = video_dir / f"{cfg.color}_intrinsics"
+    intr_dir = video_dir / intrinsics_dir(cfg.color)
     pincams = frame_files(intr_dir, "pincam", scene, ignored)
-    pincam_t = np.array(sorted(_timestamp(p) for p in pincams))
-    pincams = sorted(pincams, key=_timestamp)
+    pincam_t = np.array(sorted(timestamp_of(p) for p in pincams))
+    pincams = sorted(pincams, key=timestamp_of)
     color_wh = image_size(colors[0], scene, "colour")
     frames: list[FrameRecord] = []
     missing_intrinsics = missing_confidence = 0
@@ -342,7 +274,7 @@ def _lowres_depth_K(
     """lowres_depth shares lowres_wide's intrinsics; for other colour streams read those."""
     if cfg.color == "lowres_wide":
         return K_color
-    pincam = video_dir / "lowres_wide_intrinsics" / f"{depth_path.stem}.pincam"
+    pincam = video_dir / intrinsics_dir("lowres_wide") / f"{depth_path.stem}.pincam"
     if not pincam.exists():
         raise BadInputError(
             scene,

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ..digests import crc32_of, sha256_of
 from ..errors import BadInputError, LabelmakerError
+from .arkit_layout import CONFIDENCE_DIR, DEPTH_DIR, METADATA_CSV, TRAJ_FILE, annotation_file, intrinsics_dir, mesh_file
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class DownloadConfig:
     base_url: str = PUBLIC_BASE_URL  # the dataset's root; a mirror or a test server works the same
     split: str = "Validation"  # Training | Validation
     assets: list[str] = field(default_factory=lambda: [
-        "lowres_wide", "lowres_depth", "confidence", "lowres_wide_intrinsics", "lowres_wide.traj", "mesh"])
+        "lowres_wide", DEPTH_DIR, CONFIDENCE_DIR, intrinsics_dir("lowres_wide"), TRAJ_FILE, "mesh"])
     metadata: bool = True  # also fetch raw/metadata.csv (sky_direction for the importer)
     checksums: Optional[str] = None  # sha256sum-style manifest: "<sha256>  <path below base_url>"
     retries: int = 5  # further tries per file after the first, for transient errors
@@ -119,8 +120,8 @@ def remote_name(asset: str, video_id: str) -> str:
     """The file name of one asset in the published layout."""
     if asset in ZIP_ASSETS:
         return f"{asset}.zip"
-    named = {"lowres_wide.traj": "lowres_wide.traj", "mesh": f"{video_id}_3dod_mesh.ply",
-             "annotation": f"{video_id}_3dod_annotation.json", "mov": f"{video_id}.mov"}
+    named = {TRAJ_FILE: TRAJ_FILE, "mesh": mesh_file(video_id), "annotation": annotation_file(video_id),
+             "mov": f"{video_id}.mov"}
     if asset not in named:
         raise LabelmakerError(f"unknown ARKitScenes asset {asset!r}; known: {', '.join((*ZIP_ASSETS, *named))}")
     return named[asset]
@@ -349,11 +350,11 @@ def download_video(video_id: str, out_root: str | Path, cfg: DownloadConfig, pro
 
     metadata = None
     if cfg.metadata:
-        metadata = raw / "metadata.csv"
-        url = f"{cfg.base_url.rstrip('/')}/raw/metadata.csv"
+        metadata = raw / METADATA_CSV
+        url = f"{cfg.base_url.rstrip('/')}/raw/{METADATA_CSV}"
         try:
             results.append(
-                fetch_file(url, metadata, cfg, manifest.get("raw/metadata.csv"), progress, sleep, shared=True)
+                fetch_file(url, metadata, cfg, manifest.get(f"raw/{METADATA_CSV}"), progress, sleep, shared=True)
             )
         except DownloadError as err:
             raise DownloadError(f"video {video_id}: {err}") from None

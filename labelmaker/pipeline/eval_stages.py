@@ -210,9 +210,9 @@ def _scores_2d(
             continue
         truth = np.stack([gt.frame_labels(names[j]) for j in keep])
         for model in sorted(models):
-            pred = ws.prediction_shards(model).read(i, ("labels",))["labels"][keep].astype(np.int64)
+            pred = ws.prediction_shards(model).labels(i)[keep].astype(np.int64)
             confusions[model] += confusion_matrix(single_model_labels(pred, models[model].label_space), truth, n)
-        cons = ws.consensus_shards.read(i, ("labels",))["labels"][keep].astype(np.int64)
+        cons = ws.consensus_shards.labels(i)[keep].astype(np.int64)
         confusions["consensus"] += confusion_matrix(cons, truth, n)
     return {name: scores(c) for name, c in confusions.items()}
 
@@ -235,7 +235,7 @@ def baseline_lifts(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: Lift
 
     def model_labels(names):
         def labels_of_shard(i):
-            return [(single_model_labels(ws.prediction_shards(m).read(i, ("labels",))["labels"].astype(np.int64),
+            return [(single_model_labels(ws.prediction_shards(m).labels(i).astype(np.int64),
                                          models[m].label_space), None) for m in names]
         return labels_of_shard
 

@@ -109,22 +109,15 @@ def segment_scene(
         for i, fp in walk:
             batch = ws.read_frame_shard(i, skip=() if pixels else ("color", "depth", "confidence"))
             if runner is None:
-                votes = {"labels": np.asarray(segmenter.predict(batch, ctx))}
+                labels, labels_flip = np.asarray(segmenter.predict(batch, ctx)), None
             else:
                 _check_min_size(segmenter, batch.color.shape, ctx.scene, ws.frame_shards.path(i), model)
                 pred = runner.run(batch.color, batch.upright, ctx.scene)
-                votes = {
-                    "labels": pred.labels,
-                    **({"labels_flip": pred.labels_flip} if pred.labels_flip is not None else {}),
-                }
-            for labels in votes.values():
-                _check_prediction(labels, batch.color.shape[:3], space, ctx.scene, model, batch.names)
-            shards.write(
-                i,
-                {k: v.astype(np.uint16) for k, v in votes.items()},
-                fp,
-                attrs={"label_space": space.name, "model": model},
-            )
+                labels, labels_flip = pred.labels, pred.labels_flip
+            for votes in (labels, labels_flip):
+                if votes is not None:
+                    _check_prediction(votes, batch.color.shape[:3], space, ctx.scene, model, batch.names)
+            shards.write_labels(i, labels, labels_flip, fp, attrs={"label_space": space.name, "model": model})
         return {
             "model": model,
             "label_space": space.name,
@@ -174,8 +167,7 @@ def _check_min_size(segmenter, shape: tuple, scene: str, shard: Path, model: str
 def model_votes(ws: Workspace, model: str, index: int) -> list[np.ndarray]:
     """A model's predictions of one shard: its labels, plus its mirrored-frame labels (flip TTA)
     when it stored them -- each votes in the consensus with the model's weight."""
-    shards = ws.prediction_shards(model)
-    return [shards.read(index, (key,))[key] for key in ("labels", "labels_flip") if key in shards.keys(index)]
+    return ws.prediction_shards(model).votes(index)
 
 
 def _check_prediction(labels: np.ndarray, expected: tuple, space, scene: str, model: str, names: list[str]) -> None:
@@ -273,10 +265,8 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                     labels = ranked[0]
                     shard_stats = _agreement_stats(labels, shares[0], [p for p, k in zip(preds, own) if k],
                                                    [m for m, k in zip(vote_maps, own) if k], n_classes)
-                    out.write(i, {"labels": labels.astype(np.uint16), "confidence": shares[0].astype(np.float16),
-                                  "more_labels": np.moveaxis(ranked[1:cfg.ranks], 0, 1).astype(np.uint16),
-                                  "more_confidence": np.moveaxis(shares[1:cfg.ranks], 0, 1).astype(np.float16)}, fp,
-                              attrs=shard_stats)
+                    out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
+                                     np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
                 for key in CONSENSUS_STATS:
                     stats[key] += shard_stats.get(key, 0.0)
                 bar.update(1)
@@ -349,16 +339,15 @@ def _scene_reliability(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     """Per shard the (predictions, frames) vote multipliers (consensus.agreement_counts over all
     shards, then reliability_weights); the counts are stored, so a resumed stage does not count again."""
     store = ws.consensus_calibration
-    if store.fingerprint(1) == fingerprint:
-        arrays = store.read(1)
-    else:
+    arrays = store.read_agreement(fingerprint)
+    if arrays is None:
         parts = []
         for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (reliability)", unit="shard", disable=not progress):
             preds, maps, _, _, groups = votes_of(i)
             parts.append(agreement_counts(preds, maps, groups, n_classes, cfg, prior=class_prior()))
-        arrays = {"ref": np.concatenate([p[0] for p in parts], 1), "agree": np.concatenate([p[1] for p in parts], 1),
-                  "per_class": np.sum([p[2] for p in parts], 0), "sizes": np.array([p[0].shape[1] for p in parts])}
-        store.write(1, arrays, fingerprint)
+        store.write_agreement(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
+                              np.sum([p[2] for p in parts], 0), np.array([p[0].shape[1] for p in parts]), fingerprint)
+        arrays = store.read_agreement(fingerprint)
     weights = reliability_weights(arrays["ref"], arrays["agree"], arrays["per_class"], cfg.reliability,
                                   cfg.reliability_pseudo_pixels)
     return np.split(weights, np.cumsum(arrays["sizes"])[:-1], axis=1)
@@ -371,13 +360,10 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     accepted); stored, so a resumed stage does not count again."""
     store = ws.consensus_calibration
     store.remove_stale_temporaries()
-    if store.fingerprint(0) == fingerprint:
-        arrays = store.read(0)
-        vanished = arrays.get("vanished", np.zeros((0, 2)))
-        n_tables = sum(k.startswith("log_likelihood_") for k in arrays)
-        calibration = Calibration(classes=arrays["classes"], log_prior=arrays["log_prior"],
-                                  log_likelihood=[arrays[f"log_likelihood_{m}"] for m in range(n_tables)])
-        return calibration, {int(c): float(r) for c, r in vanished}
+    stored = store.read_calibration(fingerprint)
+    if stored is not None:
+        classes, log_prior, tables, vanished = stored
+        return Calibration(classes=classes, log_prior=log_prior, log_likelihood=tables), vanished
 
     def count(calibration, what: str):
         counts, wins, mappings = None, 0, None
@@ -400,10 +386,8 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     if cfg.calibration_guard > 0:
         vanished = vanishing_classes(plain_wins, count(calibration, "guard")[1], cfg.calibration_guard,
                                      cfg.calibration_guard_min_share)
-    arrays = {"classes": calibration.classes, "log_prior": calibration.log_prior,
-              "vanished": np.array(sorted(vanished.items()), dtype=np.float64).reshape(-1, 2)}
-    arrays.update({f"log_likelihood_{m}": t for m, t in enumerate(calibration.log_likelihood)})
-    store.write(0, arrays, fingerprint)
+    store.write_calibration(calibration.classes, calibration.log_prior, calibration.log_likelihood, vanished,
+                            fingerprint)
     return calibration, vanished
 
 
@@ -416,12 +400,11 @@ def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -
     time, exactly, instead of a whole shard at once (~110 MB for 64 frames)."""
     if labels_of_shard is None:
         def labels_of_shard(i):
-            c = ws.consensus_shards.read(i)
-            return [(c["labels"], c["confidence"], c["more_labels"], c["more_confidence"])]
+            return [ws.consensus_shards.ranked(i)]
 
     for i in range(ws.frame_shard_count()):
         batch = ws.read_frame_shard(i, skip=("color", "confidence"))
-        mask_ids = ws.mask_shards(masks).read(i, ("ids",))["ids"] if masks else None
+        mask_ids = ws.mask_shards(masks).ids(i) if masks else None
         for labels, confidence, *more in labels_of_shard(i):
             for j in range(len(batch)):
                 yield LiftFrame(

@@ -43,7 +43,7 @@ def masks_scene(
                     f"mask model '{model}' returned id maps of shape {ids.shape}, expected {batch.color.shape[:3]}",
                     "fix the mask model so that it gives one id map per frame at the colour raster",
                 )
-            shards.write(i, {"ids": ids.astype(np.uint16)}, fp, attrs={"model": model})
+            shards.write_ids(i, ids, fp, attrs={"model": model})
             n_masks += int(sum(len(np.unique(f)) - int((f == 0).any()) for f in ids))
             n_frames += len(ids)
         return {"model": model, "shards": walk.n_shards, "shards_reused": walk.reused,
@@ -71,7 +71,7 @@ def refine_shard(ws: Workspace, cfg: SamRefineConfig, index: int, ranked: np.nda
     its runners-up are cleared (the mask's class is now the pixel's only vote). Returns the new
     (ranked, shares, changed pixel count).
     """
-    ids = ws.mask_shards(cfg.masks).read(index, ("ids",))["ids"]
+    ids = ws.mask_shards(cfg.masks).ids(index)
     if ids.shape != ranked.shape[1:]:
         raise BadInputError(
             ws.scene,
