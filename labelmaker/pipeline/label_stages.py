@@ -200,6 +200,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
             "add models under segment.models (see configs/models/)",
         )
     records = {name: require_done(ws, "consensus", stage_name("segment", name)) for name in models}
+    imported = require_done(ws, "consensus", "import")
     input_hash = consensus_input_hash({name: rec["output_hash"] for name, rec in records.items()}, models,
                                       cfg.sam_refine, refinement_input(ws, cfg.sam_refine))
     config = versioned("consensus", cfg)
@@ -218,7 +219,6 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
             return tuple(list(x) for x in zip(*votes))
 
         out = ws.consensus_shards
-        out.remove_stale_temporaries()
         n_shards = ws.frame_shard_count()
         inputs = [[ws.prediction_shards(n).fingerprint(i) for n in names] for i in range(n_shards)]
         calibration, calibration_fp, vanished = None, None, {}
@@ -234,55 +234,51 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         if cfg.reliability != "none":
             reliability = _scene_reliability(ws, votes_of, n_shards, n_classes, cfg, counted_fp, progress)
             calibration_fp = stable_hash([calibration_fp, [r.round(6).tolist() for r in reliability]])
-        fingerprints, reused, refined = [], 0, 0
+        def fingerprint(i: int) -> str:
+            fp = stable_hash([config, weights, inputs[i], calibration_fp])
+            return stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)]) if cfg.sam_refine.enabled else fp
+
+        walk = FrameShardPass(ws, out, "", imported, f"consensus {ws.scene}", progress, fingerprint=fingerprint)
+        refined = 0
+        for i, fp in walk:
+            preds, vote_maps, vote_weights, own, _ = votes_of(i)
+            if reliability is None:  # _VOTE_FRAMES frames at a time
+                parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
+                         for part in _frame_slices(preds)]
+                ranked = np.concatenate([x[0] for x in parts], axis=1)
+                shares = np.concatenate([x[1] for x in parts], axis=1)
+                del parts
+            else:  # frame by frame, each prediction weighted by its reliability in that frame
+                ranked, shares = (np.stack(x, 1) for x in zip(*(
+                    _vote_shard([p[j:j + 1] for p in preds], vote_maps,
+                                [w * r for w, r in zip(vote_weights, reliability[i][:, j])], n_classes, cfg,
+                                calibration) for j in range(reliability[i].shape[1]))))
+                ranked, shares = ranked[:, :, 0], shares[:, :, 0]
+            if cfg.sam_refine.enabled:
+                ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
+                refined += n_changed
+            labels = ranked[0]
+            shard_stats = _agreement_stats(labels, shares[0], [p for p, k in zip(preds, own) if k],
+                                           [m for m, k in zip(vote_maps, own) if k], n_classes)
+            out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
+                             np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
         stats = dict.fromkeys(CONSENSUS_STATS, 0.0)
-        with tqdm(total=n_shards, desc=f"consensus {ws.scene}", unit="shard", disable=not progress) as bar:
-            for i in range(n_shards):
-                fp = stable_hash([config, weights, inputs[i], calibration_fp])
-                if cfg.sam_refine.enabled:
-                    fp = stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)])
-                fingerprints.append(fp)
-                if out.fingerprint(i) == fp:
-                    reused += 1
-                    shard_stats = {k: float(v) for k, v in out.attrs(i).items() if k in CONSENSUS_STATS}
-                else:
-                    preds, vote_maps, vote_weights, own, _ = votes_of(i)
-                    if reliability is None:  # _VOTE_FRAMES frames at a time
-                        parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
-                                 for part in _frame_slices(preds)]
-                        ranked = np.concatenate([x[0] for x in parts], axis=1)
-                        shares = np.concatenate([x[1] for x in parts], axis=1)
-                        del parts
-                    else:  # frame by frame, each prediction weighted by its reliability in that frame
-                        ranked, shares = (np.stack(x, 1) for x in zip(*(
-                            _vote_shard([p[j:j + 1] for p in preds], vote_maps,
-                                        [w * r for w, r in zip(vote_weights, reliability[i][:, j])], n_classes, cfg,
-                                        calibration) for j in range(reliability[i].shape[1]))))
-                        ranked, shares = ranked[:, :, 0], shares[:, :, 0]
-                    if cfg.sam_refine.enabled:
-                        ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
-                        refined += n_changed
-                    labels = ranked[0]
-                    shard_stats = _agreement_stats(labels, shares[0], [p for p, k in zip(preds, own) if k],
-                                                   [m for m, k in zip(vote_maps, own) if k], n_classes)
-                    out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
-                                     np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
-                for key in CONSENSUS_STATS:
-                    stats[key] += shard_stats.get(key, 0.0)
-                bar.update(1)
-        out.remove_from(n_shards)
+        for i in range(n_shards):  # every shard's sums, the reused ones' too (kept in their attributes)
+            shard_stats = out.attrs(i)
+            for key in CONSENSUS_STATS:
+                stats[key] += float(shard_stats.get(key, 0.0))
         pixels, known, compared = stats["pixels"], stats["known_pixels"], stats["compared_pixels"]
         summary = {
             "models": names,
             "weights": weights,
             "shards": n_shards,
-            "shards_reused": reused,
+            "shards_reused": walk.reused,
             "unknown_share": round(1.0 - known / pixels, 4) if pixels else None,
             # agreement between the models: the winner's mean vote share where a label is known, and
             # the share of pixels (seen by 2+ models) where two models name unrelated classes
             "mean_confidence": round(stats["confidence_sum"] / known, 4) if known else None,
             "disagree_share": round(stats["disagree_pixels"] / compared, 4) if compared else None,
-            "output_hash": stable_hash(fingerprints),
+            "output_hash": walk.output_hash,
         }
         if calibration is not None:
             summary["calibrated_classes"] = int(len(calibration.classes))

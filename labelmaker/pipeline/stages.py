@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -102,15 +103,17 @@ def scene_context(ws: Workspace) -> SceneContext:
 
 
 class FrameShardPass:
-    """The shard-by-shard walk of a per-frame stage (segment, masks) over the imported frames.
+    """The shard-by-shard walk of a per-frame stage (segment, masks, consensus) over the imported frames.
 
     Each output shard's fingerprint is the stage config's hash with its frame shard's
-    fingerprint; a shard already written with it is kept (so a killed stage resumes), and the
+    fingerprint (or `fingerprint(i)` when the stage gives one: consensus hashes its inputs'
+    shards); a shard already written with it is kept (so a killed stage resumes), and the
     others are yielded as (index, fingerprint) for the stage to compute and write. The progress
     bar counts frames; at the end, output shards beyond the frame shards are removed.
     """
 
-    def __init__(self, ws: Workspace, out, cfg_hash: str, imported: dict, desc: str, progress: bool):
+    def __init__(self, ws: Workspace, out, cfg_hash: str, imported: dict, desc: str, progress: bool,
+                 fingerprint: Callable[[int], str] | None = None):
         self.ws, self.out, self.cfg_hash = ws, out, cfg_hash
         self.n_frames = int(imported["summary"]["n_frames"])
         self.shard_size = int(imported["summary"]["shard_size"])
@@ -118,12 +121,13 @@ class FrameShardPass:
         self.n_shards = ws.frame_shard_count()
         self.fingerprints: list[str] = []
         self.reused = 0
+        self._fingerprint = fingerprint or (lambda i: stable_hash([self.cfg_hash, self.ws.frame_shard_fingerprint(i)]))
 
     def __iter__(self):
         self.out.remove_stale_temporaries()
         with tqdm(total=self.n_frames, desc=self.desc, unit="frame", disable=not self.progress) as bar:
             for i in range(self.n_shards):
-                fp = stable_hash([self.cfg_hash, self.ws.frame_shard_fingerprint(i)])
+                fp = self._fingerprint(i)
                 self.fingerprints.append(fp)
                 if self.out.fingerprint(i) == fp:
                     self.reused += 1

@@ -235,6 +235,24 @@ SEGMENTERS: Registry = Registry("segmenter kind")
 register_segmenter = SEGMENTERS.register
 
 
+def unified_only(kind: str, name: str, cfg: ModelConfig) -> str:
+    """The label space of a kind that predicts unified ids (open vocabulary): "unified", or an
+    error when the model's config declares another."""
+    if cfg.label_space != "unified":
+        raise ValueError(f"model {name!r}: {kind} predicts in the unified label space; set label_space: unified")
+    return "unified"
+
+
+def unified_vocabulary(classes: List[str]) -> tuple[np.ndarray, list[str]]:
+    """Unified ids and names of an open-vocabulary model's classes: `classes`, or every unified
+    class but 'unknown' when it is empty (a KeyError names a class the unified space lacks)."""
+    from ..labels import unified_space
+
+    space = unified_space()
+    names = list(classes) or [n for i, n in zip(space.ids, space.names) if i != 0]
+    return np.array([space.id_of(n) for n in names], dtype=np.int64), names
+
+
 def build_segmenter(name: str, cfg: ModelConfig) -> Segmenter:
     return SEGMENTERS.build(cfg.kind, name, cfg, context=f"model {name!r}: ")
 

@@ -21,7 +21,7 @@ from ..checkpoints import CheckpointError, locate_model_folder
 from ..devices import inference_mode, resolve_device
 from ..errors import SetupError
 from ..lazy import LazyModule
-from .base import GroundedSamConfig, ModelConfig, Resources, register_segmenter
+from .base import GroundedSamConfig, ModelConfig, Resources, register_segmenter, unified_only, unified_vocabulary
 from .huggingface import from_folder, import_transformers, load_tokenizer, resolve_preprocess, resized_shape
 
 torch = LazyModule("torch")  # loaded on first use: the package imports this module to register it
@@ -39,11 +39,7 @@ class PromptChunk:
 
 def vocabulary(cfg: GroundedSamConfig) -> tuple[np.ndarray, list[str]]:
     """Unified ids and the phrase to prompt with for each class of the vocabulary."""
-    from ..labels import unified_space
-
-    space = unified_space()
-    names = list(cfg.classes) or [n for i, n in zip(space.ids, space.names) if i != 0]
-    ids = np.array([space.id_of(n) for n in names], dtype=np.int64)  # KeyError names an unknown class
+    ids, names = unified_vocabulary(cfg.classes)
     unknown = set(cfg.names) - set(names)
     if unknown:
         raise ValueError(f"grounded_sam.names names classes outside the vocabulary: {sorted(unknown)}")
@@ -146,11 +142,7 @@ class GroundedSamSegmenter:
         from ..masks.sam import SamMasks
 
         self.name = name
-        if cfg.label_space != "unified":
-            raise ValueError(
-                f"model {name!r}: grounded_sam predicts in the unified label space; set label_space: unified"
-            )
-        self.label_space = "unified"
+        self.label_space = unified_only("grounded_sam", name, cfg)
         self.cfg: GroundedSamConfig = cfg.grounded_sam
         self.device = str(resolve_device(cfg.device))
         self.class_ids, self.phrases = vocabulary(self.cfg)

@@ -21,7 +21,7 @@ from ..devices import inference_mode, resolve_device
 from ..lazy import LazyModule
 from ..masks.base import MaskModelConfig
 from ..masks.sam import SamMasks, load_weights
-from .base import ModelConfig, OpenVocabConfig, Resources, register_segmenter
+from .base import ModelConfig, OpenVocabConfig, Resources, register_segmenter, unified_only, unified_vocabulary
 
 torch = LazyModule("torch")  # loaded on first use: the package imports this module to register it
 F = LazyModule("torch.nn.functional")
@@ -87,12 +87,9 @@ def clip_state_dict(state, prefix: str, source: str) -> dict:
 
 def vocabulary(cfg: OpenVocabConfig) -> tuple[np.ndarray, list[list[str]]]:
     """Unified ids of the vocabulary's classes and, per class, the names to prompt with."""
-    from ..labels import unified_space
     from ..labels.synonyms import class_synonyms
 
-    space = unified_space()
-    names = list(cfg.classes) or [n for i, n in zip(space.ids, space.names) if i != 0]
-    ids = np.array([space.id_of(n) for n in names], dtype=np.int64)  # KeyError names an unknown class
+    ids, names = unified_vocabulary(cfg.classes)
     table = class_synonyms()
     words = [list(dict.fromkeys([n, *table.get(n, ()), *cfg.synonyms.get(n, [])])) for n in names]
     unknown = set(cfg.synonyms) - set(names)
@@ -111,11 +108,7 @@ class OpenVocabSegmenter:
 
     def __init__(self, name: str, cfg: ModelConfig, model=None, tokenizer=None):
         self.name = name
-        if cfg.label_space != "unified":
-            raise ValueError(
-                f"model {name!r}: open_vocab predicts in the unified label space; set label_space: unified"
-            )
-        self.label_space = "unified"
+        self.label_space = unified_only("open_vocab", name, cfg)
         self.cfg: OpenVocabConfig = cfg.open_vocab
         if not self.cfg.templates or any("{}" not in t for t in self.cfg.templates):
             raise ValueError(f"model {name!r}: every open_vocab.templates entry needs a '{{}}' for the class name")
