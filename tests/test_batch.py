@@ -189,9 +189,10 @@ def test_run_pdb_stops_in_the_debugger_with_the_traceback(synth_scene_factory, t
     takes over."""
     scene = synth_scene_factory(seed=2, n_frames=16)
     script = (
-        "import sys, labelmaker.pipeline.run as run\n"
+        "import sys, labelmaker.pipeline\n"
+        "from labelmaker.pipeline.table import STAGES\n"
         "def boom(*a, **k): raise ZeroDivisionError('a bug')\n"
-        "run.import_scene = boom\n"
+        "STAGES.get('import').run = boom\n"
         "from labelmaker.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
