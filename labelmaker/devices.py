@@ -7,6 +7,7 @@ CUDA device (asking for a GPU and silently running on the CPU would hide a broke
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +28,23 @@ def _check(name: str, cuda_available) -> str:
     if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
         return name
     raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+_NVIDIA_DRIVER = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # Linux driver; WSL's GPU
+
+
+def numpy_on_cpu(device: str) -> bool:
+    """Whether a core configured with `device` (auto | cpu | cuda[:i]) runs on the CPU, where the
+    consensus vote and lifting use their numpy twins and torch (1.5 s, ~280 MB) is never loaded.
+    `auto` asks torch only on a machine with an NVIDIA driver: without one CUDA cannot be there."""
+    name = str(device).lower()
+    if name == "cpu":
+        return True
+    if name != "auto":
+        return False  # cuda (an error there when torch sees none), or a name the torch path rejects
+    if not any(os.path.exists(p) for p in _NVIDIA_DRIVER):
+        return True
+    return not torch.cuda.is_available()
 
 
 def resolve_device(name: Any) -> "torch.device":

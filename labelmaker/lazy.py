@@ -19,22 +19,3 @@ class LazyModule:
 
     def __repr__(self) -> str:
         return f"<lazily imported {self._lazy_name}>"
-
-
-_NVIDIA_DRIVER = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # Linux driver; WSL's GPU
-
-
-def numpy_on_cpu(device: str) -> bool:
-    """Whether a core configured with `device` (auto | cpu | cuda[:i]) runs on the CPU, where the
-    consensus vote and lifting use their numpy twins and torch (1.5 s, ~280 MB) is never loaded.
-    `auto` asks torch only on a machine with an NVIDIA driver: without one CUDA cannot be there."""
-    import os
-
-    name = str(device).lower()
-    if name == "cpu":
-        return True
-    if name != "auto":
-        return False  # cuda (an error there when torch sees none), or a name the torch path rejects
-    if not any(os.path.exists(p) for p in _NVIDIA_DRIVER):
-        return True
-    return not importlib.import_module("torch").cuda.is_available()

@@ -12,10 +12,10 @@ import pytest
 from labelmaker.consensus import ConsensusConfig, vote
 from labelmaker.consensus_numpy import vote_numpy
 from labelmaker.labels import class_prior, mapping_to_unified, unified_space
-from labelmaker.lazy import numpy_on_cpu
+from labelmaker.devices import numpy_on_cpu
 from labelmaker.lifting import LiftConfig, LiftFrame, VoteAccumulator
-from labelmaker.lifting import lift as lift_torch
-from labelmaker.lifting_numpy import NumpyVoteAccumulator, lift, lift_numpy
+from labelmaker.lifting import lift_torch
+from labelmaker.lifting import NumpyVoteAccumulator, lift, lift_numpy
 
 from test_lifting import CAMERAS, H, K, N_CLASSES, W, Renderer, make_scene
 
@@ -184,7 +184,7 @@ def test_cpu_vote_and_lift_do_not_load_torch():
         "from labelmaker.consensus import ConsensusConfig\n"
         "from labelmaker.consensus_numpy import vote_numpy\n"
         "from labelmaker.lifting import LiftConfig, LiftFrame\n"
-        "from labelmaker.lifting_numpy import lift\n"
+        "from labelmaker.lifting import lift\n"
         "m = type('M', (), {'offsets': [0, 0, 1, 2], 'targets': [1, 2]})()\n"
         "labels, conf = vote_numpy([np.ones((1, 4, 4), np.uint8)], [m], [1.0], 3, ConsensusConfig(split='share'))\n"
         "K = np.array([[4.0, 0, 1.5], [0, 4.0, 1.5], [0, 0, 1]])\n"

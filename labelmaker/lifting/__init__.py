@@ -5,11 +5,33 @@ positions in, per-vertex hard and soft labels out (`lift`). Three jobs, one modu
   types.py       LiftConfig, LiftFrame (one frame's inputs), LiftResult
   visibility.py  which vertices a frame sees (frustum cells, projection, depth test, ray casting)
   votes.py       VoteAccumulator: sparse, deterministic per-vertex class votes
-  frame_loop.py  `lift`: the frames, streamed, through visibility into the votes
+  frame_loop.py  `lift_torch`: the frames, streamed, through visibility into the votes (torch)
+  numpy_core.py  `lift_numpy`: the same, bit for bit, in numpy (the CPU never imports torch)
+`lift` picks one of the two by the config's device (devices.numpy_on_cpu).
 """
-from .frame_loop import lift
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..devices import numpy_on_cpu
+from .frame_loop import lift_torch
+from .numpy_core import NumpyVoteAccumulator, lift_numpy
 from .types import LiftConfig, LiftFrame, LiftResult
 from .visibility import boundary_weight, frames_in_view
 from .votes import VoteAccumulator
 
-__all__ = ["LiftConfig", "LiftFrame", "LiftResult", "VoteAccumulator", "boundary_weight", "frames_in_view", "lift"]
+__all__ = ["LiftConfig", "LiftFrame", "LiftResult", "NumpyVoteAccumulator", "VoteAccumulator", "boundary_weight",
+           "frames_in_view", "lift", "lift_numpy", "lift_torch"]
+
+
+def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
+         cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
+         progress: Callable[[int], Any] | None = None,
+         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
+    """Every frame's labels voted onto the vertices it sees (see `frame_loop.lift_torch`): in numpy
+    when `cfg.device` is the CPU, else in torch."""
+    cfg = cfg or LiftConfig()
+    core = lift_numpy if numpy_on_cpu(cfg.device) else lift_torch
+    return core(frames, vertices, triangles, n_classes, cfg, normals=normals, progress=progress, on_visible=on_visible)

@@ -1,4 +1,5 @@
-"""The frame loop of `lift`: every frame votes its labels onto the vertices it sees.
+"""The frame loop of the torch path (`lift_torch`; CUDA, or the CPU when asked for torch): every
+frame votes its labels onto the vertices it sees.
 
 Frames may come from a generator, so a stage can stream them from the workspace shards: memory
 does not grow with the frame count. Vertices are sorted into 25 cm cells once; per frame only the
@@ -14,15 +15,21 @@ import numpy as np
 from ..devices import cpu_threads, nonzero, resolve_device, to_tensor
 from ..lazy import LazyModule
 from .types import LiftConfig, LiftFrame, LiftResult
-from .visibility import BLOCK_SIZE_M, FRUSTUM_MARGIN_PX, NEAR, Blocks, Raycaster, boundary_weight, raycast_visible
+from .visibility import (
+    BLOCK_SIZE_M,
+    CHUNK,
+    FRUSTUM_MARGIN_PX,
+    NEAR,
+    Blocks,
+    Raycaster,
+    boundary_weight,
+    raycast_visible,
+)
 from .votes import VoteAccumulator
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
-_CHUNK = 1 << 20  # candidate vertices projected at once
-
-
-def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
+def lift_torch(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
          cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
          progress: Callable[[int], Any] | None = None,
          on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
@@ -157,8 +164,8 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
         ax, bx = Kd[0, 0] / fx, Kd[0, 2] - Kd[0, 0] * cx / fx + 0.5
         ay, by = Kd[1, 1] / fy, Kd[1, 2] - Kd[1, 1] * cy / fy + 0.5
 
-    for start in range(0, idx_all.numel(), _CHUNK):
-        idx = idx_all[start:start + _CHUNK]
+    for start in range(0, idx_all.numel(), CHUNK):
+        idx = idx_all[start:start + CHUNK]
         h = torch.addmm(q, P, verts_s.index_select(0, idx).T)  # (3,n)
         z = h[2]
         iz = z.clamp(min=NEAR).reciprocal()  # vertices behind the near plane are masked out below

@@ -21,6 +21,7 @@ torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 BLOCK_SIZE_M = 0.25  # edge of the spatial cells that group vertices for frustum culling
 NEAR = 1e-3  # m; vertices closer to the camera plane than this are never visible
 FRUSTUM_MARGIN_PX = 1.0
+CHUNK = 1 << 20  # candidate vertices projected at once
 
 
 class Raycaster:

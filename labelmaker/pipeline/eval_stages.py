@@ -16,7 +16,7 @@ from ..evaluate import (Scores, confusion_matrix, instance_ap, plot_confusion, p
                         write_scores_json)
 from ..io.ground_truth import GroundTruth, find_ground_truth
 from ..labels import class_prior, mapping_to_unified, unified_space
-from ..lifting_numpy import lift
+from ..lifting import lift
 from ..mesh import read_mesh_or_points
 from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig

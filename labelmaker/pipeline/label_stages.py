@@ -34,9 +34,9 @@ from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
 from ..devices import resolve_device
 from ..instances import InstancesConfig, MaskEvidence, instance_classes, merge_instances
-from ..lazy import numpy_on_cpu
+from ..devices import numpy_on_cpu
 from ..lifting import LiftConfig, LiftFrame, frames_in_view
-from ..lifting_numpy import lift
+from ..lifting import lift
 from ..mesh import MeshArrays, read_checked_mesh
 from ..segmenters import ModelConfig
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources

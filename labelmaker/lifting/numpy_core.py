@@ -1,4 +1,4 @@
-"""Lifting (`lifting.lift`) in numpy, for the CPU: no torch import.
+"""Lifting in numpy, for the CPU: no torch import.
 
 The same algorithm as the torch path, operation for operation -- frustum culling by 25 cm cells,
 projection (summed in the order torch's addmm sums), the depth and ray-cast visibility tests, the
@@ -9,8 +9,9 @@ Differences that cannot change a result: candidates behind the camera or outside
 dropped before the later tests instead of masked, and short rows are reduced column by column
 (numpy reduces them slowly).
 
-`lift` here is the one to call: numpy when `cfg.device` is the CPU (`lazy.numpy_on_cpu`: `auto`
-on a machine without an NVIDIA driver never imports torch), else `lifting.lift` (torch, CUDA).
+`lifting.lift` is the one to call: this numpy path when `cfg.device` is the CPU
+(`devices.numpy_on_cpu`: `auto` on a machine without an NVIDIA driver never imports torch), else
+the torch path (`frame_loop.lift_torch`, CUDA).
 """
 from __future__ import annotations
 
@@ -18,26 +19,15 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import lifting
-from .lazy import numpy_on_cpu
-from .lifting import _BLOCK_SIZE_M, _CHUNK, _FRUSTUM_MARGIN_PX, _NEAR, LiftConfig, LiftFrame, LiftResult, _Raycaster
+from .types import LiftConfig, LiftFrame, LiftResult
+from .visibility import BLOCK_SIZE_M, CHUNK, FRUSTUM_MARGIN_PX, NEAR, Raycaster
 
-__all__ = ["lift", "lift_numpy", "NumpyVoteAccumulator"]
-
-
-def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
-         cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
-         progress: Callable[[int], Any] | None = None,
-         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
-    """`lifting.lift` (see there), in numpy on the CPU and in torch on CUDA."""
-    cfg = cfg or LiftConfig()
-    core = lift_numpy if numpy_on_cpu(cfg.device) else lifting.lift
-    return core(frames, vertices, triangles, n_classes, cfg, normals=normals, progress=progress, on_visible=on_visible)
+__all__ = ["lift_numpy", "NumpyVoteAccumulator"]
 
 
 def _segment_sum(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys (ascending) and the summed weight of each: a stable sort, then float64 prefix
-    sums, as `lifting._segment_sum` (the same order of additions, so the same bits)."""
+    sums, as `votes._segment_sum` (the same order of additions, so the same bits)."""
     if keys.size == 0:
         return keys, weights
     order = np.argsort(keys, kind="stable")
@@ -63,7 +53,7 @@ def _group_rank(sorted_ids: np.ndarray) -> np.ndarray:
 
 
 class NumpyVoteAccumulator:
-    """`lifting.VoteAccumulator` in numpy (see there): the same slots, overflow buffer, compactions
+    """`votes.VoteAccumulator` in numpy (see there): the same slots, overflow buffer, compactions
     and results, bit for bit."""
 
     def __init__(self, n_vertices: int, n_classes: int, slots: int = 4, buffer_size: int = 1 << 20):
@@ -83,7 +73,7 @@ class NumpyVoteAccumulator:
         self.compactions = 0
 
     def add(self, vertex_ids, class_ids, weights, distinct: bool = False) -> None:
-        """Add votes (see `lifting.VoteAccumulator.add`)."""
+        """Add votes (see `votes.VoteAccumulator.add`)."""
         v = np.asarray(vertex_ids).astype(np.int64, copy=False).reshape(-1)
         c = np.asarray(class_ids).astype(np.int64, copy=False).reshape(-1)
         w = np.asarray(weights).astype(np.float32, copy=False).reshape(-1)
@@ -245,7 +235,7 @@ class NumpyVoteAccumulator:
         return self._ov_n
 
     def result(self, top_k: int = 3, order: np.ndarray | None = None, chunk: int = 1 << 18) -> LiftResult:
-        """Hard label, shares, top-k, views and totals per vertex (see `lifting.VoteAccumulator.result`)."""
+        """Hard label, shares, top-k, views and totals per vertex (see `votes.VoteAccumulator.result`)."""
         top_k = int(top_k)
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
@@ -372,7 +362,7 @@ class _Blocks:
         pc = [((c[..., 0] * R[i, 0] + c[..., 1] * R[i, 1]) + c[..., 2] * R[i, 2]) + t[i] for i in range(3)]
         x, y, z = pc
         xmin, xmax, ymin, ymax = (float(b) for b in bounds)
-        out = (z <= _NEAR).all(1) | (x < xmin * z).all(1) | (x > xmax * z).all(1) \
+        out = (z <= NEAR).all(1) | (x < xmin * z).all(1) | (x > xmax * z).all(1) \
             | (y < ymin * z).all(1) | (y > ymax * z).all(1)
         if z_max > 0:
             out |= (z > z_max).all(1)
@@ -386,7 +376,7 @@ class _Blocks:
 
 
 def boundary_weight_numpy(labels: np.ndarray, width: int) -> np.ndarray:
-    """`lifting.boundary_weight` in numpy: (H,W) weights (d + 1) / (width + 1), capped at 1, d the
+    """`visibility.boundary_weight` in numpy: (H,W) weights (d + 1) / (width + 1), capped at 1, d the
     chessboard distance to the nearest label change."""
     edge = np.zeros(labels.shape, bool)
     dx = labels[:, 1:] != labels[:, :-1]
@@ -414,7 +404,7 @@ def boundary_weight_numpy(labels: np.ndarray, width: int) -> np.ndarray:
 def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
                cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
                progress: Callable[[int], Any] | None = None, on_visible: Callable | None = None) -> LiftResult:
-    """`lifting.lift` on the CPU in numpy (see there): the same results, bit for bit."""
+    """`frame_loop.lift_torch` on the CPU in numpy (see there): the same results, bit for bit."""
     cfg = cfg or LiftConfig()
     verts_np = np.asarray(vertices)
     if verts_np.ndim != 2 or verts_np.shape[1] != 3:
@@ -443,7 +433,7 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
         verts = verts_np - origin.astype(np.float32)
     else:
         verts = (verts_np - origin).astype(np.float32)
-    blocks = _Blocks(verts, _BLOCK_SIZE_M)
+    blocks = _Blocks(verts, BLOCK_SIZE_M)
     del verts
     xyz = tuple(np.ascontiguousarray(blocks.sorted_points[:, i]) for i in range(3))  # columns: faster gathers
     verts_s = blocks.sorted_points if cfg.weight_by_angle and normals is not None else None  # (for view rays)
@@ -455,7 +445,7 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
         del nrm
     raycaster = None
     if cfg.raycast_missing_depth and triangles is not None and len(triangles):
-        raycaster = _Raycaster(np.asarray(verts_np, dtype=np.float32), np.asarray(triangles))
+        raycaster = Raycaster(np.asarray(verts_np, dtype=np.float32), np.asarray(triangles))
     for index, frame in enumerate(frames):
         _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, raycaster, origin, cfg, on_visible)
         if progress:
@@ -464,7 +454,7 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
 
 
 def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, raycaster, origin, cfg, on_visible=None) -> None:
-    """One frame's votes (`lifting._lift_frame`); `xyz`: the block-sorted vertices' coordinate columns."""
+    """One frame's votes (`frame_loop._lift_frame`); `xyz`: the block-sorted vertices' coordinate columns."""
     tol_m, tol_rel = float(cfg.depth_tolerance_m), float(cfg.depth_tolerance_rel)
     labels = np.asarray(frame.labels)
     if labels.ndim != 2 or labels.size == 0:
@@ -516,7 +506,7 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, raycaster, ori
     t = tn.astype(np.float32)
     P = (K @ Rn).astype(np.float32)
     q = (K @ tn).astype(np.float32)
-    m = _FRUSTUM_MARGIN_PX
+    m = FRUSTUM_MARGIN_PX
     bounds = ((-0.5 - m - cx) / fx, (W - 0.5 + m - cx) / fx, (-0.5 - m - cy) / fy, (H - 0.5 + m - cy) / fy)
     z_max = float(cfg.max_distance_m)
     idx_all = blocks.visible(R, t, bounds, z_max)
@@ -527,12 +517,12 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, raycaster, ori
         ax, bx = float(Kd[0, 0] / fx), float(Kd[0, 2] - Kd[0, 0] * cx / fx + 0.5)
         ay, by = float(Kd[1, 1] / fy), float(Kd[1, 2] - Kd[1, 1] * cy / fy + 0.5)
 
-    for start in range(0, idx_all.size, _CHUNK):
-        idx = idx_all[start:start + _CHUNK]
+    for start in range(0, idx_all.size, CHUNK):
+        idx = idx_all[start:start + CHUNK]
         x, y, zz = (a[idx] for a in xyz)
         # (P @ p) + q row by row, in the order torch's addmm sums (bit-identical on the CPU)
         z = ((P[2, 0] * x + P[2, 1] * y) + P[2, 2] * zz) + q[2]
-        front = z > np.float32(_NEAR)
+        front = z > np.float32(NEAR)
         if z_max > 0:
             front &= z <= np.float32(z_max)
         sel = np.flatnonzero(front)  # candidates in front of the camera (the others never vote)
@@ -597,7 +587,7 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, raycaster, ori
 
 
 def _raycast_visible(raycaster, R, T, z, key, rasters, tol_m: float, tol_rel: float) -> np.ndarray:
-    """`lifting._raycast_visible` in numpy: one ray per distinct pixel of `key`."""
+    """`visibility.raycast_visible` in numpy: one ray per distinct pixel of `key`."""
     n_px = sum(W * H for _, W, H in rasters)
     present = np.zeros(n_px, bool)
     present[key] = True
