@@ -524,9 +524,11 @@ def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_c
     class that maps to nothing (sky, unlabelled) takes no part. predictions: one integer array per
     model, all of one shape, in the source space of its mapping (CSR `.offsets`, `.targets`).
     """
-    preds = [np.asarray(p, dtype=np.int64).reshape(-1) for p in predictions]
-    if len(preds) < 2:
+    if len(predictions) < 2:
         return 0, 0
+    # Each distinct tuple of ids (a frame has few) is judged once and counted by its pixels.
+    preds, count = _distinct_id_tuples([np.asarray(p).reshape(-1) for p in predictions],
+                                       [len(np.asarray(m.offsets)) - 1 for m in mappings])
     known = [np.diff(np.asarray(m.offsets))[p] > 0 for p, m in zip(preds, mappings)]
     contradict = np.zeros(preds[0].shape, dtype=bool)
     for i in range(len(preds)):
@@ -538,7 +540,39 @@ def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_c
             both = known[i] & known[j]
             contradict |= both & ~table[preds[i], preds[j]]
     compared = np.sum(known, axis=0) >= 2
-    return int(contradict.sum()), int(compared.sum())
+    return int(count[contradict].sum()), int(count[compared].sum())
+
+
+def _distinct_id_tuples(preds: list[np.ndarray], sizes: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The distinct tuples (one id per prediction) over the pixels: per prediction the (U,) int64
+    ids of each tuple, and the (U,) number of pixels holding it."""
+    key, radix = np.zeros(preds[0].size, np.int64), 1
+    used = []
+    for p, size in zip(preds, sizes):
+        if p.size and (int(p.min()) < 0 or int(p.max()) >= size):
+            raise IndexError(f"label id outside 0..{size - 1} of its mapping")
+        present = np.zeros(size, bool)
+        present[p] = True
+        ids = np.flatnonzero(present)  # ids used, ascending: a pixel's id is ids[rank]
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        key = key * len(ids) + rank[p]
+        radix *= max(len(ids), 1)
+        used.append(ids)
+        if radix >= 1 << 62:  # too many combinations to pack: fall back to the tuples' raw ids
+            stacked = np.stack([q.astype(np.int64) for q in preds], 1)
+            tuples, count = np.unique(stacked, axis=0, return_counts=True)
+            return [tuples[:, i] for i in range(len(preds))], count
+    if radix <= 4 * key.size + (1 << 16):
+        count = np.bincount(key, minlength=radix)
+        keys = np.flatnonzero(count)
+        count = count[keys]
+    else:
+        keys, count = np.unique(key, return_counts=True)
+    out = []
+    for ids in reversed(used):
+        keys, rank = np.divmod(keys, max(len(ids), 1))
+        out.append(ids[rank])
+    return out[::-1], count
 
 
 def keep_clear_majorities(plain: tuple[torch.Tensor, torch.Tensor], calibrated: tuple[torch.Tensor, torch.Tensor],
