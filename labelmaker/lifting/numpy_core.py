@@ -129,13 +129,14 @@ class NumpyVoteAccumulator:
         v, c, cc, w, flat = v[rest], c[rest], cc[rest], w[rest], flat[rest]
         cls_v = self.slot_cls[v]
         # the slot holding the class (first match), else the first empty one (slots fill in order); S: none
-        slot = np.full(v.size, S, np.int64)
-        used = np.zeros(v.size, np.int64)
+        small = np.int8 if S < 127 else np.int64
+        slot = np.full(v.size, S, small)
+        used = np.zeros(v.size, small)
         for s in range(S - 1, -1, -1):
             col = cls_v[:, s]
-            slot[col == cc] = s
+            slot = np.where(col == cc, small(s), slot)
             used += col != 0
-        slot = np.where(slot < S, slot, used)
+        slot = np.where(slot < S, slot, used).astype(np.int64)
         ok = slot < S
         flat = flat + slot
         if not bool(ok.all()):
