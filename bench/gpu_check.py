@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny architectures and tokenizers
 
 from bench_segmenters import frames  # noqa: E402
 
+from labelmaker.devices import resolve_device  # noqa: E402
 from labelmaker.labels import label_space  # noqa: E402
 from labelmaker.segmenters.base import (  # noqa: E402
     GroundedSamConfig,
@@ -53,7 +54,6 @@ from labelmaker.segmenters.base import (  # noqa: E402
     TransformersConfig,
     build_segmenter,
     clear_segmenter_cache,
-    resolve_device,
 )
 from labelmaker.segmenters.runner import ImageRunner, RunOptions  # noqa: E402
 
@@ -184,7 +184,7 @@ def sam_config(folder: Path, tiny: bool):
 
     from labelmaker.masks.base import SamConfig
     from labelmaker.masks.sam import build_sam
-    from labelmaker.segmenters.checkpoints import manifest
+    from labelmaker.checkpoints import manifest
 
     if tiny:
         cfg = tiny_sam_cfg(folder).sam
@@ -331,7 +331,7 @@ def end_to_end(work: Path, ckpt: Path, n_frames: int, tiny: bool, device: str) -
     """A synthetic scene through every stage with models=ensemble (random weights)."""
     from labelmaker.config import load_config
     from labelmaker.pipeline.run import run_scene
-    from labelmaker.segmenters.checkpoints import manifest
+    from labelmaker.checkpoints import manifest
     from labelmaker.synthetic import make_scene
     from labelmaker.workspace import Workspace
 
@@ -443,7 +443,7 @@ def main(argv=None) -> int:
         "--workdir", type=Path, default=None, help="keep model folders and the scene here (default: a temp dir)"
     )
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     n_frames = args.frames or (2 if args.tiny else 32)
     e2e_frames = args.e2e_frames or (6 if args.tiny else 2500)
     sections = set(args.sections.split(","))
