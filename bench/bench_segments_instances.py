@@ -2,7 +2,8 @@
 
 quality (default): per error-model family (the presets `models=simulated*`, configs/models/) and
 seed, a synthetic room runs through the pipeline with simulated SAM masks (`masks=simulated`); lift
-runs once as shipped and once with `lift.segments.enabled=true lift.instances.enabled=true` (the
+runs once without segments (`lift.segments.enabled=false`) and once with `lift.segments.enabled=true
+lift.instances.enabled=true` (the
 earlier stages are reused). Reported per family: 3D mIoU without / with segment pooling, over all
 vertices with ground truth and over the vertices seen in at least two frames (mean and worst case
 over seeds), and AP50 / AP25 of the 3D instances against the baseline without masks (connected
@@ -78,7 +79,7 @@ def run_quality(family: str, masks: str, seed: int, frames: int, mesh: str, work
         base.append(f"lift.mesh={video / f'synth{seed}_3dod_mesh.ply'}")
     ws = Workspace(workdir / "ws" / f"{family}-{masks}-{seed}-{mesh}")
     t0 = time.perf_counter()
-    plain = run_scene(load_config(base)[0], video, ws)
+    plain = run_scene(load_config([*base, "lift.segments.enabled=false"])[0], video, ws)
     row = {"family": family, "masks": masks, "seed": seed, "mesh": mesh,
            "plain": _scores(ws, plain["lift"].record["summary"])}
     t1 = time.perf_counter()

@@ -33,7 +33,7 @@ __all__ = ["SegmentsConfig", "mesh_edges", "vertex_normals", "segment_mesh", "po
 
 @dataclass
 class SegmentsConfig:
-    enabled: bool = False  # lifting: pool votes within mesh segments (and instances need segments)
+    enabled: bool = True  # lifting: pool votes within mesh segments (instances need segments in any case)
     k: float = 0.02  # Felzenszwalb-Huttenlocher's scale: larger -> larger segments
     # weight of the RGB difference (0..1 over the colour cube's diagonal) beside the normals' 1 - cos
     color_weight: float = 0.5

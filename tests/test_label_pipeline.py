@@ -61,14 +61,18 @@ def test_exports_are_consistent(labelled_scene):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["simulated", "simulated_instances"])
-def test_default_consensus_holds_against_the_plain_vote_across_error_families(synth_scene_factory, tmp_path, family):
-    """On two error-model families (class-level confusions; one object wrong in every frame),
-    lifted onto the scene's given mesh as in the README recipe and scored over the vertices seen
-    at least twice: the default consensus (the plain vote: calibration lost up to 2.9 points on
-    the coarse family) is never worse than the plain vote or a per-vertex majority by more than
-    half a point, nor worse than the best single model (3D mIoU; bench/bench_label_quality.py
-    measures all families; the plain vote does not reach the best single model + 5 points there)."""
+@pytest.mark.parametrize("family", ["simulated", "simulated_one_bad"])
+def test_default_labels_beat_the_plain_vote_and_the_best_single_model(synth_scene_factory, tmp_path, family):
+    """Issue 11's bar on a small scene (48 frames), for two error-model families (class-level
+    confusions; one model much worse than the others), lifted onto the scene's given mesh as in the
+    README recipe and scored over the vertices seen at least twice: the default (the plain vote
+    pooled in mesh segments) is at least the plain vote without pooling - 0.5 points, at least a
+    per-vertex majority - 0.5 points, and at least the best single model + 5 points (3D mIoU;
+    measured here: 0.642 / 0.572 / best single 0.533, and 0.696 / 0.616 / 0.623).
+    It does not hold on this scene for two other families, so they are not asserted: coarse label
+    spaces (default 0.500, plain 0.465, the fine-grained ScanNet200 model alone 0.579) and bad
+    frames (0.737, 0.650, best single 0.691: +4.6 points). bench/bench_label_quality.py measures
+    all families and seeds."""
     import h5py
 
     from labelmaker.evaluate import confusion_matrix, scores
@@ -83,6 +87,7 @@ def test_default_consensus_holds_against_the_plain_vote_across_error_families(sy
     truth = GroundTruth(scene.gt_dir, scene.video_id).vertex_labels()  # the given mesh is the GT mesh
     ws = Workspace(tmp_path / "ws")
     cfg = _cfg(f"models={family}", f"lift.mesh={mesh_path}")
+    assert cfg.lift.segments.enabled and not cfg.consensus.calibrate  # what this test holds the default to
     import_scene(scene.video_dir, ws, cfg.data, progress=False)
     for name, model in cfg.segment.models.items():
         segment_scene(ws, name, model, progress=False)
@@ -95,7 +100,7 @@ def test_default_consensus_holds_against_the_plain_vote_across_error_families(sy
             return np.load(ws.output_path("labels")), f["n_views"][()]
 
     default, views = lifted()
-    plain, _ = lifted("consensus.calibrate=false", "consensus.reliability=none")
+    plain, _ = lifted("consensus.calibrate=false", "consensus.reliability=none", "lift.segments.enabled=false")
     seen = (views >= 2) & (truth > 0)
     n = len(unified_space().ids)
 
@@ -104,9 +109,11 @@ def test_default_consensus_holds_against_the_plain_vote_across_error_families(sy
 
     baselines = baseline_lifts(ws, cfg.segment.models, cfg.lift, read_mesh_or_points(mesh_path))
     singles = [miou(r.labels) for title, r in baselines.items() if title.startswith("single model")]
-    assert miou(default) >= miou(plain) - 0.005, (miou(default), miou(plain))
-    assert miou(default) >= miou(baselines["plain majority"].labels) - 0.005
-    assert miou(default) >= max(singles) - 0.01, (miou(default), singles)
+    figures = (family, round(miou(default), 4), round(miou(plain), 4), [round(x, 4) for x in singles])
+    print("default, plain, single models:", figures)
+    assert miou(default) >= miou(plain) - 0.005, figures
+    assert miou(default) >= miou(baselines["plain majority"].labels) - 0.005, figures
+    assert miou(default) >= max(singles) + 0.05, figures
 
 
 def _write_predictions(ws, scene, folder, space, corrupt=None):
