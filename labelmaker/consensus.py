@@ -238,9 +238,9 @@ def _add_rows(
     return out, total
 
 
-def _prepare(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
-             device: torch.device):
-    """Checked inputs of a vote: (flat id tensors, shape, CSR mappings, source space sizes, weights)."""
+def checked_vote_arguments(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float],
+                           n_classes: int) -> tuple[list[float], int]:
+    """A vote's counts and weights checked (ValueError naming what is wrong): (weights as floats, n_classes)."""
     n_pred = len(predictions)
     if n_pred == 0:
         raise ValueError("vote needs at least one prediction")
@@ -253,6 +253,13 @@ def _prepare(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seque
     n_classes = int(n_classes)
     if n_classes < 2:
         raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
+    return w, n_classes
+
+
+def _prepare(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
+             device: torch.device):
+    """Checked inputs of a vote: (flat id tensors, shape, CSR mappings, source space sizes, weights)."""
+    w, n_classes = checked_vote_arguments(predictions, mappings, weights, n_classes)
     preds = [_as_long(p, device) for p in predictions]
     shape = preds[0].shape
     for i, p in enumerate(preds):

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .consensus import _DENSE_UNIQUE_MAX, _DENSE_UNIQUE_MIN, _KEY_LIMIT, _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig
+from .consensus import (_DENSE_UNIQUE_MAX, _DENSE_UNIQUE_MIN, _KEY_LIMIT, _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig,
+                        checked_vote_arguments)
 
 __all__ = ["vote_numpy", "dense_mapping_numpy"]
 
@@ -77,18 +78,7 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
         raise ValueError(f"consensus split must be 'prior', 'share' or 'each', got {cfg.split!r}")
     if cfg.split == "prior" and (prior is None or len(prior) != n_classes):
         raise ValueError(f"split='prior' needs a prior of length n_classes={n_classes}")
-    n_pred = len(predictions)
-    if n_pred == 0:
-        raise ValueError("vote needs at least one prediction")
-    if len(mappings) != n_pred or len(weights) != n_pred:
-        raise ValueError(f"got {n_pred} predictions, {len(mappings)} mappings and {len(weights)} weights; "
-                         "need one mapping and one weight per prediction")
-    w = [float(x) for x in weights]
-    if any(not np.isfinite(x) or x < 0 for x in w):
-        raise ValueError(f"prediction weights must be finite and >= 0, got {w}")
-    n_classes = int(n_classes)
-    if n_classes < 2:
-        raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
+    w, n_classes = checked_vote_arguments(predictions, mappings, weights, n_classes)
     preds = []
     for p in predictions:
         a = np.asarray(p)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..devices import cpu_threads, nonzero, resolve_device, to_tensor
 from ..lazy import LazyModule
-from .types import LiftConfig, LiftFrame, LiftResult
+from .types import LiftConfig, LiftFrame, LiftResult, checked_mesh
 from .visibility import (
     BLOCK_SIZE_M,
     CHUNK,
@@ -52,22 +52,8 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
           cfg: LiftConfig, normals: np.ndarray | None, progress: Callable[[int], Any] | None,
           on_visible: Callable | None) -> LiftResult:
     device = resolve_device(cfg.device)
-    verts_np = np.asarray(vertices)
-    if verts_np.ndim != 2 or verts_np.shape[1] != 3:
-        raise ValueError(f"vertices must be (V,3), got {verts_np.shape}")
-    if not np.isfinite(verts_np).all():
-        raise ValueError("vertices must be finite (found NaN or inf)")
+    verts_np, triangles = checked_mesh(vertices, triangles, normals, cfg)
     V = len(verts_np)
-    if triangles is not None:
-        triangles = np.asarray(triangles)
-        if triangles.ndim != 2 or triangles.shape[1] != 3 or triangles.dtype.kind not in "iu":
-            raise ValueError(f"triangles must be (F,3) integer vertex indices, got {triangles.shape} {triangles.dtype}")
-        if len(triangles) and (int(triangles.min()) < 0 or int(triangles.max()) >= V):
-            raise ValueError(f"triangles index vertices outside 0..{V - 1}")
-    if normals is not None and np.shape(normals) != (V, 3):
-        raise ValueError(f"normals must be (V,3) like the vertices, got {np.shape(normals)}")
-    if int(cfg.top_k) < 1:
-        raise ValueError("top_k must be >= 1")
     acc = VoteAccumulator(V, n_classes, device=device)
     if V == 0:
         for _ in frames:

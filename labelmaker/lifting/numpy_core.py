@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .types import LiftConfig, LiftFrame, LiftResult
+from .types import LiftConfig, LiftFrame, LiftResult, checked_mesh
 from .visibility import BLOCK_SIZE_M, CHUNK, FRUSTUM_MARGIN_PX, NEAR, Raycaster
 
 __all__ = ["lift_numpy", "NumpyVoteAccumulator"]
@@ -407,22 +407,8 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
                progress: Callable[[int], Any] | None = None, on_visible: Callable | None = None) -> LiftResult:
     """`frame_loop.lift_torch` on the CPU in numpy (see there): the same results, bit for bit."""
     cfg = cfg or LiftConfig()
-    verts_np = np.asarray(vertices)
-    if verts_np.ndim != 2 or verts_np.shape[1] != 3:
-        raise ValueError(f"vertices must be (V,3), got {verts_np.shape}")
-    if not np.isfinite(verts_np).all():
-        raise ValueError("vertices must be finite (found NaN or inf)")
+    verts_np, triangles = checked_mesh(vertices, triangles, normals, cfg)
     V = len(verts_np)
-    if triangles is not None:
-        triangles = np.asarray(triangles)
-        if triangles.ndim != 2 or triangles.shape[1] != 3 or triangles.dtype.kind not in "iu":
-            raise ValueError(f"triangles must be (F,3) integer vertex indices, got {triangles.shape} {triangles.dtype}")
-        if len(triangles) and (int(triangles.min()) < 0 or int(triangles.max()) >= V):
-            raise ValueError(f"triangles index vertices outside 0..{V - 1}")
-    if normals is not None and np.shape(normals) != (V, 3):
-        raise ValueError(f"normals must be (V,3) like the vertices, got {np.shape(normals)}")
-    if int(cfg.top_k) < 1:
-        raise ValueError("top_k must be >= 1")
     acc = NumpyVoteAccumulator(V, n_classes)
     if V == 0:
         for _ in frames:

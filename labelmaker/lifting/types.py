@@ -45,3 +45,24 @@ class LiftResult:
     topk_shares: np.ndarray  # (V,k) float32 share of the vertex's votes, rows sum <= 1
     n_views: np.ndarray  # (V,) int32 frames in which the vertex was visible and labelled
     votes_total: np.ndarray  # (V,) float32 summed vote weight
+
+
+def checked_mesh(vertices, triangles, normals, cfg: LiftConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """`lift`'s mesh arguments checked (ValueError naming what is wrong): (vertices, triangles) as arrays."""
+    verts = np.asarray(vertices)
+    if verts.ndim != 2 or verts.shape[1] != 3:
+        raise ValueError(f"vertices must be (V,3), got {verts.shape}")
+    if not np.isfinite(verts).all():
+        raise ValueError("vertices must be finite (found NaN or inf)")
+    V = len(verts)
+    if triangles is not None:
+        triangles = np.asarray(triangles)
+        if triangles.ndim != 2 or triangles.shape[1] != 3 or triangles.dtype.kind not in "iu":
+            raise ValueError(f"triangles must be (F,3) integer vertex indices, got {triangles.shape} {triangles.dtype}")
+        if len(triangles) and (int(triangles.min()) < 0 or int(triangles.max()) >= V):
+            raise ValueError(f"triangles index vertices outside 0..{V - 1}")
+    if normals is not None and np.shape(normals) != (V, 3):
+        raise ValueError(f"normals must be (V,3) like the vertices, got {np.shape(normals)}")
+    if int(cfg.top_k) < 1:
+        raise ValueError("top_k must be >= 1")
+    return verts, triangles
