@@ -310,8 +310,8 @@ def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray
         raise ValueError(f"segment ids must be ({V},) like the votes, got {seg.shape}")
     totals = np.asarray(totals, dtype=np.float64)
     S = int(seg.max()) + 1 if V else 0
-    if cfg.smooth_iters <= 0 and 0 < S * n_classes <= _DENSE_MAX:
-        return _pool_dense(topk_ids, np.asarray(topk_shares), totals, seg, S, n_classes, cfg)
+    if cfg.smooth_iters <= 0 and S > 0:
+        return _pool_chunked(topk_ids, np.asarray(topk_shares), totals, seg, S, n_classes, cfg)
     rows, cls, wt = _sparse_votes(topk_ids, np.asarray(topk_shares), totals)
     srow, scls, swt = _group_sum(seg[rows], cls, wt, n_classes)
     seg_total = np.bincount(srow, weights=swt, minlength=S)
@@ -344,30 +344,47 @@ def pool_votes(topk_ids: np.ndarray, topk_shares: np.ndarray, totals: np.ndarray
 
 
 _DENSE_MAX = 1 << 23  # segments x classes up to this: per-segment class sums in one dense array
-_ROWS = 1 << 18  # vertices per chunk of the dense path
+_ROWS = 1 << 18  # vertices per chunk
 
 
-def _pool_dense(topk_ids, topk_shares, totals, seg, S, n_classes, cfg):
-    """`pool_votes` without smoothing, in vertex chunks with dense (S, classes) segment sums: the
-    same result as the sparse path in a fraction of its memory (each vertex's candidates are its
-    own top-k and its segment's top-k)."""
+def _segment_tops(topk_ids, topk_shares, totals, seg, S, n_classes, k):
+    """Per segment: its summed vote weight, its k heaviest classes (ties: lower id first; 0 = none)
+    and their weights. Dense (segments x classes) sums when that array is small; else sparse
+    (segment, class) sums, reduced chunk by chunk (a real 2.5 M-vertex mesh has ~10^5 segments)."""
+    if S * n_classes <= _DENSE_MAX:
+        sums = np.zeros(S * n_classes, np.float64)
+        for a in range(0, len(seg), _ROWS):
+            ids = topk_ids[a:a + _ROWS].astype(np.int64)
+            w = topk_shares[a:a + _ROWS].astype(np.float64) * totals[a:a + _ROWS, None]
+            sums += np.bincount((seg[a:a + _ROWS, None] * n_classes + ids).reshape(-1), weights=w.reshape(-1),
+                                minlength=S * n_classes)
+        sums = sums.reshape(S, n_classes)
+        sums[:, 0] = 0.0  # id 0 casts no vote
+        order = np.lexsort((np.broadcast_to(np.arange(n_classes), sums.shape), -sums), axis=-1)[:, :k]
+        sw = np.take_along_axis(sums, order, 1)
+        return sums.sum(1), np.where(sw > 0, order, 0), sw
+    keys, wts = [], []
+    for a in range(0, len(seg), _ROWS):
+        rows, cls, wt = _sparse_votes(topk_ids[a:a + _ROWS], topk_shares[a:a + _ROWS], totals[a:a + _ROWS])
+        srow, scls, swt = _group_sum(seg[a:a + _ROWS][rows], cls, wt, n_classes)
+        keys.append(srow * n_classes + scls)
+        wts.append(swt)
+    srow, scls, swt = _group_sum(np.concatenate(keys) // n_classes, np.concatenate(keys) % n_classes,
+                                 np.concatenate(wts), n_classes)
+    sid, sw = top_k_rows(srow, scls, swt, S, k)
+    return np.bincount(srow, weights=swt, minlength=S), sid, sw
+
+
+def _pool_chunked(topk_ids, topk_shares, totals, seg, S, n_classes, cfg):
+    """`pool_votes` without smoothing, in vertex chunks: the same result as the sparse path in a
+    fraction of its memory (each vertex's candidates are its own top-k and its segment's top-k)."""
     V, k = topk_ids.shape
-    sums = np.zeros(S * n_classes, np.float64)
-    for a in range(0, V, _ROWS):
-        ids = topk_ids[a:a + _ROWS].astype(np.int64)
-        w = topk_shares[a:a + _ROWS].astype(np.float64) * totals[a:a + _ROWS, None]
-        sums += np.bincount((seg[a:a + _ROWS, None] * n_classes + ids).reshape(-1), weights=w.reshape(-1),
-                            minlength=S * n_classes)
-    sums = sums.reshape(S, n_classes)
-    sums[:, 0] = 0.0  # id 0 casts no vote
-    seg_total = sums.sum(1)
-    agree = (seg_total > 0) & (sums.max(1) >= float(cfg.agree) * seg_total)
+    seg_total, sid, sw = _segment_tops(topk_ids, topk_shares, totals, seg, S, n_classes, k)
+    agree = (seg_total > 0) & (sw[:, 0] >= float(cfg.agree) * seg_total)
     n_voting = np.bincount(seg, weights=(totals > 0).astype(np.float64), minlength=S)
     mean_total = np.divide(np.bincount(seg, weights=totals, minlength=S), n_voting, out=np.zeros(S), where=n_voting > 0)
-    order = np.lexsort((np.broadcast_to(np.arange(n_classes), sums.shape), -sums), axis=-1)[:, :k]
-    sid = np.where(np.take_along_axis(sums, order, 1) > 0, order, 0)
     scale = np.where(agree, float(cfg.strength) * mean_total / np.maximum(seg_total, 1e-12), 0.0)
-    add_w = np.take_along_axis(sums, order, 1) * scale[:, None] * (sid > 0)
+    add_w = sw * scale[:, None] * (sid > 0)
     out_ids = np.zeros((V, k), np.int64)
     out_sh = np.zeros((V, k), np.float32)
     for a in range(0, V, _ROWS):

@@ -90,9 +90,10 @@ def test_segment_pooling_follows_agreeing_segments_and_keeps_clear_disagreement(
 
 @pytest.mark.parametrize("fill_unseen", [True, False])
 def test_segment_pooling_in_chunks_matches_the_sparse_path(monkeypatch, fill_unseen):
-    """The dense, chunked pooling (no smoothing) gives the sparse path's labels and shares on random
-    votes: agreeing and split segments, vertices without votes, classes in both a vertex's and its
-    segment's top-k, chunks smaller than the mesh."""
+    """The chunked pooling (no smoothing; dense segment sums, or sparse ones for many segments)
+    gives the sparse path's labels and shares on random votes: agreeing and split segments,
+    vertices without votes, classes in both a vertex's and its segment's top-k, chunks smaller
+    than the mesh."""
     import labelmaker.segments as segments
 
     rng = np.random.default_rng(7)
@@ -108,14 +109,17 @@ def test_segment_pooling_in_chunks_matches_the_sparse_path(monkeypatch, fill_uns
     ids[totals == 0] = 0
     shares[totals == 0] = 0
     cfg = SegmentsConfig(agree=0.5, strength=1.0, fill_unseen=fill_unseen)
+    # the whole-mesh sparse path: smoothing asked for, but no mesh edges to smooth over
+    sparse = pool_votes(ids, shares, totals, seg, n_classes, SegmentsConfig(**{**cfg.__dict__, "smooth_iters": 1}))
     monkeypatch.setattr(segments, "_ROWS", 257)
     dense = pool_votes(ids, shares, totals, seg, n_classes, cfg)
-    monkeypatch.setattr(segments, "_DENSE_MAX", 0)
-    sparse = pool_votes(ids, shares, totals, seg, n_classes, cfg)
+    monkeypatch.setattr(segments, "_DENSE_MAX", 0)  # many segments: sparse segment sums, chunk by chunk
+    chunked = pool_votes(ids, shares, totals, seg, n_classes, cfg)
     assert (dense[0] != ids[:, 0]).sum() > 100  # pooling changed many labels
-    np.testing.assert_array_equal(dense[0], sparse[0])
-    np.testing.assert_array_equal(dense[2], sparse[2])
-    np.testing.assert_allclose(dense[3], sparse[3], atol=1e-5)
+    for pooled in (dense, chunked):
+        np.testing.assert_array_equal(pooled[0], sparse[0])
+        np.testing.assert_array_equal(pooled[2], sparse[2])
+        np.testing.assert_allclose(pooled[3], sparse[3], atol=1e-5)
 
 
 def test_instance_ap_on_a_known_case():
