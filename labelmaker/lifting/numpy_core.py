@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .types import LiftConfig, LiftFrame, LiftResult, checked_mesh
+from .types import LiftConfig, LiftFrame, LiftResult, checked_mesh, has_votes
 from .visibility import BLOCK_SIZE_M, CHUNK, FRUSTUM_MARGIN_PX, NEAR, Raycaster
 
 __all__ = ["lift_numpy", "NumpyVoteAccumulator"]
@@ -79,16 +79,8 @@ class NumpyVoteAccumulator:
         w = np.asarray(weights).astype(np.float32, copy=False).reshape(-1)
         if w.size == 1 and v.size != 1:
             w = np.broadcast_to(w, v.shape)
-        if not (v.size == c.size == w.size):
-            raise ValueError(f"add: {v.size} vertex ids, {c.size} class ids, {w.size} weights")
-        if v.size == 0:
+        if not has_votes(v, c, w, self.n_vertices, self.n_classes, np.isfinite):
             return
-        if int(v.min()) < 0 or int(v.max()) >= self.n_vertices:
-            raise ValueError(f"add: vertex ids must lie in 0..{self.n_vertices - 1}")
-        if int(c.min()) < 0 or int(c.max()) >= self.n_classes:
-            raise ValueError(f"add: class ids must lie in 0..{self.n_classes - 1}")
-        if not bool(np.isfinite(w).all()) or bool((w < 0).any()):
-            raise ValueError("add: weights must be finite and >= 0")
         keep = (c > 0) & (w > 0)
         if not bool(keep.all()):
             v, c, w = v[keep], c[keep], w[keep]

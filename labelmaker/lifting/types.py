@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -66,3 +66,21 @@ def checked_mesh(vertices, triangles, normals, cfg: LiftConfig) -> tuple[np.ndar
     if int(cfg.top_k) < 1:
         raise ValueError("top_k must be >= 1")
     return verts, triangles
+
+
+def has_votes(v: Any, c: Any, w: Any, n_vertices: int, n_classes: int, finite: Callable[[Any], Any]) -> bool:
+    """The argument checks of both vote accumulators' `add` on 1-D vertex ids, class ids and
+    weights (torch tensors or numpy arrays; `finite` is the library's isfinite): ValueError on bad
+    votes, False when there are none to add."""
+    if not (len(v) == len(c) == len(w)):
+        raise ValueError(f"add: {len(v)} vertex ids, {len(c)} class ids, {len(w)} weights")
+    if len(v) == 0:
+        return False
+    if int(v.min()) < 0 or int(v.max()) >= n_vertices:
+        raise ValueError(f"add: vertex ids must lie in 0..{n_vertices - 1}")
+    if int(c.min()) < 0 or int(c.max()) >= n_classes:
+        raise ValueError(f"add: class ids must lie in 0..{n_classes - 1}")
+    if not bool(finite(w).all()) or bool((w < 0).any()):
+        raise ValueError("add: weights must be finite and >= 0")
+    return True
+

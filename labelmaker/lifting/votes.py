@@ -10,7 +10,7 @@ import numpy as np
 
 from ..devices import nonzero, resolve_device, to_tensor
 from ..lazy import LazyModule
-from .types import LiftResult
+from .types import LiftResult, has_votes
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
@@ -81,16 +81,8 @@ class VoteAccumulator:
         w = to_tensor(weights, dev, torch.float32).reshape(-1)
         if w.numel() == 1 and v.numel() != 1:
             w = w.expand(v.numel())
-        if not (v.numel() == c.numel() == w.numel()):
-            raise ValueError(f"add: {v.numel()} vertex ids, {c.numel()} class ids, {w.numel()} weights")
-        if v.numel() == 0:
+        if not has_votes(v, c, w, self.n_vertices, self.n_classes, torch.isfinite):
             return
-        if int(v.min()) < 0 or int(v.max()) >= self.n_vertices:
-            raise ValueError(f"add: vertex ids must lie in 0..{self.n_vertices - 1}")
-        if int(c.min()) < 0 or int(c.max()) >= self.n_classes:
-            raise ValueError(f"add: class ids must lie in 0..{self.n_classes - 1}")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-            raise ValueError("add: weights must be finite and >= 0")
         keep = (c > 0) & (w > 0)
         if not bool(keep.all()):
             v, c, w = v[keep], c[keep], w[keep]
