@@ -505,8 +505,11 @@ class CalibrationStore(ShardSet):
                 {int(c): float(r) for c, r in vanished})
 
     def write_agreement(self, ref: np.ndarray, agree: np.ndarray, per_class: np.ndarray, sizes: np.ndarray,
-                        fingerprint: str) -> None:
-        self.write(1, {"ref": ref, "agree": agree, "per_class": per_class, "sizes": sizes}, fingerprint)
+                        fingerprint: str) -> dict[str, np.ndarray]:
+        """Stores the counts; returns them as `read_agreement` would."""
+        arrays = {"ref": ref, "agree": agree, "per_class": per_class, "sizes": sizes}
+        self.write(1, arrays, fingerprint)
+        return arrays
 
     def read_agreement(self, fingerprint: str) -> dict[str, np.ndarray] | None:
         """{ref, agree, per_class, sizes} (see consensus.agreement_counts), or None when the stored

@@ -239,7 +239,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
             return stable_hash([fp, refinement_fingerprint(ws, cfg.sam_refine, i)]) if cfg.sam_refine.enabled else fp
 
         walk = FrameShardPass(ws, out, "", imported, f"consensus {ws.scene}", progress, fingerprint=fingerprint)
-        refined = 0
+        refined, written = 0, {}
         for i, fp in walk:
             preds, vote_maps, vote_weights, own, _ = votes_of(i)
             if reliability is None:  # _VOTE_FRAMES frames at a time
@@ -262,9 +262,10 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                                            [m for m, k in zip(vote_maps, own) if k], n_classes)
             out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
                              np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
+            written[i] = shard_stats
         stats = dict.fromkeys(CONSENSUS_STATS, 0.0)
-        for i in range(n_shards):  # every shard's sums, the reused ones' too (kept in their attributes)
-            shard_stats = out.attrs(i)
+        for i in range(n_shards):  # every shard's sums; a reused shard keeps them in its attributes
+            shard_stats = written[i] if i in written else out.attrs(i)
             for key in CONSENSUS_STATS:
                 stats[key] += float(shard_stats.get(key, 0.0))
         pixels, known, compared = stats["pixels"], stats["known_pixels"], stats["compared_pixels"]
@@ -341,9 +342,9 @@ def _scene_reliability(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
         for i in tqdm(range(n_shards), desc=f"consensus {ws.scene} (reliability)", unit="shard", disable=not progress):
             preds, maps, _, _, groups = votes_of(i)
             parts.append(agreement_counts(preds, maps, groups, n_classes, cfg, prior=class_prior()))
-        store.write_agreement(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
-                              np.sum([p[2] for p in parts], 0), np.array([p[0].shape[1] for p in parts]), fingerprint)
-        arrays = store.read_agreement(fingerprint)
+        arrays = store.write_agreement(np.concatenate([p[0] for p in parts], 1),
+                                       np.concatenate([p[1] for p in parts], 1), np.sum([p[2] for p in parts], 0),
+                                       np.array([p[0].shape[1] for p in parts]), fingerprint)
     weights = reliability_weights(arrays["ref"], arrays["agree"], arrays["per_class"], cfg.reliability,
                                   cfg.reliability_pseudo_pixels)
     return np.split(weights, np.cumsum(arrays["sizes"])[:-1], axis=1)
