@@ -363,14 +363,11 @@ def _segment_tops(topk_ids, topk_shares, totals, seg, S, n_classes, k):
         order = np.lexsort((np.broadcast_to(np.arange(n_classes), sums.shape), -sums), axis=-1)[:, :k]
         sw = np.take_along_axis(sums, order, 1)
         return sums.sum(1), np.where(sw > 0, order, 0), sw
-    keys, wts = [], []
+    parts = []
     for a in range(0, len(seg), _ROWS):
         rows, cls, wt = _sparse_votes(topk_ids[a:a + _ROWS], topk_shares[a:a + _ROWS], totals[a:a + _ROWS])
-        srow, scls, swt = _group_sum(seg[a:a + _ROWS][rows], cls, wt, n_classes)
-        keys.append(srow * n_classes + scls)
-        wts.append(swt)
-    srow, scls, swt = _group_sum(np.concatenate(keys) // n_classes, np.concatenate(keys) % n_classes,
-                                 np.concatenate(wts), n_classes)
+        parts.append(_group_sum(seg[a:a + _ROWS][rows], cls, wt, n_classes))
+    srow, scls, swt = _group_sum(*(np.concatenate(x) for x in zip(*parts)), n_classes)
     sid, sw = top_k_rows(srow, scls, swt, S, k)
     return np.bincount(srow, weights=swt, minlength=S), sid, sw
 
