@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -254,11 +255,23 @@ def cmd_run(args) -> None:
 
 def _startup_figures() -> tuple[float, float]:
     """(seconds from the process's start to now, peak RSS MB so far): imports and config."""
-    import psutil
-
     from .pipeline.records import peak_rss_mb
 
-    return max(0.0, time.time() - psutil.Process().create_time()), peak_rss_mb()
+    return process_age_s(), peak_rss_mb()
+
+
+def process_age_s() -> float:
+    """Seconds since this process started. On Linux from /proc (start tick and uptime share one
+    clock, 10 ms steps); psutil's create_time adds the boot time, which Linux gives in whole
+    seconds, and so is up to a second off."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def _profile_table(done: dict, startup_s: float, startup_peak_mb: float) -> str:

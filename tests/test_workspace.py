@@ -73,6 +73,72 @@ def test_mesh_round_trip_with_label_property(tmp_path):
     assert b"property int label" in (tmp_path / "m.ply").read_bytes()[:400]
 
 
+def _open3d_mesh(path):
+    import open3d as o3d
+
+    from labelmaker.mesh import _from_open3d
+
+    m = o3d.io.read_triangle_mesh(str(path))
+    return _from_open3d(m.vertices, m.triangles, m.vertex_colors, m.vertex_normals)
+
+
+def _ply(header: list[str], *blocks: np.ndarray) -> bytes:
+    return ("\n".join(["ply", *header, "end_header"]) + "\n").encode() + b"".join(b.tobytes() for b in blocks)
+
+
+def test_numpy_ply_reader_reads_what_open3d_reads(tmp_path):
+    """read_mesh reads binary triangle PLY with numpy (no open3d import); it must give what
+    open3d gives, and leave to open3d what it cannot read the same way."""
+    from labelmaker.mesh import read_binary_ply, read_mesh, write_ply
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 3)).astype(np.float32)
+    tri = rng.integers(0, 500, (900, 3)).astype(np.int32)
+    rgb = rng.integers(0, 256, (500, 3)).astype(np.uint8)
+    normals = rng.normal(size=(500, 3)).astype(np.float32)
+    write_ply(tmp_path / "full.ply", MeshArrays(v, tri, rgb, normals), {"label": np.arange(500, dtype=np.int32)})
+    write_ply(tmp_path / "plain.ply", MeshArrays(v, tri))
+    # ARKit-like: doubles, an alpha channel, unsigned indices, a comment
+    arkit = np.zeros(500, [("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("red", "u1"), ("green", "u1"),
+                           ("blue", "u1"), ("alpha", "u1")])
+    for i, k in enumerate("xyz"):
+        arkit[k] = v[:, i]
+    arkit["red"], arkit["green"], arkit["blue"], arkit["alpha"] = rgb[:, 0], rgb[:, 1], rgb[:, 2], 255
+    faces = np.zeros(900, [("n", "u1"), ("i", "<u4", (3,))])
+    faces["n"], faces["i"] = 3, tri
+    (tmp_path / "arkit.ply").write_bytes(_ply(
+        ["format binary_little_endian 1.0", "comment made by a phone", "element vertex 500",
+         *(f"property double {k}" for k in "xyz"), *(f"property uchar {k}" for k in ("red", "green", "blue", "alpha")),
+         "element face 900", "property list uchar uint vertex_indices"], arkit, faces))
+    for name in ("full", "plain", "arkit"):
+        ours, theirs = read_binary_ply(tmp_path / f"{name}.ply"), _open3d_mesh(tmp_path / f"{name}.ply")
+        assert ours is not None, name
+        assert np.array_equal(ours.vertices, theirs.vertices) and ours.vertices.dtype == np.float32, name
+        assert np.array_equal(ours.triangles, theirs.triangles) and ours.triangles.dtype == np.int32, name
+        for key in ("colors", "normals"):
+            a, b = getattr(ours, key), getattr(theirs, key)
+            assert (a is None) == (b is None), (name, key)
+            assert a is None or np.array_equal(a, b), (name, key)
+
+    # polygons and ASCII are left to open3d
+    quads = np.zeros(1, [("n", "u1"), ("i", "<i4", (4,))])
+    quads["n"], quads["i"] = 4, [0, 1, 2, 3]
+    (tmp_path / "quad.ply").write_bytes(_ply(
+        ["format binary_little_endian 1.0", "element vertex 4", *(f"property float {k}" for k in "xyz"),
+         "element face 1", "property list uchar int vertex_indices"], v[:4], quads))
+    (tmp_path / "ascii.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n"
+                                        "property float y\nproperty float z\nelement face 1\n"
+                                        "property list uchar int vertex_indices\nend_header\n"
+                                        "0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    assert read_binary_ply(tmp_path / "quad.ply") is None and read_binary_ply(tmp_path / "ascii.ply") is None
+    assert len(read_mesh(tmp_path / "ascii.ply").triangles) == 1
+    # a file cut short is an error, not a smaller mesh
+    data = (tmp_path / "plain.ply").read_bytes()
+    (tmp_path / "cut.ply").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ValueError, match="shorter"):
+        read_binary_ply(tmp_path / "cut.ply")
+
+
 def test_run_stage_records_done_failed_and_skips(tmp_path):
     ws = Workspace(tmp_path / "s")
     calls = []
