@@ -72,6 +72,7 @@ class ConsensusConfig:
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 1  # torch CPU threads while voting (0 = torch's default); not hashed: results do not
     # depend on it
+    workers: int = 2  # frame slices of a shard voted at once (threads); speed only, not hashed
     sam_refine: SamRefineConfig = field(default_factory=SamRefineConfig)  # snap labels to SAM masks (consensus stage)
 
 

@@ -201,24 +201,30 @@ def write_capture(
     decoder = _FrameDecoder(index, cfg)
     size = max(1, cfg.shard_size)
     starts = list(range(0, len(frames), size))
-    fingerprints, reused = [], 0
+    fingerprints = [shard_fingerprint(config_hash, frames[start : start + size]) for start in starts]
+    todo = [shard for shard, fp in enumerate(fingerprints) if ws.frame_shard_fingerprint(shard) != fp]
+    reused = len(starts) - len(todo)
+    if progress:
+        progress(sum(min(size, len(frames) - starts[shard]) for shard in range(len(starts)) if shard not in todo))
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_threads)) as pool:
-        for shard, start in enumerate(starts):
+        # the next shard's frames decode (cv2 and numpy, without the GIL) while this one is written
+        decoding = [pool.submit(decoder, r) for r in frames[starts[todo[0]] : starts[todo[0]] + size]] if todo else []
+        for k, shard in enumerate(todo):
+            start, current = starts[shard], decoding
+            if k + 1 < len(todo):
+                following = starts[todo[k + 1]]
+                decoding = [pool.submit(decoder, r) for r in frames[following : following + size]]
             records = frames[start : start + size]
-            fp = shard_fingerprint(config_hash, records)
-            fingerprints.append(fp)
-            if ws.frame_shard_fingerprint(shard) == fp:
-                reused += 1
-            else:
-                decoded = list(pool.map(decoder, records))
-                batch = FrameBatch(
-                    names=[r.name for r in records],
-                    timestamps=np.array([r.timestamp for r in records], dtype=np.float64),
-                    T_cw=np.stack([r.T_cw for r in records]).astype(np.float64),
-                    upright=upright[start : start + size],
-                    **{key: np.stack([d[key] for d in decoded]) for key in decoded[0]},
-                )
-                ws.write_frame_shard(shard, batch, fp)
+            decoded = [f.result() for f in current]
+            batch = FrameBatch(
+                names=[r.name for r in records],
+                timestamps=np.array([r.timestamp for r in records], dtype=np.float64),
+                T_cw=np.stack([r.T_cw for r in records]).astype(np.float64),
+                upright=upright[start : start + size],
+                **{key: np.stack([d[key] for d in decoded]) for key in decoded[0]},
+            )
+            del decoded
+            ws.write_frame_shard(shard, batch, fingerprints[shard])
             if progress:
                 progress(len(records))
     ws.frame_shards.remove_from(len(starts))

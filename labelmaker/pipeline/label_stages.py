@@ -242,7 +242,15 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
         refined, written = 0, {}
         for i, fp in walk:
             preds, vote_maps, vote_weights, own, _ = votes_of(i)
-            if reliability is None:  # _VOTE_FRAMES frames at a time
+            own_preds, own_maps = [p for p, k in zip(preds, own) if k], [m for m, k in zip(vote_maps, own) if k]
+            if reliability is None and not cfg.sam_refine.enabled:
+                labels, confidence, more_labels, more_confidence, disagree = _vote_slices(
+                    preds, vote_maps, vote_weights, n_classes, cfg, calibration, own_preds, own_maps)
+                shard_stats = _agreement_stats(labels, confidence, disagree)
+                out.write_ranked(i, labels, confidence, more_labels, more_confidence, fp, attrs=shard_stats)
+                written[i] = shard_stats
+                continue
+            if reliability is None:
                 parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
                          for part in _frame_slices(preds)]
                 ranked = np.concatenate([x[0] for x in parts], axis=1)
@@ -258,8 +266,7 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
                 ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
                 refined += n_changed
             labels = ranked[0]
-            shard_stats = _agreement_stats(labels, shares[0], [p for p, k in zip(preds, own) if k],
-                                           [m for m, k in zip(vote_maps, own) if k], n_classes)
+            shard_stats = _agreement_stats(labels, shares[0], disagreement(own_preds, own_maps, n_classes))
             out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
                              np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
             written[i] = shard_stats
@@ -292,12 +299,13 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
     return run_stage(ws, "consensus", config, input_hash, body, force=force)
 
 
-def _agreement_stats(labels: np.ndarray, confidence: np.ndarray, own_labels: list, own_mappings: list,
-                     n_classes: int) -> dict[str, float]:
+def _agreement_stats(labels: np.ndarray, confidence: np.ndarray, disagree_compared: tuple[int, int]
+                     ) -> dict[str, float]:
     """One consensus shard's sums behind the stage's agreement figures (kept in the shard's attrs,
-    so a resumed stage adds them up without voting again)."""
+    so a resumed stage adds them up without voting again); `disagree_compared`: `disagreement`'s
+    counts over the shard's own (not mirrored) predictions."""
     known = labels > 0
-    disagree, compared = disagreement(own_labels, own_mappings, n_classes)
+    disagree, compared = disagree_compared
     return {"pixels": float(labels.size), "known_pixels": float(known.sum()),
             "confidence_sum": float(np.asarray(confidence, dtype=np.float64)[known].sum()),
             "disagree_pixels": float(disagree), "compared_pixels": float(compared)}
@@ -314,6 +322,41 @@ def _frame_slices(preds: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
     n = len(preds[0])
     for start in range(0, max(n, 1), _VOTE_FRAMES):
         yield [p[start:start + _VOTE_FRAMES] for p in preds]
+
+
+def _vote_slices(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, calibration: Calibration | None,
+                 own_preds: list, own_maps: list):
+    """One shard's vote, _VOTE_FRAMES frames at a time, `cfg.workers` slices at once (threads: numpy
+    and torch release the GIL in their loops, and each pixel's vote depends on its own predictions
+    only, so the split changes no result), written straight into the stored dtypes. Returns
+    (labels uint16, confidence float32, more_labels uint16 (N,R-1,H,W), more_confidence float16,
+    (disagreeing, compared) pixels of the own predictions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, frame = len(preds[0]), preds[0].shape[1:]
+    more = max(0, cfg.ranks - 1)
+    labels = np.zeros((n, *frame), np.uint16)
+    confidence = np.zeros((n, *frame), np.float32)
+    more_labels = np.zeros((n, more, *frame), np.uint16)
+    more_confidence = np.zeros((n, more, *frame), np.float16)
+
+    def one(start: int) -> tuple[int, int]:
+        stop = min(n, start + _VOTE_FRAMES)
+        ranked, shares = _vote_shard([p[start:stop] for p in preds], maps, weights, n_classes, cfg, calibration)
+        labels[start:stop] = ranked[0]
+        confidence[start:stop] = shares[0]
+        more_labels[start:stop] = np.moveaxis(ranked[1:1 + more], 0, 1)
+        more_confidence[start:stop] = np.moveaxis(shares[1:1 + more], 0, 1)
+        return disagreement([p[start:stop] for p in own_preds], own_maps, n_classes)
+
+    starts = range(0, n, _VOTE_FRAMES)
+    workers = max(1, min(int(cfg.workers), len(starts)))
+    if workers == 1:
+        counts = [one(start) for start in starts]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            counts = list(pool.map(one, starts))
+    return labels, confidence, more_labels, more_confidence, tuple(int(sum(c)) for c in zip(*counts)) or (0, 0)
 
 
 def _vote_shard(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, calibration: Calibration | None):
