@@ -30,7 +30,7 @@ from .refine import SamRefineConfig
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "dense_mapping", "disagreement", "keep_clear_majorities",
+           "dense_mapping", "disagreement", "tuple_disagreement", "keep_clear_majorities",
            "vanishing_classes", "agreement_counts", "reliability_weights"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
@@ -537,6 +537,15 @@ def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_c
     # Each distinct tuple of ids (a frame has few) is judged once and counted by its pixels.
     preds, count = _distinct_id_tuples([np.asarray(p).reshape(-1) for p in predictions],
                                        [len(np.asarray(m.offsets)) - 1 for m in mappings])
+    return tuple_disagreement(preds, count, mappings, n_classes)
+
+
+def tuple_disagreement(preds: Sequence[np.ndarray], count: np.ndarray, mappings: Sequence[Any],
+                       n_classes: int) -> tuple[int, int]:
+    """`disagreement` over distinct tuples: per prediction the (U,) ids of each tuple, and the (U,)
+    pixels holding it (the tuples may repeat: their counts add up)."""
+    if len(preds) < 2:
+        return 0, 0
     known = [np.diff(np.asarray(m.offsets))[p] > 0 for p, m in zip(preds, mappings)]
     contradict = np.zeros(preds[0].shape, dtype=bool)
     for i in range(len(preds)):

@@ -11,6 +11,7 @@ Why: on the CPU the vote runs ~5x faster in numpy than in torch's small-operatio
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from .consensus import (_DENSE_UNIQUE_MAX, _DENSE_UNIQUE_MIN, _KEY_LIMIT, _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig,
                         checked_vote_arguments)
 
-__all__ = ["vote_numpy", "dense_mapping_numpy"]
+__all__ = ["vote_numpy", "vote_tuples_numpy", "TupleVote", "dense_mapping_numpy"]
 
 
 def _mapping_np(mapping: Any, index: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +74,39 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
                ranks: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """`consensus.vote` (see there: arguments, tie rule, unknown rules, ranks) as numpy arrays:
     (labels int64, shares float32) of the predictions' shape, with a leading ranks axis when ranks > 1."""
+    return vote_tuples_numpy(predictions, mappings, weights, n_classes, cfg, prior, ranks).pixels()
+
+
+@dataclass
+class TupleVote:
+    """The vote per distinct tuple of ids: `labels` (R,U) int64 and `shares` (R,U) float32 of each
+    tuple, `inverse` (P,) each pixel's tuple, `tuple_ids` per prediction the (U,) ids of each
+    tuple, `shape` the predictions' shape and `ranks` the R asked for."""
+
+    labels: np.ndarray
+    shares: np.ndarray
+    inverse: np.ndarray
+    tuple_ids: list[np.ndarray]
+    shape: tuple[int, ...]
+    ranks: int
+
+    def pixels(self, dtypes: tuple[Any, Any] = (np.int64, np.float32)) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, shares) per pixel, in `dtypes`, with a leading ranks axis when ranks > 1."""
+        full = self.shape if self.ranks == 1 else (self.ranks, *self.shape)
+        labels = self.labels.astype(dtypes[0], copy=False)[:, self.inverse]
+        shares = self.shares.astype(dtypes[1], copy=False)[:, self.inverse]
+        return labels.reshape(full), shares.reshape(full)
+
+    def pixel_counts(self) -> np.ndarray:
+        """(U,) pixels per tuple."""
+        return np.bincount(self.inverse, minlength=self.labels.shape[1])
+
+
+def vote_tuples_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float],
+                      n_classes: int, cfg: ConsensusConfig | None = None, prior: Sequence[float] | None = None,
+                      ranks: int = 1) -> TupleVote:
+    """`vote_numpy` before its results are spread over the pixels: a caller can keep them in a
+    narrower dtype, or judge each tuple once for more than the vote (`consensus.tuple_disagreement`)."""
     cfg = cfg or ConsensusConfig()
     if cfg.split not in ("prior", "share", "each"):
         raise ValueError(f"consensus split must be 'prior', 'share' or 'each', got {cfg.split!r}")
@@ -100,10 +134,13 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
             bad = lo if lo < 0 else hi
             raise ValueError(f"prediction {i}: source label id {bad} is outside its label mapping "
                              f"(which covers ids 0..{size - 1})")
-    full = tuple(shape) if ranks == 1 else (ranks, *shape)
-    empty = np.zeros(full, np.int64), np.zeros(full, np.float32)
+    def empty(inverse, tuple_ids) -> TupleVote:
+        n_unique = len(tuple_ids[0]) if tuple_ids else 0
+        return TupleVote(np.zeros((ranks, n_unique), np.int64), np.zeros((ranks, n_unique), np.float32),
+                         inverse, tuple_ids, tuple(shape), ranks)
+
     if flat[0].size == 0:
-        return empty
+        return empty(np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in flat])
     n = flat[0].size
     # Each prediction's ids replaced by their rank among the ids it uses (an order-keeping map), so
     # the packed keys stay small: the distinct tuples and their order are those of the raw ids.
@@ -132,7 +169,7 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
         active |= (mat[np.unique(ids)] > 0).any(0)
     classes = np.flatnonzero(active)
     if classes.size == 0:
-        return empty
+        return empty(inverse, tuple_ids)
     dense = [np.ascontiguousarray(mat[:, classes]) for mat in dense]
     nonempty = [(off[1:] > off[:-1]).astype(np.float32) for off, _ in maps]
     A = int(classes.size)
@@ -181,6 +218,4 @@ def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Seq
             none = unknown | (best_r <= 0) | (pick >= A)
             labels_u[r, start:stop] = np.where(none, 0, classes[np.minimum(pick, A - 1)])
             conf_u[r, start:stop] = np.where(none, np.float32(0), np.clip(best_r / safe_total, 0.0, 1.0))
-    if ranks == 1:
-        return labels_u[0, inverse].reshape(shape), conf_u[0, inverse].reshape(shape)
-    return labels_u[:, inverse].reshape((ranks, *shape)), conf_u[:, inverse].reshape((ranks, *shape))
+    return TupleVote(labels_u, conf_u, inverse, tuple_ids, tuple(shape), ranks)

@@ -263,6 +263,47 @@ def test_stage_meter_peak_is_the_stage_own():
     assert 120 < smaller["peak_rss_mb"] - empty["peak_rss_mb"] < 220, (smaller, empty)
 
 
+def test_consensus_stage_in_slices_and_threads_writes_the_whole_shard_vote(synth_scene_factory, tmp_path):
+    """The stage votes a shard in frame slices, in `consensus.workers` threads, and judges each
+    distinct tuple once for the agreement figures: its shards and figures must be those of one
+    vote over the whole shard and of `disagreement` over the models' labels."""
+    from labelmaker.consensus import disagreement
+    from labelmaker.consensus_numpy import vote_numpy
+    from labelmaker.labels import class_prior, mapping_to_unified, unified_space
+    from labelmaker.pipeline import label_stages
+    from labelmaker.pipeline.label_stages import consensus_scene, model_votes, segment_scene
+
+    _, ws = _prepared(synth_scene_factory, tmp_path, n_frames=20)
+    cfg = _cfg("models=simulated")
+    for name, model in cfg.segment.models.items():
+        segment_scene(ws, name, model, progress=False)
+    label_stages._VOTE_FRAMES, saved = 3, label_stages._VOTE_FRAMES  # several slices per shard
+    try:
+        results = []
+        for workers in (1, 2):
+            c = _cfg("models=simulated", f"consensus.workers={workers}")
+            ws.consensus_shards.remove_from(0)  # (the workers are not hashed: the shards would be kept)
+            summary = consensus_scene(ws, c.segment.models, c.consensus, force=True, progress=False).record["summary"]
+            results.append((summary, [ws.consensus_shards.ranked(i) for i in range(ws.frame_shard_count())]))
+    finally:
+        label_stages._VOTE_FRAMES = saved
+    assert results[0][0] == results[1][0]
+    names = sorted(cfg.segment.models)
+    maps = [mapping_to_unified(cfg.segment.models[n].label_space) for n in names]
+    n_classes = len(unified_space().ids)
+    disagree = compared = 0
+    for i, stored in enumerate(results[0][1]):
+        votes = [(v, m) for n, m in zip(names, maps) for v in model_votes(ws, n, i)]
+        ranked, shares = vote_numpy([v for v, _ in votes], [m for _, m in votes], [1.0] * len(votes), n_classes,
+                                    cfg.consensus, prior=class_prior(), ranks=cfg.consensus.ranks)
+        whole = (ranked[0], shares[0], np.moveaxis(ranked[1:], 0, 1), np.moveaxis(shares[1:], 0, 1))
+        for a, b, c in zip(stored, results[1][1][i], whole):
+            assert np.array_equal(a, b) and np.array_equal(a, c.astype(a.dtype))
+        d, n = disagreement([model_votes(ws, n, i)[0] for n in names], maps, n_classes)
+        disagree, compared = disagree + d, compared + n
+    assert compared > 0 and results[0][0]["disagree_share"] == round(disagree / compared, 4)
+
+
 @pytest.mark.slow
 def test_guard_rejects_a_calibration_and_reliability_weights_vote(synth_scene_factory, tmp_path):
     """The consensus stage's options: a guard that rejects the calibration votes exactly the plain

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -22,13 +23,14 @@ from ..consensus import (
     calibrate,
     class_counts,
     disagreement,
+    tuple_disagreement,
     keep_clear_majorities,
     reliability_weights,
     vanishing_classes,
     vote,
     vote_calibrated,
 )
-from ..consensus_numpy import vote_numpy
+from ..consensus_numpy import vote_numpy, vote_tuples_numpy
 from ..errors import BadInputError
 from ..io.export import write_labelled_ply, write_pointcept, write_soft_labels
 from ..labels import class_prior, classes_json, label_space, mapping_to_unified, unified_space, unified_to
@@ -240,36 +242,45 @@ def consensus_scene(ws: Workspace, models: Dict[str, ModelConfig], cfg: Consensu
 
         walk = FrameShardPass(ws, out, "", imported, f"consensus {ws.scene}", progress, fingerprint=fingerprint)
         refined, written = 0, {}
-        for i, fp in walk:
-            preds, vote_maps, vote_weights, own, _ = votes_of(i)
-            own_preds, own_maps = [p for p, k in zip(preds, own) if k], [m for m, k in zip(vote_maps, own) if k]
-            if reliability is None and not cfg.sam_refine.enabled:
-                labels, confidence, more_labels, more_confidence, disagree = _vote_slices(
-                    preds, vote_maps, vote_weights, n_classes, cfg, calibration, own_preds, own_maps)
-                shard_stats = _agreement_stats(labels, confidence, disagree)
-                out.write_ranked(i, labels, confidence, more_labels, more_confidence, fp, attrs=shard_stats)
+        writer, writing = ThreadPoolExecutor(max_workers=1), None  # a shard is written while the next is voted
+        try:
+            for i, fp in walk:
+                preds, vote_maps, vote_weights, own, _ = votes_of(i)
+                own_preds, own_maps = [p for p, k in zip(preds, own) if k], [m for m, k in zip(vote_maps, own) if k]
+                if reliability is None and not cfg.sam_refine.enabled:
+                    labels, confidence, more_labels, more_confidence, disagree = _vote_slices(
+                        preds, vote_maps, vote_weights, n_classes, cfg, calibration, own_preds, own_maps)
+                    shard_stats = _agreement_stats(labels, confidence, disagree)
+                    if writing is not None:
+                        writing.result()
+                    writing = writer.submit(out.write_ranked, i, labels, confidence, more_labels, more_confidence, fp,
+                                            attrs=shard_stats)
+                    written[i] = shard_stats
+                    continue
+                if reliability is None:
+                    parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
+                             for part in _frame_slices(preds)]
+                    ranked = np.concatenate([x[0] for x in parts], axis=1)
+                    shares = np.concatenate([x[1] for x in parts], axis=1)
+                    del parts
+                else:  # frame by frame, each prediction weighted by its reliability in that frame
+                    ranked, shares = (np.stack(x, 1) for x in zip(*(
+                        _vote_shard([p[j:j + 1] for p in preds], vote_maps,
+                                    [w * r for w, r in zip(vote_weights, reliability[i][:, j])], n_classes, cfg,
+                                    calibration) for j in range(reliability[i].shape[1]))))
+                    ranked, shares = ranked[:, :, 0], shares[:, :, 0]
+                if cfg.sam_refine.enabled:
+                    ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
+                    refined += n_changed
+                labels = ranked[0]
+                shard_stats = _agreement_stats(labels, shares[0], disagreement(own_preds, own_maps, n_classes))
+                out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
+                                 np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
                 written[i] = shard_stats
-                continue
-            if reliability is None:
-                parts = [_vote_shard(part, vote_maps, vote_weights, n_classes, cfg, calibration)
-                         for part in _frame_slices(preds)]
-                ranked = np.concatenate([x[0] for x in parts], axis=1)
-                shares = np.concatenate([x[1] for x in parts], axis=1)
-                del parts
-            else:  # frame by frame, each prediction weighted by its reliability in that frame
-                ranked, shares = (np.stack(x, 1) for x in zip(*(
-                    _vote_shard([p[j:j + 1] for p in preds], vote_maps,
-                                [w * r for w, r in zip(vote_weights, reliability[i][:, j])], n_classes, cfg,
-                                calibration) for j in range(reliability[i].shape[1]))))
-                ranked, shares = ranked[:, :, 0], shares[:, :, 0]
-            if cfg.sam_refine.enabled:
-                ranked, shares, n_changed = refine_shard(ws, cfg.sam_refine, i, ranked, shares, cfg.device)
-                refined += n_changed
-            labels = ranked[0]
-            shard_stats = _agreement_stats(labels, shares[0], disagreement(own_preds, own_maps, n_classes))
-            out.write_ranked(i, labels, shares[0], np.moveaxis(ranked[1:cfg.ranks], 0, 1),
-                             np.moveaxis(shares[1:cfg.ranks], 0, 1), fp, attrs=shard_stats)
-            written[i] = shard_stats
+            if writing is not None:
+                writing.result()
+        finally:
+            writer.shutdown()
         stats = dict.fromkeys(CONSENSUS_STATS, 0.0)
         for i in range(n_shards):  # every shard's sums; a reused shard keeps them in its attributes
             shard_stats = written[i] if i in written else out.attrs(i)
@@ -331,8 +342,6 @@ def _vote_slices(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, cal
     only, so the split changes no result), written straight into the stored dtypes. Returns
     (labels uint16, confidence float32, more_labels uint16 (N,R-1,H,W), more_confidence float16,
     (disagreeing, compared) pixels of the own predictions)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     n, frame = len(preds[0]), preds[0].shape[1:]
     more = max(0, cfg.ranks - 1)
     labels = np.zeros((n, *frame), np.uint16)
@@ -340,14 +349,24 @@ def _vote_slices(preds, maps, weights, n_classes: int, cfg: ConsensusConfig, cal
     more_labels = np.zeros((n, more, *frame), np.uint16)
     more_confidence = np.zeros((n, more, *frame), np.float16)
 
+    own = [next(j for j, q in enumerate(preds) if q is p) for p in own_preds]
+
     def one(start: int) -> tuple[int, int]:
         stop = min(n, start + _VOTE_FRAMES)
-        ranked, shares = _vote_shard([p[start:stop] for p in preds], maps, weights, n_classes, cfg, calibration)
+        part = [p[start:stop] for p in preds]
+        if calibration is None and numpy_on_cpu(cfg.device):  # each distinct tuple of ids voted and judged once
+            tuples = vote_tuples_numpy(part, maps, weights, n_classes, cfg, prior=class_prior(),
+                                       ranks=max(2, cfg.ranks))
+            ranked, shares = tuples.pixels((np.uint16, np.float32))
+            counts = tuple_disagreement([tuples.tuple_ids[j] for j in own], tuples.pixel_counts(), own_maps, n_classes)
+        else:
+            ranked, shares = _vote_shard(part, maps, weights, n_classes, cfg, calibration)
+            counts = disagreement([p[start:stop] for p in own_preds], own_maps, n_classes)
         labels[start:stop] = ranked[0]
         confidence[start:stop] = shares[0]
         more_labels[start:stop] = np.moveaxis(ranked[1:1 + more], 0, 1)
         more_confidence[start:stop] = np.moveaxis(shares[1:1 + more], 0, 1)
-        return disagreement([p[start:stop] for p in own_preds], own_maps, n_classes)
+        return counts
 
     starts = range(0, n, _VOTE_FRAMES)
     workers = max(1, min(int(cfg.workers), len(starts)))
