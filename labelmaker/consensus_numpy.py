@@ -57,16 +57,20 @@ def dense_mapping_numpy(offsets: np.ndarray, targets: np.ndarray, n_classes: int
     return dense.reshape(n_src, n_classes)
 
 
+_INT32 = 1 << 31  # keys and ranks below this are kept in int32
+
+
 def _compact_np(key: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
     """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count)."""
     if radix <= max(_DENSE_UNIQUE_MIN, min(4 * key.size, _DENSE_UNIQUE_MAX)):
         present = np.zeros(radix, bool)
         present[key] = True
         rank = np.cumsum(present, dtype=np.int32)
+        rank -= 1
         del present
-        return rank[key].astype(np.int64) - 1, int(rank[-1])
+        return rank[key], int(rank[-1]) + 1
     uniq, inverse = np.unique(key, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64, copy=False), int(uniq.size)
+    return inverse.reshape(-1).astype(np.int32 if uniq.size < _INT32 else np.int64, copy=False), int(uniq.size)
 
 
 def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
@@ -144,17 +148,22 @@ def vote_tuples_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weigh
     n = flat[0].size
     # Each prediction's ids replaced by their rank among the ids it uses (an order-keeping map), so
     # the packed keys stay small: the distinct tuples and their order are those of the raw ids.
+    # int32 keys while the packed radix allows (half the memory traffic of int64; same integers).
     dense_ids = []
     for p, size in zip(flat, sizes):
         present = np.zeros(size, bool)
         present[p] = True
-        rank = np.cumsum(present, dtype=np.int64) - 1
+        rank = np.cumsum(present, dtype=np.int32 if size < _INT32 else np.int64)
+        rank -= 1
         dense_ids.append((rank[p], int(rank[-1]) + 1))
     key, radix = dense_ids[0]
     for p, size in dense_ids[1:]:
         if radix * size >= _KEY_LIMIT:
             key, radix = _compact_np(key, radix)
-        key = key * size + p
+        if radix * size >= _INT32 and key.dtype != np.int64:
+            key = key.astype(np.int64)
+        key = key * size
+        key += p
         radix *= size
     del dense_ids
     inverse, n_unique = _compact_np(key, radix)
