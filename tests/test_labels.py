@@ -170,6 +170,22 @@ def test_invalid_ids():
     assert nyu.invalid_ids(np.array([1.0, 2.5, 41.0])).tolist() == [2.5, 41.0]
 
 
+def test_only_valid_ids_agrees_with_invalid_ids():
+    """The stage's whole-shard check (one bincount) must pass exactly the stacks invalid_ids passes."""
+    rng = np.random.default_rng(0)
+    for space in (label_space("nyu40"), label_space("ade20k"), label_space("scannet200"), unified_space()):
+        valid = np.setdiff1d(np.arange(space.max_id + 1), space.invalid_ids(np.arange(space.max_id + 1)))
+        clean = rng.choice(valid, (3, 8, 8)).astype(np.uint16)
+        assert space.only_valid_ids(clean) and space.invalid_ids(clean).size == 0
+        for bad in (space.max_id + 1, *space.invalid_ids(np.arange(space.max_id + 1))[:3]):
+            dirty = clean.copy()
+            dirty[2, 5, 1] = bad
+            assert not space.only_valid_ids(dirty) and space.invalid_ids(dirty).tolist() == [bad]
+    assert not label_space("nyu40").only_valid_ids(np.array([1, -1]))  # negative
+    assert not label_space("nyu40").only_valid_ids(np.array([1.0]))  # not integers: the slow check decides
+    assert label_space("nyu40").only_valid_ids(np.zeros((0, 4), np.uint8))
+
+
 # ----------------------------------------------------------------------------- mappings
 
 

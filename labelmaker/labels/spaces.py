@@ -91,6 +91,19 @@ class LabelSpace:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"{name!r} is no class of label space {self.name!r}{hint}")
 
+    def only_valid_ids(self, ids: np.ndarray) -> bool:
+        """Whether every value of integer ``ids`` is a class id or the unlabelled id: one bincount
+        over a whole stack of label maps (invalid_ids says which values are not, frame by frame)."""
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "ui":
+            return False
+        if ids.size == 0:
+            return True
+        if int(ids.min()) < 0 or int(ids.max()) > self.max_id:
+            return False
+        seen = np.bincount(ids.reshape(-1), minlength=self.max_id + 1) > 0
+        return not (seen & ~self._valid[: self.max_id + 1]).any()
+
     def invalid_ids(self, ids: np.ndarray) -> np.ndarray:
         """Sorted unique values of ``ids`` that are neither class ids nor the unlabelled id."""
         values = np.unique(np.asarray(ids))
