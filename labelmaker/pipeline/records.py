@@ -6,6 +6,7 @@ is skipped when its done-record matches the current config and input hashes.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -25,13 +26,20 @@ _VERSIONED = ("labelmaker", "numpy", "open3d-cpu", "open3d", "h5py", "torch", "s
 
 
 def package_versions() -> dict[str, str]:
-    found = {}
+    """The installed versions of the packages a stage's output may depend on."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: each lookup scans site-packages' metadata (~10 ms)."""
+    found = []
     for name in _VERSIONED:
         try:
-            found[name] = metadata.version(name)
+            found.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    return found
+    return tuple(found)
 
 
 class StageMeter:
