@@ -32,6 +32,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .errors import LabelmakerError, config_message, one_line
+from .lazy import skip_open3d_viewer
 
 log = logging.getLogger("labelmaker")
 
@@ -466,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    skip_open3d_viewer()
     try:
         code = COMMANDS[args.command](args)
     except LabelmakerError as err:

@@ -45,3 +45,19 @@ def test_every_segmenter_kind_is_registered_by_the_package():
     ours = {kind for kind, factory in package.SEGMENTERS.items()
             if factory.__module__.startswith("labelmaker.segmenters.")}
     assert ours <= before and len(ours) >= 7, (ours, before)
+
+
+def test_the_command_line_loads_open3d_without_its_plotly_viewer(tmp_path):
+    """`labelmaker` commands import open3d without dash/plotly (0.5 s of its import); what we use
+    of open3d (meshes, ray casting) still works, and the viewer says why it is missing."""
+    code = (
+        "import sys, numpy as np; from labelmaker.lazy import skip_open3d_viewer; skip_open3d_viewer(); "
+        "import open3d as o3d; s = o3d.t.geometry.RaycastingScene(); "
+        "s.add_triangles(np.array([[0, 0, 1], [1, 0, 1], [0, 1, 1]], np.float32), np.array([[0, 1, 2]], np.uint32)); "
+        "hit = s.cast_rays(o3d.core.Tensor(np.array([[0.2, 0.2, 0, 0, 0, 1]], np.float32)))['t_hit'].numpy(); "
+        "print(sorted(m for m in ('dash', 'plotly') if m in sys.modules), round(float(hit[0]), 4))\n"
+        "try:\n    o3d.visualization.draw_plotly([])\nexcept RuntimeError as err:\n    print(err)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[] 1.0", out
+    assert "plotly viewer is not loaded" in out[1]
