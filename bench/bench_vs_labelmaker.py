@@ -191,11 +191,12 @@ def run_ours(scene: Path, ws: Path, log: Path) -> dict:
     cmd += [f"lift.mesh={scene / 'mesh.ply'}", "progress=false"]
     res = measure(cmd, log=log)
     if res["rc"] == 0:
-        res["stages"] = {}
-        for f in sorted((ws / "state").glob("*.json")):
-            rec = json.loads(f.read_text())
-            if isinstance(rec, dict) and "stage" in rec:
-                res["stages"][rec["stage"]] = (rec.get("seconds"), rec.get("peak_rss_mb"))
+        records = [json.loads(f.read_text()) for f in (ws / "state").glob("*.json")]
+        order = ("import", "segment", "consensus", "lift", "export", "evaluate", "report")  # `labelmaker run`'s
+        kind = lambda r: order.index(r["stage"].split("-")[0]) if r["stage"].split("-")[0] in order else 99  # noqa: E731
+        records = sorted((r for r in records if isinstance(r, dict) and "stage" in r),
+                         key=lambda r: (kind(r), r["stage"]))
+        res["stages"] = {r["stage"]: (r.get("seconds"), r.get("peak_rss_mb")) for r in records}
         labels = ws / "labels" / "labels.npy"
         res["labels_sha"] = hashlib.sha256(np.load(labels).tobytes()).hexdigest()[:16] if labels.exists() else None
     return res
