@@ -318,7 +318,7 @@ def measure_lift(data: Path) -> dict:
         pass
     read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = lift(frames(), verts, tris, N_UNIFIED, LiftConfig(device="auto"))
+    res = lift(frames, verts, tris, N_UNIFIED, LiftConfig(device="auto"))
     seconds = time.perf_counter() - t0
     seen = res.n_views > 0
     return dict(frames=n, vertices=len(verts), seconds=seconds, read_frames_s=read_s, peak_rss_mb=rss_mb(),

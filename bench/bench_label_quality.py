@@ -102,7 +102,7 @@ def run_scene_rules(family: str, seed: int, sky: str, frames: int, rules: list[s
     mesh = read_mesh_or_points(given_mesh)
     lift_cfg = load_config([*base, f"lift.mesh={given_mesh}"])[0].lift
     n = len(unified_space().ids)
-    perfect = lift(lift_frames(ws, perfect_labels(ws, gt)), mesh.vertices, mesh.triangles, n, lift_cfg.core(),
+    perfect = lift(lambda: lift_frames(ws, perfect_labels(ws, gt)), mesh.vertices, mesh.triangles, n, lift_cfg.core(),
                    normals=mesh.normals)
     keep = (perfect.n_views >= MIN_VIEWS) & (truth > 0)
     row = {"family": family, "seed": seed, "sky": sky, "frames": frames, "vertices_scored": int(keep.sum()),

@@ -210,7 +210,7 @@ def measure_scale(data: Path, with_instances: bool) -> dict:
 
     t0 = time.perf_counter()
     observe = evidence.add if evidence else None
-    res = lift(frames(), verts, tris, N_UNIFIED, LiftConfig(device="cpu"), on_visible=observe)
+    res = lift(frames, verts, tris, N_UNIFIED, LiftConfig(device="cpu"), on_visible=observe)
     out["lift_s"] = time.perf_counter() - t0
     if with_instances:
         t0 = time.perf_counter()

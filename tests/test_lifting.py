@@ -1,6 +1,7 @@
 """Lifting 2D labels onto mesh vertices (labelmaker.lifting) on a small ray-cast scene."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,8 +251,15 @@ def test_angle_weighting_and_max_distance(scene, frames):
 
 def test_streams_frames_reports_progress_and_checks_inputs(scene, frames):
     done = []
-    res = lift((f for f in frames[:3]), scene.verts, scene.tris, N_CLASSES, cpu_cfg(), progress=done.append)
+    # a function returning a fresh stream: ray casting the mesh where depth is missing reads the frames twice
+    res = lift(lambda: (f for f in frames[:3]), scene.verts, scene.tris, N_CLASSES, cpu_cfg(), progress=done.append)
     assert done == [1, 1, 1] and res.n_views.max() <= 3
+    _same_result(res, lift(frames[:3], scene.verts, scene.tris, N_CLASSES, cpu_cfg()))
+    with pytest.raises(TypeError, match="reads them twice"):
+        lift((f for f in frames[:3]), scene.verts, scene.tris, N_CLASSES, cpu_cfg())
+    no_rays = dataclasses.replace(cpu_cfg(), raycast_missing_depth=False)  # one pass: any iterable
+    _same_result(lift((f for f in frames[:3]), scene.verts, scene.tris, N_CLASSES, no_rays),
+                 lift(frames[:3], scene.verts, scene.tris, N_CLASSES, no_rays))
     f = frames[0]
     bad = LiftFrame(np.where(f.labels > 0, N_CLASSES, 0), None, f.depth_m, K, K, f.T_cw)
     with pytest.raises(ValueError, match=f"frame 1: label id {N_CLASSES}"):
@@ -266,6 +274,11 @@ def test_streams_frames_reports_progress_and_checks_inputs(scene, frames):
     assert (res.n_views[-3:] == 0).all() and res.n_views.sum() > 0
     empty = lift([f], np.zeros((0, 3), np.float32), None, N_CLASSES, cpu_cfg())
     assert empty.labels.shape == (0,) and empty.topk_ids.shape == (0, 3)
+
+
+def _same_result(a, b):
+    for name in ("labels", "confidence", "topk_ids", "topk_shares", "n_views", "votes_total"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
 def _dense_reference(n_vertices, n_classes, calls, top_k):

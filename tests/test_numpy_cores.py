@@ -163,6 +163,7 @@ def test_numpy_accumulator_equals_torch_through_compactions(distinct):
     n_vertices, n_classes = 80, 12
     acc_t = VoteAccumulator(n_vertices, n_classes, device="cpu", slots=2, buffer_size=16)
     acc_n = NumpyVoteAccumulator(n_vertices, n_classes, slots=2, buffer_size=16)
+    roomy = [VoteAccumulator(n_vertices, n_classes, device="cpu"), NumpyVoteAccumulator(n_vertices, n_classes)]
     for _ in range(60):
         n = int(rng.integers(1, 60))
         v = rng.choice(n_vertices, n, replace=False) if distinct else rng.integers(0, n_vertices, n)
@@ -170,10 +171,16 @@ def test_numpy_accumulator_equals_torch_through_compactions(distinct):
         w = (rng.random(n) * rng.choice([0.0, 1.0, 3.0], n)).astype(np.float32)  # any floats: same sums
         acc_t.add(v, c, w, distinct=distinct)
         acc_n.add(v, c, w, distinct=distinct)
-    assert acc_n.compactions == acc_t.compactions > 0
+        for acc in roomy:
+            acc.add(v, c, w, distinct=distinct)
+    assert acc_t.compactions > 0 and acc_n.compactions > 0  # buffer compacted / hash table grown
     order = rng.permutation(n_vertices)
     _same(acc_t.result(3, order=order, chunk=7), acc_n.result(3, order=order, chunk=7))
     _same(acc_t.result(4), acc_n.result(4))
+    # each (vertex, class) weight is summed in call order wherever it is kept: slots and buffer sizes change no bit
+    assert roomy[0].overflow_entries < acc_t.overflow_entries
+    for acc in roomy:
+        _same(acc.result(4), acc_n.result(4))
     with pytest.raises(ValueError, match="class"):
         acc_n.add([0], [n_classes], [1.0])
 

@@ -21,9 +21,9 @@ from .visibility import (
     FRUSTUM_MARGIN_PX,
     NEAR,
     Blocks,
-    Raycaster,
     boundary_weight,
-    raycast_visible,
+    frames_with_mesh_depth,
+    mesh_depth_visible,
 )
 from .votes import VoteAccumulator
 
@@ -75,12 +75,12 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
         nrm = to_tensor(normals, device, torch.float32).index_select(0, blocks.perm)
         norms_s = nrm / nrm.norm(dim=1, keepdim=True).clamp(min=1e-12)
         del nrm
-    raycaster = None
     if cfg.raycast_missing_depth and triangles is not None and len(triangles):
-        raycaster = Raycaster(np.asarray(verts_np, dtype=np.float32), np.asarray(triangles))
-
-    for index, frame in enumerate(frames):
-        _lift_frame(index, frame, verts_s, norms_s, blocks, acc, raycaster, origin, cfg, device, on_visible)
+        pairs = frames_with_mesh_depth(frames, verts_np, triangles)
+    else:
+        pairs = ((frame, None) for frame in (frames() if callable(frames) else frames))
+    for index, (frame, mesh_depth) in enumerate(pairs):
+        _lift_frame(index, frame, verts_s, norms_s, blocks, acc, mesh_depth, origin, cfg, device, on_visible)
         if progress:
             progress(1)
 
@@ -88,7 +88,7 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
 
 
 def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: torch.Tensor | None, blocks: Blocks,
-                acc: VoteAccumulator, raycaster: Raycaster | None, origin: np.ndarray, cfg: LiftConfig,
+                acc: VoteAccumulator, mesh_depth, origin: np.ndarray, cfg: LiftConfig,
                 device: torch.device, on_visible: Callable | None = None) -> None:
     tol_m, tol_rel = float(cfg.depth_tolerance_m), float(cfg.depth_tolerance_rel)
     labels = to_tensor(frame.labels, device, torch.int64)
@@ -181,18 +181,15 @@ def _lift_frame(index: int, frame: LiftFrame, verts_s: torch.Tensor, norms_s: to
             visible = ok & has & ((z - d).abs_() <= d * tol_rel + tol_m)
             missing = ok & ~has
         keep = nonzero(visible) if visible is not None else torch.zeros(0, dtype=torch.int64, device=device)
-        if raycaster is not None:
+        if mesh_depth is not None:
             miss = nonzero(missing)
             if miss.numel():
                 label_px = pix.index_select(0, miss)
-                if depth is None:  # rays through the label raster's pixels
-                    key, rasters = label_px, [(K, W, H)]
-                elif same_raster:
-                    key, rasters = label_px, [(K, W, H)]
+                if depth is None or same_raster:  # rays through the label raster's pixels
+                    key = label_px
                 else:  # through the depth raster's pixels; the label raster's where it has none
                     key = torch.where(inside.index_select(0, miss), dpix.index_select(0, miss), Hd * Wd + label_px)
-                    rasters = [(Kd, Wd, Hd), (K, W, H)]
-                seen = raycast_visible(raycaster, Rn, T, z.index_select(0, miss), key, rasters, tol_m, tol_rel)
+                seen = mesh_depth_visible(mesh_depth, z.index_select(0, miss), key, tol_m, tol_rel)
                 keep = torch.cat([keep, miss.index_select(0, nonzero(seen))])
         if keep.numel() == 0:
             continue

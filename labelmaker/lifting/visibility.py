@@ -6,14 +6,14 @@ pixel centres at integer coordinates) inside the label raster, and its camera de
 the sensor depth d at its pixel of the depth raster (which may differ in size from the label
 raster), |z - d| <= depth_tolerance_m + depth_tolerance_rel * d. Where the sensor has no depth
 (0, or outside the depth raster, or no depth map at all), d is the mesh's own depth ray cast
-through that pixel (open3d RaycastingScene, built on first need; ~0.4 s and ~80 MB per million
-triangles); without triangles (a point cloud) such vertices get no vote.
+through that pixel (`frames_with_mesh_depth`: all pixels without depth of a group of frames are
+ray cast first, against open3d RaycastingScenes over at most 1 M triangles each, ~130 MB, built one
+at a time; so the frames are read twice); without triangles (a point cloud) such vertices get no vote.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..devices import nonzero
 from ..lazy import LazyModule
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
@@ -22,29 +22,160 @@ BLOCK_SIZE_M = 0.25  # edge of the spatial cells that group vertices for frustum
 NEAR = 1e-3  # m; vertices closer to the camera plane than this are never visible
 FRUSTUM_MARGIN_PX = 1.0
 CHUNK = 1 << 20  # candidate vertices projected at once
+BVH_TRIANGLES = 1 << 20  # triangles per ray-casting structure (built one at a time)
+RAY_BUDGET = 1 << 22  # rays ray cast at once (24 B each); frames with more missing depth go in groups
 
 
-class Raycaster:
-    """Mesh depth along given rays (open3d RaycastingScene on the CPU), built on first use."""
+def first_hits(vertices: np.ndarray, triangles: np.ndarray, rays: np.ndarray, with_ids: bool = False,
+               max_triangles: int = BVH_TRIANGLES, batch: int = 1 << 20):
+    """Each ray's first hit on the mesh: t (N,) float32 for rays origin + t * direction ((N,6) float32
+    rows), inf where none; `with_ids` adds the hit triangle (index into `triangles`, -1 where none)
+    and its (u, v) (N,2). open3d's RaycastingScene is built over at most `max_triangles` triangles at
+    a time (its BVH takes ~130 B per triangle: 640 MB for 5 M at once) and each ray keeps the nearest
+    hit over the parts (on an exact tie the earlier part's triangle)."""
+    import open3d as o3d
 
-    def __init__(self, vertices: np.ndarray, triangles: np.ndarray):
-        self._vertices, self._triangles = vertices, triangles
-        self._scene = None
+    verts = np.ascontiguousarray(vertices, dtype=np.float32)
+    tris = np.asarray(triangles).reshape(-1, 3)
+    n = len(rays)
+    t = np.full(n, np.inf, np.float32)
+    prim = np.full(n, -1, np.int64) if with_ids else None
+    uv = np.zeros((n, 2), np.float32) if with_ids else None
+    for a in range(0, len(tris), max(1, int(max_triangles))):
+        part = tris[a:a + max_triangles]
+        used = np.zeros(len(verts), bool)
+        used[part.reshape(-1)] = True
+        ids = np.flatnonzero(used)
+        del used
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(verts[ids]),
+                            o3d.core.Tensor(np.searchsorted(ids, part).astype(np.uint32)))
+        del ids
+        for b in range(0, n, batch):
+            hit = scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays[b:b + batch], dtype=np.float32)),
+                                  nthreads=0)
+            tb = hit["t_hit"].numpy()
+            closer = np.flatnonzero(tb < t[b:b + batch])
+            t[b + closer] = tb[closer]
+            if with_ids:
+                prim[b + closer] = a + hit["primitive_ids"].numpy()[closer].astype(np.int64)
+                uv[b + closer] = hit["primitive_uvs"].numpy()[closer]
+        del scene
+    return (t, prim, uv) if with_ids else t
 
-    def z_depth(self, origin: np.ndarray, dirs_world: np.ndarray) -> np.ndarray:
-        """Ray parameter of the first hit for rays origin + t * dir (inf where nothing is hit);
-        with dirs whose camera z component is 1 this is the camera z depth of the hit."""
-        import open3d as o3d
 
-        if self._scene is None:
-            self._scene = o3d.t.geometry.RaycastingScene()
-            self._scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(self._vertices, dtype=np.float32)),
-                                      o3d.core.Tensor(np.ascontiguousarray(self._triangles, dtype=np.uint32)))
-            self._vertices = self._triangles = None
-        rays = np.empty((len(dirs_world), 6), dtype=np.float32)
-        rays[:, :3] = origin
-        rays[:, 3:] = dirs_world
-        return self._scene.cast_rays(o3d.core.Tensor(rays), nthreads=0)["t_hit"].numpy()
+def frame_rasters(frame) -> tuple | None:
+    """A frame's label raster (K, W, H), its depth (flat float32 or None) and depth raster (Kd, Wd, Hd),
+    and whether the two are the same raster; None for a frame that `lift` will refuse anyway."""
+    labels = np.asarray(frame.labels)
+    if labels.ndim != 2 or labels.size == 0:
+        return None
+    H, W = labels.shape
+    K = np.asarray(frame.K_labels, dtype=np.float64)
+    if frame.depth_m is None:
+        return (K, W, H), None, None, False
+    depth = np.asarray(frame.depth_m)
+    if depth.ndim != 2:
+        return None
+    Hd, Wd = depth.shape
+    Kd = np.asarray(frame.K_depth, dtype=np.float64)
+    same = (Hd, Wd) == (H, W) and np.allclose(Kd, K, rtol=0, atol=1e-9)
+    return (K, W, H), depth.reshape(-1), (Kd, Wd, Hd), same
+
+
+def ray_keys(frame) -> tuple[np.ndarray, list]:
+    """The pixels (ascending keys into the rasters laid one after the other) through which `lift` may
+    need the mesh's depth in this frame, and those rasters: where a label > 0 has no sensor depth
+    (none at its pixel, or no depth map), or, with a depth raster of its own, every depth pixel
+    without depth and every labelled pixel whose vertices may fall outside the depth raster."""
+    got = frame_rasters(frame)
+    if got is None:
+        return np.zeros(0, np.int64), []
+    (K, W, H), depth, dr, same = got
+    labelled = np.asarray(frame.labels).reshape(-1) > 0
+    if depth is None:
+        return np.flatnonzero(labelled), [(K, W, H)]
+    if same:
+        return np.flatnonzero(labelled & ~(depth > 0)), [(K, W, H)]
+    Kd, Wd, Hd = dr
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    ax, bx = Kd[0, 0] / fx, Kd[0, 2] - Kd[0, 0] * cx / fx + 0.5  # the depth raster's coordinates of a label pixel's
+    ay, by = Kd[1, 1] / fy, Kd[1, 2] - Kd[1, 1] * cy / fy + 0.5  # points, as in the frame loop, with a margin
+
+    def outside(n, a, b, size):
+        c = np.arange(n, dtype=np.float64)
+        ends = np.stack([(c - 0.51) * a + b, (c + 0.51) * a + b])
+        return (np.floor(ends.min(0)) < 0) | (np.floor(ends.max(0)) >= size)
+
+    edge = (outside(H, ay, by, Hd)[:, None] | outside(W, ax, bx, Wd)[None, :]).reshape(-1)
+    return np.concatenate([np.flatnonzero(~(depth > 0)), Hd * Wd + np.flatnonzero(labelled & edge)]), \
+        [(Kd, Wd, Hd), (K, W, H)]
+
+
+def ray_directions(keys: np.ndarray, rasters: list, R: np.ndarray) -> np.ndarray:
+    """(N,3) float32 world directions of the rays through the pixel centres `keys` (see `ray_keys`),
+    scaled to camera z = 1 (so a hit's t is its camera depth); R: world-to-camera rotation."""
+    dirs = np.ones((keys.size, 3), np.float64)
+    base = 0
+    for K, W, H in rasters:
+        sel = np.flatnonzero((keys >= base) & (keys < base + W * H))
+        local = keys[sel] - base
+        dirs[sel, 0] = ((local % W).astype(np.float64) - K[0, 2]) / K[0, 0]
+        dirs[sel, 1] = ((local // W).astype(np.float64) - K[1, 2]) / K[1, 1]
+        base += W * H
+    return (dirs @ R).astype(np.float32)  # rows: R^T d
+
+
+class MeshDepth:
+    """One frame's mesh depth along the rays of `ray_keys`: `at(keys)` gives it for any of them."""
+
+    def __init__(self, keys: np.ndarray, t: np.ndarray):
+        self.keys, self.t = keys, t
+
+    def at(self, keys: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.keys, keys)
+        if keys.size and (int(pos.max()) >= self.keys.size or not bool((self.keys[pos] == keys).all())):
+            raise RuntimeError("lift: a pixel without depth was not among the frame's ray-cast pixels")
+        return self.t[pos]
+
+
+def frames_with_mesh_depth(frames, vertices: np.ndarray, triangles: np.ndarray, ray_budget: int = RAY_BUDGET):
+    """(frame, MeshDepth) for each frame: the frames are read twice, in groups of about `ray_budget`
+    rays -- once for the pixels without sensor depth, whose first hits on the mesh are then found for
+    the whole group (`first_hits`, a few ray-casting structures built one at a time), once to vote.
+    `frames`: a list, or a function returning a fresh iterator over them."""
+    if callable(frames):
+        ahead, frames_again = iter(frames()), iter(frames())
+    else:
+        if iter(frames) is frames:
+            raise TypeError("lift: frames must be a list or a function returning an iterator of frames "
+                            "(ray casting the mesh reads them twice)")
+        ahead, frames_again = iter(frames), iter(frames)
+    verts = np.ascontiguousarray(vertices, dtype=np.float32)
+    done = False
+    while not done:
+        group, rays, n = [], [], 0
+        while n < ray_budget:
+            frame = next(ahead, None)
+            if frame is None:
+                done = True
+                break
+            keys, rasters = ray_keys(frame)
+            group.append(keys)
+            if keys.size:
+                T = np.asarray(frame.T_cw, dtype=np.float64)
+                R = T[:3, :3]
+                ray = np.empty((keys.size, 6), np.float32)
+                ray[:, :3] = (-R.T @ T[:3, 3]).astype(np.float32)  # the camera centre
+                ray[:, 3:] = ray_directions(keys, rasters, R)
+                rays.append(ray)
+                n += keys.size
+        t = first_hits(verts, triangles, np.concatenate(rays)) if rays else np.zeros(0, np.float32)
+        del rays
+        at = 0
+        for keys in group:
+            yield next(frames_again), MeshDepth(keys, t[at:at + keys.size])
+            at += keys.size
 
 
 class Blocks:
@@ -138,32 +269,11 @@ def frames_in_view(vertices: np.ndarray, T_cw: np.ndarray, K: np.ndarray, hw: tu
     return out
 
 
-def raycast_visible(raycaster: Raycaster, R: np.ndarray, T: np.ndarray, z: torch.Tensor, key: torch.Tensor,
-                     rasters: list, tol_m: float, tol_rel: float) -> torch.Tensor:
-    """Visibility of vertices without sensor depth against the mesh's depth ray cast through their
-    pixel, one ray per distinct pixel. `key` indexes the pixels of the rasters [(K, W, H), ...]
-    laid one after the other."""
-    device = z.device
-    n_px = sum(W * H for _, W, H in rasters)
-    present = torch.zeros(n_px, dtype=torch.bool, device=device)
-    present[key] = True
-    uniq = nonzero(present)
-    slot = torch.zeros(n_px, dtype=torch.int64, device=device)
-    slot[uniq] = torch.arange(uniq.numel(), device=device)
-    inv = slot.index_select(0, key)
-    uniq = uniq.cpu()
-    dirs = torch.ones((uniq.numel(), 3), dtype=torch.float64)
-    base = 0
-    for K, W, H in rasters:
-        sel = nonzero((uniq >= base) & (uniq < base + W * H))
-        local = uniq.index_select(0, sel) - base
-        dirs[sel, 0] = ((local % W).to(torch.float64) - K[0, 2]) / K[0, 0]
-        dirs[sel, 1] = ((local // W).to(torch.float64) - K[1, 2]) / K[1, 1]
-        base += W * H
-    centre = -R.T @ T[:3, 3]
-    # camera z of the first hit (the directions have camera z = 1); rows of dirs @ R are R^T d
-    t_hit = raycaster.z_depth(centre.astype(np.float32), (dirs.numpy() @ R).astype(np.float32))
-    d = torch.from_numpy(t_hit).to(device).index_select(0, inv)
+def mesh_depth_visible(mesh_depth: MeshDepth, z: torch.Tensor, key: torch.Tensor, tol_m: float,
+                       tol_rel: float) -> torch.Tensor:
+    """Visibility of vertices without sensor depth (camera z, pixel keys of `ray_keys`) against the
+    mesh's own depth along their pixel's ray."""
+    d = torch.from_numpy(mesh_depth.at(key.cpu().numpy())).to(z.device)
     ok = torch.isfinite(d)
     d = torch.where(ok, d, torch.zeros_like(d))
     return ok & ((z - d).abs() <= tol_m + tol_rel * d)

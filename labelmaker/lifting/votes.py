@@ -1,8 +1,10 @@
 """Sparse per-vertex class votes (`VoteAccumulator`): what `lift` adds each frame's votes to.
 
-Four (class, weight) slots per vertex plus a sparse overflow buffer, compacted (sort + segment sum)
-as it grows -- never a dense vertices x classes array. All sums are deterministic: no float sum
-depends on thread scheduling (stable sorts and float64 prefix sums instead of atomic adds).
+`SLOTS` (class, weight) slots per vertex plus a sparse overflow buffer, compacted (sort + sum per key)
+as it grows -- never a dense vertices x classes array. Each (vertex, class) weight is a float32 sum
+of that pair's votes one `add` call after another, in call order, wherever the pair is stored (slot
+or overflow, before or after a compaction): the results depend on neither `slots` nor the buffer's
+size, and no float sum depends on thread scheduling (no atomic adds).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from ..lazy import LazyModule
 from .types import LiftResult, has_votes
 
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
+
+SLOTS = 16  # (class, weight) slots per vertex; a 2.5 M-vertex scan's vertices meet ~25 classes each (ranked votes)
 
 
 def _segment_sum(keys: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +35,29 @@ def _segment_sum(keys: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tenso
     return keys.index_select(0, ends), sums.to(torch.float32)
 
 
+def _sequential_sum(keys: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct keys (ascending) and the sum of each key's weights (in their dtype), added one after another in
+    the order they come (a stable sort, then one index_add per rank within the keys: distinct positions,
+    so deterministic on every device)."""
+    if keys.numel() == 0:
+        return keys, weights
+    keys, order = torch.sort(keys, stable=True)
+    weights = weights.index_select(0, order)
+    del order
+    start = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
+    start[1:] = keys[1:] != keys[:-1]
+    group = torch.cumsum(start, 0) - 1
+    rank = _group_rank(keys)
+    sums = torch.zeros(int(group[-1]) + 1, dtype=weights.dtype, device=keys.device)
+    by_rank = torch.argsort(rank, stable=True)
+    at = 0
+    for n in torch.bincount(rank).tolist():
+        sel = by_rank[at:at + n]
+        sums.index_add_(0, group.index_select(0, sel), weights.index_select(0, sel))
+        at += n
+    return keys[start], sums
+
+
 def _group_rank(sorted_ids: torch.Tensor) -> torch.Tensor:
     """Position of each element within its run of equal values (input sorted)."""
     n = sorted_ids.numel()
@@ -46,13 +73,13 @@ class VoteAccumulator:
 
     Storage: `slots` (class, weight) pairs per vertex, filled in order and never freed, plus an
     overflow buffer of (vertex * n_classes + class, weight) for vertices that meet more classes
-    than they have slots. The buffer is compacted (sort + segment sum) whenever it fills and grows
-    when compaction frees less than half of it. A (vertex, class) pair lives either in a slot or in
-    the overflow, never both. Each `add` call counts as one view of every vertex it gives a vote.
-    All sums are deterministic (no atomic float adds).
+    than they have slots. The buffer is compacted (sort + sum per key, in arrival order) whenever it
+    fills and grows when compaction frees less than half of it. A (vertex, class) pair lives either in
+    a slot or in the overflow, never both; its weight is the float32 sum of its votes in call order
+    either way. Each `add` call counts as one view of every vertex it gives a vote.
     """
 
-    def __init__(self, n_vertices: int, n_classes: int, device: str | torch.device = "auto", slots: int = 4,
+    def __init__(self, n_vertices: int, n_classes: int, device: str | torch.device = "auto", slots: int = SLOTS,
                  buffer_size: int = 1 << 20):
         self.n_vertices, self.n_classes = int(n_vertices), int(n_classes)
         if self.n_classes < 2:
@@ -99,9 +126,10 @@ class VoteAccumulator:
 
     def add_checked(self, v: torch.Tensor, c: torch.Tensor, w: torch.Tensor, count_view: bool = True) -> None:
         """`add(..., distinct=True)` for callers that checked their votes already (`lift`'s frames): v distinct and in
-        range, c in 1..n_classes-1, w >= 0 (zero weights are dropped here)."""
-        if not bool((w > 0).all()):
-            keep = nonzero(w > 0)
+        range, c in 0..n_classes-1, w >= 0 (class 0 and zero weights are dropped here)."""
+        ok = (w > 0) & (c > 0)
+        if not bool(ok.all()):
+            keep = nonzero(ok)
             v, c, w = v.index_select(0, keep), c.index_select(0, keep), w.index_select(0, keep)
         if v.numel():
             self._add_distinct(v, c, w, count_view)
@@ -171,7 +199,7 @@ class VoteAccumulator:
             if self._ov_n < self._cap:
                 return
         else:
-            keys, sums = _segment_sum(self._ov_keys[:self._ov_n], self._ov_w[:self._ov_n])
+            keys, sums = _sequential_sum(self._ov_keys[:self._ov_n], self._ov_w[:self._ov_n])
             n = keys.numel()
             self._ov_keys[:n] = keys
             self._ov_w[:n] = sums
@@ -212,11 +240,19 @@ class VoteAccumulator:
             lo, hi = bounds[n_chunk], bounds[n_chunk + 1]  # overflow entries of vertices a..b-1
             cls = self.slot_cls[a:b].to(torch.int64)
             w = self.slot_w[a:b]
-            total = w.to(torch.float64).sum(1)
+            # the total: a vertex's class weights summed in float64 by ascending class, wherever they are kept
+            row = torch.arange(b - a, device=self.device).repeat_interleave(cls.shape[1])
+            key = torch.cat([row * C + cls.reshape(-1), ov_keys[lo:hi] - a * C])
+            ent_w = torch.cat([w.reshape(-1), ov_w[lo:hi]]).to(torch.float64)
+            keep = nonzero(key % C > 0)
+            key, order = torch.sort(key.index_select(0, keep))
+            summed, sums = _sequential_sum(key // C, ent_w.index_select(0, keep).index_select(0, order))
+            total = torch.zeros(b - a, dtype=torch.float64, device=self.device)
+            total[summed] = sums
+            del row, key, ent_w, keep, order
             ids, best = _top_k_dense(cls, w, top_k, C)
             if hi > lo:  # vertices with more classes than slots: exact top-k over slots + overflow
-                verts, sums = _segment_sum(ov_v[lo:hi], ov_w[lo:hi])
-                total.index_add_(0, verts - a, sums.to(torch.float64))  # distinct positions: deterministic
+                verts = torch.unique_consecutive(ov_v[lo:hi])
                 ov_ids, ov_best = self._top_k_overflow(verts, ov_keys[lo:hi], ov_w[lo:hi], top_k)
                 ids[verts - a] = ov_ids
                 best[verts - a] = ov_best

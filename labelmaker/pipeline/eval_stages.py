@@ -242,7 +242,8 @@ def baseline_lifts(ws: Workspace, models: Dict[str, ModelConfig], lift_cfg: Lift
     out = {}
     runs = {f"single model {m}": [m] for m in sorted(models)} | {"plain majority": sorted(models)}
     for title, names in tqdm(runs.items(), desc=f"baselines {ws.scene}", unit="lift", disable=not progress):
-        out[title] = lift(lift_frames(ws, model_labels(names)), mesh.vertices, triangles, n, core, normals=mesh.normals)
+        out[title] = lift(lambda: lift_frames(ws, model_labels(names)), mesh.vertices, triangles, n, core,
+                          normals=mesh.normals)
     return out
 
 

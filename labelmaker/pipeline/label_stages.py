@@ -527,7 +527,8 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
             pairs = segment_adjacency(segments, mesh.vertices, mesh.triangles, cfg.instances.adjacency_m)
             evidence = MaskEvidence(segments, pairs, cfg.instances)
         with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
-            result = lift(lift_frames(ws, masks=cfg.instances.masks if evidence else None), mesh.vertices, triangles,
+            mask_model = cfg.instances.masks if evidence else None
+            result = lift(lambda: lift_frames(ws, masks=mask_model), mesh.vertices, triangles,
                           n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
                           on_visible=evidence.add if evidence else None)
         seen = result.labels > 0  # (before pooling, which may fill vertices no frame labelled)
