@@ -38,6 +38,7 @@ from .atomic_io import atomic_path
 BACKGROUND = 255
 _AMBIENT = 0.45
 _MARGIN = 0.03  # share of the image left free on each side
+_CHUNK = 1 << 20  # triangles whose float64 normals are found at once
 
 
 # ----------------------------------------------------------------------------------- frames
@@ -49,6 +50,19 @@ def _unit(v) -> np.ndarray:
     return v / n
 
 
+def _triangle_normals(vertices: np.ndarray, triangles: np.ndarray, unit: bool = False):
+    """Float64 normals (unit ones with `unit`: NaN for a degenerate triangle) of the triangles, in
+    chunks of 1 M (a 5 M-triangle mesh's float64 corners at once would take 1 GB): yields (start, normals)."""
+    for start in range(0, len(triangles), _CHUNK):
+        t = triangles[start:start + _CHUNK]
+        p0 = vertices[t[:, 0]].astype(np.float64)
+        n = np.cross(vertices[t[:, 1]].astype(np.float64) - p0, vertices[t[:, 2]].astype(np.float64) - p0)
+        if unit:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                n /= np.linalg.norm(n, axis=1, keepdims=True)
+        yield start, n
+
+
 def _local_frame(vertices: np.ndarray, triangles: np.ndarray, up: np.ndarray, landscape: bool = True) -> np.ndarray:
     """Rows e1, e2, up: e1 along the dominant wall direction (area-weighted, mod 90 degrees),
     turned by a quarter so that the longer side of the room runs along the image's longer side."""
@@ -56,18 +70,18 @@ def _local_frame(vertices: np.ndarray, triangles: np.ndarray, up: np.ndarray, la
     a = _unit(helper - up * (helper @ up))
     b = np.cross(up, a)
     if len(triangles):
-        v = vertices.astype(np.float64)
-        n = np.cross(v[triangles[:, 1]] - v[triangles[:, 0]], v[triangles[:, 2]] - v[triangles[:, 0]])
-        na, nb, nu = n @ a, n @ b, n @ up
-        horiz = np.hypot(na, nb)
-        walls = horiz > 3.0 * np.abs(nu)  # near-vertical surfaces
-        if walls.any():
-            angle = np.arctan2(nb[walls], na[walls])
-            weight = horiz[walls]  # twice the area
-            z = np.sum(weight * np.exp(4j * angle))
-            if abs(z) > 1e-9 * weight.sum():
-                theta = np.angle(z) / 4.0
-                a, b = math.cos(theta) * a + math.sin(theta) * b, -math.sin(theta) * a + math.cos(theta) * b
+        z, total = 0j, 0.0
+        for _, n in _triangle_normals(vertices, triangles):
+            na, nb, nu = n @ a, n @ b, n @ up
+            horiz = np.hypot(na, nb)
+            walls = horiz > 3.0 * np.abs(nu)  # near-vertical surfaces
+            if walls.any():
+                weight = horiz[walls]  # twice the area
+                z += np.sum(weight * np.exp(4j * np.arctan2(nb[walls], na[walls])))
+                total += float(weight.sum())
+        if total > 0 and abs(z) > 1e-9 * total:
+            theta = np.angle(z) / 4.0
+            a, b = math.cos(theta) * a + math.sin(theta) * b, -math.sin(theta) * a + math.cos(theta) * b
     if len(vertices):
         finite = vertices[np.isfinite(vertices).all(axis=1)].astype(np.float64)
         if len(finite):
@@ -157,11 +171,15 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
     how ceilings are removed). max_height: drop triangles with a vertex higher than this many
     metres above the floor (the lowest vertex). blend: barycentric colour blend instead of the
     nearest vertex's colour. shade: Lambertian shading (False: flat colours, for counting).
+    Memory stays near the mesh's own size: triangle normals are found in chunks, and the
+    ray-casting structures are built over at most 1 M triangles at a time (`lifting.visibility.first_hits`).
     """
-    import open3d as o3d
+    from .lifting.visibility import first_hits
 
-    vertices = np.asarray(vertices, dtype=np.float64)
-    triangles = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    vertices = np.asarray(vertices)
+    triangles = np.asarray(triangles).reshape(-1, 3)
+    if triangles.dtype.kind not in "iu" or (len(triangles) and triangles.max() >= 2**31):
+        triangles = triangles.astype(np.int64)
     colors = np.asarray(vertex_colors)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be (V, 3), got {vertices.shape}")
@@ -169,25 +187,22 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
         raise ValueError(f"vertex_colors must have shape {vertices.shape}, got {colors.shape}")
     if colors.dtype.kind == "f":
         colors = np.clip(colors, 0, 1) * 255.0
-    colors = colors.astype(np.float64)
     if len(triangles) and (triangles.min() < 0 or triangles.max() >= len(vertices)):
         raise ValueError("triangles index vertices that do not exist")
 
     frame = _local_frame(vertices, triangles, _unit(up), landscape=width >= height)
-    local = vertices @ frame.T
+    local = vertices.astype(np.float64) @ frame.T
     if len(triangles):
-        finite = np.isfinite(local[triangles]).all(axis=(1, 2))
-        triangles = triangles[finite]
+        finite_vertex = np.isfinite(local).all(axis=1)
+        if not finite_vertex.all():
+            triangles = triangles[finite_vertex[triangles].all(axis=1)]
     if max_height is not None and len(triangles):
         floor = local[_used_vertices(triangles, len(local)), 2].min()
-        triangles = triangles[(local[triangles, 2] <= floor + max_height).all(axis=1)]
+        low = local[:, 2] <= floor + max_height
+        triangles = triangles[low[triangles].all(axis=1)]
 
-    p0, p1, p2 = (local[triangles[:, i]] for i in range(3))
-    normals = np.cross(p1 - p0, p2 - p0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    centroids = (p0 + p1 + p2) / 3.0
     used = local[_used_vertices(triangles, len(local))] if len(triangles) else np.zeros((0, 3))
+    local32 = local.astype(np.float32)
     light = _unit([0.3, -0.45, 1.0])
 
     images = []
@@ -197,34 +212,38 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
             continue
         if view == "top":
             origins, dirs, direction = _top_rays(used, width, height)
-            facing = normals @ -direction
         elif view.startswith("oblique"):
             corner = int(view[len("oblique"):] or 0)
             eye, R = _oblique_camera(used, corner)
             origins, dirs = _perspective_rays(used, eye, R, width, height)
-            facing = np.einsum("ij,ij->i", normals, eye - centroids)
         else:
             raise ValueError(f"unknown view {view!r}; use 'top' or 'oblique0'..'oblique3'")
-        keep = np.flatnonzero(facing > 0) if cull_backfaces else np.flatnonzero(np.isfinite(facing))
+        keep = []
+        for start, n in _triangle_normals(local, triangles, unit=True):
+            if view == "top":
+                facing = n @ -direction
+            else:
+                t = triangles[start:start + _CHUNK]
+                centroids = (local[t[:, 0]] + local[t[:, 1]] + local[t[:, 2]]) / 3.0
+                facing = np.einsum("ij,ij->i", n, eye - centroids)
+            keep.append(start + (np.flatnonzero(facing > 0) if cull_backfaces else np.flatnonzero(np.isfinite(facing))))
+        keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
         tris = triangles[keep]
         image = np.full((height * width, 3), float(BACKGROUND))
         if len(tris):
-            scene = o3d.t.geometry.RaycastingScene()
-            scene.add_triangles(o3d.core.Tensor(local.astype(np.float32)), o3d.core.Tensor(tris.astype(np.uint32)))
             rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
-            hit = scene.cast_rays(o3d.core.Tensor(rays))
-            t_hit = hit["t_hit"].numpy()
+            t_hit, prim, uv = first_hits(local32, tris, rays, with_ids=True)
             ok = np.isfinite(t_hit)
-            prim = hit["primitive_ids"].numpy()[ok].astype(np.int64)
-            uv = hit["primitive_uvs"].numpy()[ok].astype(np.float64)
+            prim, uv = prim[ok], uv[ok].astype(np.float64)
             weights = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
             corners = tris[prim]  # (H, 3) vertex ids
             if blend:
-                rgb = np.einsum("hk,hkc->hc", weights, colors[corners])
+                rgb = np.einsum("hk,hkc->hc", weights, colors[corners].astype(np.float64))
             else:
-                rgb = colors[corners[np.arange(len(prim)), np.argmax(weights, axis=1)]]
+                rgb = colors[corners[np.arange(len(prim)), np.argmax(weights, axis=1)]].astype(np.float64)
             if shade:
-                lambert = np.abs(normals[keep[prim]] @ light)
+                n = np.concatenate([n for _, n in _triangle_normals(local, corners, unit=True)])
+                lambert = np.abs(n @ light)
                 rgb = rgb * (_AMBIENT + (1.0 - _AMBIENT) * lambert)[:, None]
             image[ok] = rgb
         images.append(np.clip(np.rint(image), 0, 255).astype(np.uint8).reshape(height, width, 3))

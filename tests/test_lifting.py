@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from labelmaker.lifting import LiftConfig, LiftFrame, VoteAccumulator, lift
+from labelmaker.lifting.visibility import first_hits
 
 WALL, FLOOR, BOX = 1, 2, 3
 N_CLASSES = 8
@@ -345,3 +346,27 @@ def test_cuda_matches_cpu(scene, frames):
     gpu = lift(frames, scene.verts, scene.tris, N_CLASSES, LiftConfig(device="cuda"))
     assert (cpu.labels == gpu.labels).mean() > 0.999
     np.testing.assert_array_equal(cpu.n_views > 0, gpu.n_views > 0)
+
+
+def test_first_hits_in_parts_are_the_hits_of_one_structure(scene, frames):
+    """Ray casting over the mesh in parts (one BVH at a time) finds each ray's nearest hit as one BVH does."""
+    import open3d as o3d
+
+    f = frames[0]
+    R, t = f.T_cw[:3, :3], f.T_cw[:3, 3]
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    d = np.stack([(u.ravel() - K[0, 2]) / K[0, 0], (v.ravel() - K[1, 2]) / K[1, 1], np.ones(u.size)], 1) @ R
+    rays = np.concatenate([np.broadcast_to(-R.T @ t, d.shape), d], axis=1).astype(np.float32)
+    whole = o3d.t.geometry.RaycastingScene()
+    whole.add_triangles(o3d.core.Tensor(scene.verts.astype(np.float32)), o3d.core.Tensor(scene.tris.astype(np.uint32)))
+    ref = whole.cast_rays(o3d.core.Tensor(rays))
+    ref_t, ref_prim = ref["t_hit"].numpy(), ref["primitive_ids"].numpy().astype(np.int64)
+    assert np.isfinite(ref_t).mean() > 0.5
+    for part in (len(scene.tris), 7, 1000):
+        t_hit, prim, uv = first_hits(scene.verts, scene.tris, rays, with_ids=True, max_triangles=part, batch=999)
+        np.testing.assert_array_equal(t_hit, ref_t)
+        hit = np.isfinite(ref_t)
+        np.testing.assert_array_equal(prim[hit], ref_prim[hit])
+        assert (prim[~hit] == -1).all()
+        np.testing.assert_array_equal(uv[hit], ref["primitive_uvs"].numpy()[hit])
+    assert first_hits(scene.verts, scene.tris, rays[:0]).shape == (0,)
