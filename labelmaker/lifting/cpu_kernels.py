@@ -258,11 +258,11 @@ def project(idx, x, y, z3, P, q, W, H, z_max, labels, depth, Hd, Wd, same_raster
         iz = np.float32(1.0) / z
         u = h0 * iz
         v = h1 * iz
-        uf = np.floor(u + half)
-        vf = np.floor(v + half)
-        if not (uf >= 0 and uf < W and vf >= 0 and vf < H):
+        uh = u + half  # the pixel is floor(u + 0.5): inside the raster exactly when 0 <= u + 0.5 < W,
+        vh = v + half  # and then the floor is the truncation
+        if not (uh >= 0 and uh < W and vh >= 0 and vh < H):
             continue
-        pix = np.int64(vf) * W + np.int64(uf)
+        pix = np.int64(vh) * W + np.int64(uh)
         if labels[pix] <= 0:
             continue
         d = np.float32(0.0)
@@ -271,8 +271,8 @@ def project(idx, x, y, z3, P, q, W, H, z_max, labels, depth, Hd, Wd, same_raster
             if same_raster:
                 d = depth[pix]
             else:
-                ud = np.floor(u * ax + bx)
-                vd = np.floor(v * ay + by)
+                ud = u * ax + bx  # the depth raster's pixel: floor of these
+                vd = v * ay + by
                 if ud >= 0 and ud < Wd and vd >= 0 and vd < Hd:
                     key = np.int64(vd) * Wd + np.int64(ud)
                     d = depth[key]

@@ -59,8 +59,8 @@ class NumpyVoteAccumulator:
         if self.n_classes < 2:
             raise ValueError("n_classes must be >= 2 (id 0 is unknown)")
         self.slots = int(slots)
-        self._cls_dtype = np.int16 if self.n_classes <= 32767 else np.int32
-        self.slot_cls = np.zeros((self.n_vertices, self.slots), self._cls_dtype)
+        self.cls_dtype = np.uint8 if self.n_classes <= 256 else np.int16 if self.n_classes <= 32767 else np.int32
+        self.slot_cls = np.zeros((self.n_vertices, self.slots), self.cls_dtype)
         self.slot_w = np.zeros((self.n_vertices, self.slots), np.float32)
         self.n_views = np.zeros(self.n_vertices, np.int32)
         self._key_dtype = np.int32 if self.n_vertices * self.n_classes < 2**31 else np.int64
@@ -149,7 +149,7 @@ class NumpyVoteAccumulator:
         step = max(1, int(chunk)) * 4
         for lo in range(0, V, step):  # the table's entries of a range of vertices at a time
             hi = min(V, lo + step)
-            start, ov_cls, ov_w = kernels.table_by_vertex(self._keys, self._w, lo, hi, self.n_classes, self._cls_dtype)
+            start, ov_cls, ov_w = kernels.table_by_vertex(self._keys, self._w, lo, hi, self.n_classes, self.cls_dtype)
             kernels.results(self.slot_cls, self.slot_w, self.n_views, lo, start, ov_cls, ov_w, rows, top_k,
                             out_ids, shares, totals, n_views)
         return LiftResult(labels=out_ids[:, 0].copy(), confidence=shares[:, 0].copy(), topk_ids=out_ids,
@@ -297,7 +297,7 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, or
             w_r = shares[r] if shares is not None else (layers[r] > 0).astype(np.float32)
             more.append(layers[r])
             more_w.append(w_r * near_edge if near_edge is not None else w_r)
-    cls = np.stack(more).astype(np.int64, copy=False)  # layer 0: the labels, then the ranked layers
+    cls = np.stack(more).astype(acc.cls_dtype, copy=False)  # layer 0: the labels, then the ranked layers
     wts = np.stack(more_w).astype(np.float32, copy=False)
     del more, more_w
     depth = None
