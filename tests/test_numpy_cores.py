@@ -143,6 +143,23 @@ def test_lift_numpy_equals_torch_bit_for_bit(scene, renderer, ranked_frames):
     np.testing.assert_allclose(b.topk_shares, a.topk_shares, rtol=0, atol=1e-5)
 
 
+def test_lift_in_vertex_passes_equals_one_pass(scene, ranked_frames):
+    # each pass votes for a few spatial cells' vertices, reading the frames again: the same bits
+    one = lift_numpy(ranked_frames, scene.verts, scene.tris, N_CLASSES, LiftConfig(device="cpu", vertices_per_pass=0))
+    for cfg in (LiftConfig(device="cpu", vertices_per_pass=len(scene.verts) // 5),
+                LiftConfig(device="cpu", vertices_per_pass=1000, raycast_missing_depth=False)):
+        done = []
+        passes = lift_numpy(lambda: iter(ranked_frames), scene.verts, scene.tris, N_CLASSES, cfg, progress=done.append)
+        assert sum(done) == pytest.approx(len(ranked_frames)) and len(done) > 4 * len(ranked_frames)
+        if cfg.raycast_missing_depth:
+            _same(one, passes)
+        else:
+            _same(lift_numpy(ranked_frames, scene.verts, scene.tris, N_CLASSES,
+                             LiftConfig(device="cpu", raycast_missing_depth=False)), passes)
+    with pytest.raises(TypeError, match="reads them again"):
+        lift_numpy(iter(ranked_frames), scene.verts, None, N_CLASSES, LiftConfig(device="cpu", vertices_per_pass=1000))
+
+
 def test_lift_picks_numpy_on_the_cpu_and_checks_inputs(scene, ranked_frames):
     assert numpy_on_cpu("cpu") and not numpy_on_cpu("cuda")
     _same(lift(ranked_frames[:3], scene.verts, scene.tris, N_CLASSES, LiftConfig(device="cpu")),

@@ -135,23 +135,31 @@ class NumpyVoteAccumulator:
     def overflow_entries(self) -> int:
         return self._used
 
-    def result(self, top_k: int = 3, order: np.ndarray | None = None, chunk: int = 1 << 18) -> LiftResult:
-        """Hard label, shares, top-k, views and totals per vertex (see `votes.VoteAccumulator.result`)."""
+    def result(self, top_k: int = 3, order: np.ndarray | None = None, chunk: int = 1 << 18,
+               out: LiftResult | None = None) -> LiftResult:
+        """Hard label, shares, top-k, views and totals per vertex (see `votes.VoteAccumulator.result`);
+        `out`: write into its arrays (rows `order`) instead of new ones (its labels and confidence are
+        then views of its first top-k column)."""
         top_k = int(top_k)
         if top_k < 1:
             raise ValueError("top_k must be >= 1")
         V = self.n_vertices
         rows = np.arange(V) if order is None else np.asarray(order).astype(np.int64, copy=False)
-        out_ids = np.zeros((V, top_k), np.int64)
-        shares = np.zeros((V, top_k), np.float32)
-        totals = np.zeros(V, np.float32)
-        n_views = np.zeros(V, np.int32)
+        if out is not None:
+            out_ids, shares, totals, n_views = out.topk_ids, out.topk_shares, out.votes_total, out.n_views
+        else:
+            out_ids = np.zeros((V, top_k), np.int64)
+            shares = np.zeros((V, top_k), np.float32)
+            totals = np.zeros(V, np.float32)
+            n_views = np.zeros(V, np.int32)
         step = max(1, int(chunk)) * 4
         for lo in range(0, V, step):  # the table's entries of a range of vertices at a time
             hi = min(V, lo + step)
             start, ov_cls, ov_w = kernels.table_by_vertex(self._keys, self._w, lo, hi, self.n_classes, self.cls_dtype)
             kernels.results(self.slot_cls, self.slot_w, self.n_views, lo, start, ov_cls, ov_w, rows, top_k,
                             out_ids, shares, totals, n_views)
+        if out is not None:
+            return out
         return LiftResult(labels=out_ids[:, 0].copy(), confidence=shares[:, 0].copy(), topk_ids=out_ids,
                           topk_shares=shares, n_views=n_views, votes_total=totals)
 
@@ -179,9 +187,9 @@ class _Blocks:
         sel = np.array([[(i >> k) & 1 for k in range(3)] for i in range(8)], dtype=bool)
         self.corners = np.where(sel[None], bmax[:, None], bmin[:, None])  # (B,8,3)
 
-    def visible(self, R: np.ndarray, t: np.ndarray, bounds, z_max: float) -> np.ndarray:
-        """Indices (sorted order) of the vertices of all cells whose box meets the frustum."""
-        c = self.corners
+    def visible(self, R: np.ndarray, t: np.ndarray, bounds, z_max: float, cells: slice = slice(None)) -> np.ndarray:
+        """Indices (sorted order) of the vertices of all cells (of `cells`) whose box meets the frustum."""
+        c = self.corners[cells]
         pc = [((c[..., 0] * R[i, 0] + c[..., 1] * R[i, 1]) + c[..., 2] * R[i, 2]) + t[i] for i in range(3)]
         x, y, z = pc
         xmin, xmax, ymin, ymax = (float(b) for b in bounds)
@@ -189,7 +197,7 @@ class _Blocks:
             | (y < ymin * z).all(1) | (y > ymax * z).all(1)
         if z_max > 0:
             out |= (z > z_max).all(1)
-        keep = np.flatnonzero(~out)
+        keep = np.flatnonzero(~out) + (cells.start or 0)
         counts = self.counts[keep]
         total = int(counts.sum()) if keep.size else 0
         if total == 0:
@@ -227,16 +235,19 @@ def boundary_weight_numpy(labels: np.ndarray, width: int) -> np.ndarray:
 def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
                cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
                progress: Callable[[int], Any] | None = None, on_visible: Callable | None = None) -> LiftResult:
-    """`frame_loop.lift_torch` on the CPU in numpy (see there): the same results, bit for bit."""
+    """`frame_loop.lift_torch` on the CPU (see there): the same results, bit for bit.
+
+    The vertices are voted for in passes of about `cfg.vertices_per_pass` (whole spatial cells; one
+    pass with `on_visible`), each reading the frames again with an accumulator of its own vertices
+    alone: a (vertex, class) sum is the same in any pass (`NumpyVoteAccumulator`)."""
     cfg = cfg or LiftConfig()
     verts_np, triangles = checked_mesh(vertices, triangles, normals, cfg)
     V = len(verts_np)
-    acc = NumpyVoteAccumulator(V, n_classes)
     if V == 0:
-        for _ in frames:
+        for _ in (frames() if callable(frames) else frames):
             if progress:
                 progress(1)
-        return acc.result(cfg.top_k)
+        return NumpyVoteAccumulator(V, n_classes).result(cfg.top_k)
     origin = np.mean(verts_np, axis=0, dtype=np.float64)
     if verts_np.dtype == np.float32:
         verts = verts_np - origin.astype(np.float32)
@@ -252,19 +263,64 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
         nrm = np.asarray(normals).astype(np.float32)[blocks.perm]
         norms_s = nrm / np.maximum(np.sqrt((nrm * nrm).sum(1, keepdims=True)), np.float32(1e-12))
         del nrm
-    if cfg.raycast_missing_depth and triangles is not None and len(triangles):
-        pairs = frames_with_mesh_depth(frames, verts_np, triangles)
-    else:
-        pairs = ((frame, None) for frame in (frames() if callable(frames) else frames))
-    for index, (frame, mesh_depth) in enumerate(pairs):
-        _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, origin, cfg, on_visible)
-        if progress:
-            progress(1)
-    return acc.result(cfg.top_k, order=blocks.perm)
+    passes = _vertex_passes(blocks.counts, 0 if on_visible is not None else int(cfg.vertices_per_pass))
+    raycast = cfg.raycast_missing_depth and triangles is not None and len(triangles)
+    out, depths = None, []  # (the frames' mesh depths from the first pass, for the others)
+    for n_pass, (cells, v0, v1) in enumerate(passes):
+        acc = NumpyVoteAccumulator(v1 - v0, n_classes)
+        if n_pass == 0:
+            pairs = frames_with_mesh_depth(frames, verts_np, triangles) if raycast else \
+                ((frame, None) for frame in _frames_again(frames, len(passes) > 1))
+        else:
+            pairs = zip(_frames_again(frames, True), depths if raycast else iter(lambda: None, 0))
+        for index, (frame, mesh_depth) in enumerate(pairs):
+            if n_pass == 0 and raycast and len(passes) > 1:
+                depths.append(mesh_depth)
+            _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, origin, cfg, on_visible,
+                        cells, v0)
+            if progress:
+                progress(1 / len(passes) if len(passes) > 1 else 1)
+        out = acc.result(cfg.top_k, order=blocks.perm[v0:v1],
+                         out=out or (_empty_result(V, cfg.top_k) if len(passes) > 1 else None))
+        del acc
+    return out
 
 
-def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, origin, cfg, on_visible=None) -> None:
-    """One frame's votes (`frame_loop._lift_frame`); `xyz`: the block-sorted vertices' coordinate columns."""
+def _vertex_passes(counts: np.ndarray, per_pass: int) -> list[tuple[slice, int, int]]:
+    """(cells, first vertex, end vertex) of each pass: consecutive cells (vertex counts `counts`,
+    vertices sorted by cell) holding about `per_pass` vertices; one pass when per_pass is 0."""
+    total = int(counts.sum())
+    if per_pass <= 0 or total <= per_pass:
+        return [(slice(0, len(counts)), 0, total)]
+    ends = np.cumsum(counts)
+    n = -(-total // per_pass)
+    cuts = np.unique(np.searchsorted(ends, np.arange(1, n) * (total / n)))
+    cuts = [0, *[int(c) for c in cuts if 0 < c < len(counts)], len(counts)]
+    starts = np.concatenate([[0], ends])
+    return [(slice(a, b), int(starts[a]), int(starts[b])) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _frames_again(frames, again: bool):
+    """A fresh iterator over the frames (a list, or a function returning an iterator)."""
+    if callable(frames):
+        return iter(frames())
+    if again and iter(frames) is frames:
+        raise TypeError("lift: frames must be a list or a function returning an iterator of frames "
+                        "(voting in vertex passes reads them again)")
+    return iter(frames)
+
+
+def _empty_result(V: int, top_k: int) -> LiftResult:
+    ids = np.zeros((V, top_k), np.int64)
+    shares = np.zeros((V, top_k), np.float32)
+    return LiftResult(labels=ids[:, 0], confidence=shares[:, 0], topk_ids=ids, topk_shares=shares,
+                      n_views=np.zeros(V, np.int32), votes_total=np.zeros(V, np.float32))
+
+
+def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, origin, cfg, on_visible=None,
+                cells: slice = slice(None), v0: int = 0) -> None:
+    """One frame's votes (`frame_loop._lift_frame`); `xyz`: the block-sorted vertices' coordinate columns;
+    only the vertices of `cells` vote, into `acc` whose vertex 0 is sorted vertex v0."""
     tol_m, tol_rel = float(cfg.depth_tolerance_m), float(cfg.depth_tolerance_rel)
     labels = np.asarray(frame.labels)
     if labels.ndim != 2 or labels.size == 0:
@@ -320,7 +376,7 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, or
     m = FRUSTUM_MARGIN_PX
     bounds = ((-0.5 - m - cx) / fx, (W - 0.5 + m - cx) / fx, (-0.5 - m - cy) / fy, (H - 0.5 + m - cy) / fy)
     z_max = float(cfg.max_distance_m)
-    idx_all = blocks.visible(R, t, bounds, z_max)
+    idx_all = blocks.visible(R, t, bounds, z_max, cells)
     same_raster = False
     if depth is not None:
         Kd = np.asarray(frame.K_depth, dtype=np.float64)
@@ -355,6 +411,6 @@ def _lift_frame(index, frame, verts_s, xyz, norms_s, blocks, acc, mesh_depth, or
             centre = (-Rn.T @ tn).astype(np.float32)
             ray = verts_s[vid] - centre
             cos = np.abs((norms_s[vid] * ray).sum(1)) / np.maximum(np.sqrt((ray * ray).sum(1)), np.float32(1e-12))
-        acc.add_frame(vid, kept_px, cls, wts, cos)
+        acc.add_frame(vid - v0 if v0 else vid, kept_px, cls, wts, cos)
         if on_visible is not None:
             on_visible(index, frame, blocks.perm[vid], kept_px)

@@ -130,7 +130,8 @@ class MeshDepth:
     """One frame's mesh depth along the rays of `ray_keys`: `at(keys)` gives it for any of them."""
 
     def __init__(self, keys: np.ndarray, t: np.ndarray):
-        self.keys, self.t = keys, t
+        self.keys = keys.astype(np.int32) if keys.size and int(keys[-1]) < 2**31 else keys
+        self.t = t
 
     def at(self, keys: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.keys, keys)

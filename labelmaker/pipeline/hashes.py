@@ -16,7 +16,7 @@ from ..digests import stable_hash
 REPORT_CONFIG = {"views": ["oblique", "top"]}  # what the report stage hashes as its config
 
 # Settings that change how fast a stage runs, never what it writes: left out of config hashes.
-NOT_HASHED = ("cpu_threads", "workers")
+NOT_HASHED = ("cpu_threads", "workers", "vertices_per_pass")
 
 
 def hashed_config(cfg) -> dict:
