@@ -38,7 +38,8 @@ from .atomic_io import atomic_path
 BACKGROUND = 255
 _AMBIENT = 0.45
 _MARGIN = 0.03  # share of the image left free on each side
-_CHUNK = 1 << 20  # triangles whose float64 normals are found at once
+_CHUNK = 1 << 18  # triangles whose float64 normals are found at once
+_PART = 1 << 19  # triangles per ray-casting structure (~65 MB each)
 
 
 # ----------------------------------------------------------------------------------- frames
@@ -52,7 +53,7 @@ def _unit(v) -> np.ndarray:
 
 def _triangle_normals(vertices: np.ndarray, triangles: np.ndarray, unit: bool = False):
     """Float64 normals (unit ones with `unit`: NaN for a degenerate triangle) of the triangles, in
-    chunks of 1 M (a 5 M-triangle mesh's float64 corners at once would take 1 GB): yields (start, normals)."""
+    chunks of `_CHUNK` (a 5 M-triangle mesh's float64 corners at once would take 1 GB): yields (start, normals)."""
     for start in range(0, len(triangles), _CHUNK):
         t = triangles[start:start + _CHUNK]
         p0 = vertices[t[:, 0]].astype(np.float64)
@@ -172,7 +173,7 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
     metres above the floor (the lowest vertex). blend: barycentric colour blend instead of the
     nearest vertex's colour. shade: Lambertian shading (False: flat colours, for counting).
     Memory stays near the mesh's own size: triangle normals are found in chunks, and the
-    ray-casting structures are built over at most 1 M triangles at a time (`lifting.visibility.first_hits`).
+    ray-casting structures are built over at most 512 k triangles at a time (`lifting.visibility.first_hits`).
     """
     from .lifting.visibility import first_hits
 
@@ -232,7 +233,7 @@ def render_mesh_views(vertices, triangles, vertex_colors, width: int = 640, heig
         image = np.full((height * width, 3), float(BACKGROUND))
         if len(tris):
             rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
-            t_hit, prim, uv = first_hits(local32, tris, rays, with_ids=True)
+            t_hit, prim, uv = first_hits(local32, tris, rays, with_ids=True, max_triangles=_PART)
             ok = np.isfinite(t_hit)
             prim, uv = prim[ok], uv[ok].astype(np.float64)
             weights = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)

@@ -22,6 +22,7 @@ from ..report import legend_image, render_mesh_views, side_by_side, write_png
 from ..segmenters import ModelConfig
 from ..instances import instance_classes, label_components
 from ..io.export import read_soft_labels
+from ..memory import release_free_memory
 from ..workspace import (
     CONSENSUS_DIR,
     EVAL_DIR,
@@ -254,6 +255,7 @@ def report_scene(
     lifted = require_done(ws, "report", "lift")
 
     def body() -> dict:
+        release_free_memory()  # what earlier stages of this process freed: the rendering maps fresh pages
         unified = unified_space()
         mesh = read_mesh_or_points(ws.path_from_record(lifted["summary"]["mesh"]))
         labels = np.load(ws.output_path("labels")).astype(np.int64)

@@ -39,6 +39,7 @@ from ..instances import InstancesConfig, MaskEvidence, instance_classes, merge_i
 from ..devices import numpy_on_cpu
 from ..lifting import LiftConfig, LiftFrame, frames_in_view
 from ..lifting import lift
+from ..memory import release_free_memory
 from ..mesh import MeshArrays, read_checked_mesh
 from ..segmenters import ModelConfig
 from ..segmenters.base import ImageSegmenter, cached_segmenter, model_resources
@@ -531,6 +532,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
             result = lift(lambda: lift_frames(ws, masks=mask_model), mesh.vertices, triangles,
                           n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
                           on_visible=evidence.add if evidence else None)
+        release_free_memory()  # the vote accumulator's pages, before pooling and writing
         seen = result.labels > 0  # (before pooling, which may fill vertices no frame labelled)
         share = float(seen.mean()) if len(mesh) else 0.0
         if share < cfg.min_labelled_share:
