@@ -513,6 +513,7 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
     )
 
     def body() -> dict:
+        release_free_memory()  # what earlier stages of this process freed: the lift maps fresh pages
         mesh, path = target_mesh(ws, cfg.mesh)
         n_frames = int(ws.read_scene_meta()["n_frames"])
         n_classes = len(unified_space().ids)
