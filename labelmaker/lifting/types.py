@@ -20,7 +20,7 @@ class LiftConfig:
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 1  # torch CPU threads while lifting (0 = torch's default); not hashed: results do not
     # depend on it
-    vertices_per_pass: int = 1_000_000  # CPU: votes for this many vertices at a time (their accumulator alone in
+    vertices_per_pass: int = 700_000  # CPU: votes for this many vertices at a time (their accumulator alone in
     # memory), the frames read once per pass; 0 = all at once. Not hashed: results do not depend on it
 
 
