@@ -3,10 +3,11 @@
 Functional core: frames (unified label maps, confidence, depth, intrinsics, pose) and vertex
 positions in, per-vertex hard and soft labels out (`lift`). Three jobs, one module each:
   types.py       LiftConfig, LiftFrame (one frame's inputs), LiftResult
-  visibility.py  which vertices a frame sees (frustum cells, projection, depth test, ray casting)
+  visibility.py  which vertices a frame sees (frustum cells, projection, depth test, ray casting in parts)
   votes.py       VoteAccumulator: sparse, deterministic per-vertex class votes
   frame_loop.py  `lift_torch`: the frames, streamed, through visibility into the votes (torch)
-  numpy_core.py  `lift_numpy`: the same, bit for bit, in numpy (the CPU never imports torch)
+  numpy_core.py  `lift_numpy`: the same, bit for bit, on the CPU without torch (in vertex passes),
+  cpu_kernels.py its compiled loops (numba): projection, votes, the accumulator's slots and hash table
 `lift` picks one of the two by the config's device (devices.numpy_on_cpu).
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarra
          progress: Callable[[int], Any] | None = None,
          on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
     """Every frame's labels voted onto the vertices it sees (see `frame_loop.lift_torch`): in numpy
-    when `cfg.device` is the CPU, else in torch."""
+    when `cfg.device` is the CPU, else in torch. `frames`: a list, or a function returning a fresh
+    iterator (ray casting where depth is missing, and the CPU's vertex passes, read them again)."""
     cfg = cfg or LiftConfig()
     core = lift_numpy if numpy_on_cpu(cfg.device) else lift_torch
     return core(frames, vertices, triangles, n_classes, cfg, normals=normals, progress=progress, on_visible=on_visible)

@@ -1,7 +1,8 @@
 """The frame loop of the torch path (`lift_torch`; CUDA, or the CPU when asked for torch): every
 frame votes its labels onto the vertices it sees.
 
-Frames may come from a generator, so a stage can stream them from the workspace shards: memory
+Frames may come from a function returning a fresh generator (they are read twice where depth is
+missing: `visibility.frames_with_mesh_depth`), so a stage can stream them from the workspace shards: memory
 does not grow with the frame count. Vertices are sorted into 25 cm cells once; per frame only the
 cells whose bounding box meets the view frustum are projected, in chunks, in float32 (torch; CUDA
 when present, ray casting stays on the CPU); votes go to a `VoteAccumulator`.
@@ -56,7 +57,7 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
     V = len(verts_np)
     acc = VoteAccumulator(V, n_classes, device=device)
     if V == 0:
-        for _ in frames:
+        for _ in (frames() if callable(frames) else frames):
             if progress:
                 progress(1)
         return acc.result(cfg.top_k)
