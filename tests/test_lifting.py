@@ -195,6 +195,24 @@ def test_missing_sensor_depth_falls_back_to_ray_casting(scene, frames):
     assert cloud.n_views.sum() == 0 and (cloud.labels == 0).all()
     cloud_with_depth = lift(frames, scene.verts, None, N_CLASSES, cpu_cfg())
     np.testing.assert_array_equal(cloud_with_depth.labels, full.labels)
+    # the ray pre-pass may read lighter frames (labels and geometry alone): the same results
+    read = []
+
+    def light():
+        read.append("light")
+        return (LiftFrame(f.labels, None, f.depth_m, K, K, f.T_cw) for f in holes)
+
+    def heavy():
+        read.append("heavy")
+        return iter(holes)
+
+    for core_cfg in (cpu_cfg(), cpu_cfg(vertices_per_pass=len(scene.verts) // 3)):
+        read.clear()
+        lighter = lift(heavy, scene.verts, scene.tris, N_CLASSES, core_cfg, ray_frames=light)
+        assert read[0] == "light" and "light" not in read[1:], read
+        plain = lift(holes, scene.verts, scene.tris, N_CLASSES, core_cfg)
+        for key in ("labels", "confidence", "topk_ids", "topk_shares", "n_views", "votes_total"):
+            np.testing.assert_array_equal(getattr(lighter, key), getattr(plain, key))
 
 
 def test_label_and_depth_rasters_of_different_sizes(scene, renderer, frames):

@@ -30,10 +30,14 @@ __all__ = ["LiftConfig", "LiftFrame", "LiftResult", "NumpyVoteAccumulator", "Vot
 def lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
          cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
          progress: Callable[[int], Any] | None = None,
-         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
+         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None,
+         ray_frames: Callable[[], Iterable[LiftFrame]] | None = None) -> LiftResult:
     """Every frame's labels voted onto the vertices it sees (see `frame_loop.lift_torch`): in numpy
     when `cfg.device` is the CPU, else in torch. `frames`: a list, or a function returning a fresh
-    iterator (ray casting where depth is missing, and the CPU's vertex passes, read them again)."""
+    iterator (ray casting where depth is missing, and the CPU's vertex passes, read them again).
+    `ray_frames`: a function returning the same frames with their labels and geometry alone (no
+    confidences, runners-up or masks), for the ray pre-pass to read less; default `frames`."""
     cfg = cfg or LiftConfig()
     core = lift_numpy if numpy_on_cpu(cfg.device) else lift_torch
-    return core(frames, vertices, triangles, n_classes, cfg, normals=normals, progress=progress, on_visible=on_visible)
+    return core(frames, vertices, triangles, n_classes, cfg, normals=normals, progress=progress, on_visible=on_visible,
+                ray_frames=ray_frames)

@@ -33,7 +33,8 @@ torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 def lift_torch(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
          cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
          progress: Callable[[int], Any] | None = None,
-         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None) -> LiftResult:
+         on_visible: Callable[[int, LiftFrame, np.ndarray, np.ndarray], Any] | None = None,
+         ray_frames: Callable | None = None) -> LiftResult:
     """Accumulate every frame's labels onto the vertices that frame sees (see the module doc).
 
     Vote weight = consensus confidence at the pixel (if cfg.weight_by_confidence and the frame has
@@ -46,12 +47,12 @@ def lift_torch(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
     """
     cfg = cfg or LiftConfig()
     with cpu_threads(cfg.cpu_threads):
-        return _lift(frames, vertices, triangles, n_classes, cfg, normals, progress, on_visible)
+        return _lift(frames, vertices, triangles, n_classes, cfg, normals, progress, on_visible, ray_frames)
 
 
 def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
           cfg: LiftConfig, normals: np.ndarray | None, progress: Callable[[int], Any] | None,
-          on_visible: Callable | None) -> LiftResult:
+          on_visible: Callable | None, ray_frames: Callable | None = None) -> LiftResult:
     device = resolve_device(cfg.device)
     verts_np, triangles = checked_mesh(vertices, triangles, normals, cfg)
     V = len(verts_np)
@@ -77,7 +78,7 @@ def _lift(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarr
         norms_s = nrm / nrm.norm(dim=1, keepdim=True).clamp(min=1e-12)
         del nrm
     if cfg.raycast_missing_depth and triangles is not None and len(triangles):
-        pairs = frames_with_mesh_depth(frames, verts_np, triangles)
+        pairs = frames_with_mesh_depth(frames, verts_np, triangles, ray_frames=ray_frames)
     else:
         pairs = ((frame, None) for frame in (frames() if callable(frames) else frames))
     for index, (frame, mesh_depth) in enumerate(pairs):

@@ -234,7 +234,8 @@ def boundary_weight_numpy(labels: np.ndarray, width: int) -> np.ndarray:
 
 def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.ndarray | None, n_classes: int,
                cfg: LiftConfig | None = None, normals: np.ndarray | None = None,
-               progress: Callable[[int], Any] | None = None, on_visible: Callable | None = None) -> LiftResult:
+               progress: Callable[[int], Any] | None = None, on_visible: Callable | None = None,
+               ray_frames: Callable | None = None) -> LiftResult:
     """`frame_loop.lift_torch` on the CPU (see there): the same results, bit for bit.
 
     The vertices are voted for in passes of about `cfg.vertices_per_pass` (whole spatial cells; one
@@ -269,7 +270,7 @@ def lift_numpy(frames: Iterable[LiftFrame], vertices: np.ndarray, triangles: np.
     for n_pass, (cells, v0, v1) in enumerate(passes):
         acc = NumpyVoteAccumulator(v1 - v0, n_classes)
         if n_pass == 0:
-            pairs = frames_with_mesh_depth(frames, verts_np, triangles) if raycast else \
+            pairs = frames_with_mesh_depth(frames, verts_np, triangles, ray_frames=ray_frames) if raycast else \
                 ((frame, None) for frame in _frames_again(frames, len(passes) > 1))
         else:
             pairs = zip(_frames_again(frames, True), depths if raycast else iter(lambda: None, 0))

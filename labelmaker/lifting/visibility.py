@@ -140,13 +140,15 @@ class MeshDepth:
         return self.t[pos]
 
 
-def frames_with_mesh_depth(frames, vertices: np.ndarray, triangles: np.ndarray, ray_budget: int = RAY_BUDGET):
+def frames_with_mesh_depth(frames, vertices: np.ndarray, triangles: np.ndarray, ray_budget: int = RAY_BUDGET,
+                           ray_frames=None):
     """(frame, MeshDepth) for each frame: the frames are read twice, in groups of about `ray_budget`
     rays -- once for the pixels without sensor depth, whose first hits on the mesh are then found for
     the whole group (`first_hits`, a few ray-casting structures built one at a time), once to vote.
-    `frames`: a list, or a function returning a fresh iterator over them."""
+    `frames`: a list, or a function returning a fresh iterator over them; `ray_frames`: a function
+    returning the same frames with their labels and geometry alone, read for the rays instead."""
     if callable(frames):
-        ahead, frames_again = iter(frames()), iter(frames())
+        ahead, frames_again = iter(ray_frames() if ray_frames else frames()), iter(frames())
     else:
         if iter(frames) is frames:
             raise TypeError("lift: frames must be a list or a function returning an iterator of frames "

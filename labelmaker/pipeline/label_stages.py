@@ -453,14 +453,21 @@ def _scene_calibration(ws: Workspace, votes_of, n_shards: int, n_classes: int, c
     return calibration, vanished
 
 
-def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None) -> Iterator[LiftFrame]:
+def lift_frames(ws: Workspace, labels_of_shard=None, masks: str | None = None,
+                labels_only: bool = False) -> Iterator[LiftFrame]:
     """Frames to lift: by default the consensus (all its ranked classes); `labels_of_shard(i)` may
     instead give, per frame shard, a list of (labels (N,H,W) unified ids, confidence (N,H,W) or
     None) — each entry votes as a frame of its own (baselines lift single models this way).
     `masks`: a mask model whose per-frame mask ids ride along (`LiftFrame.masks`, 3D instances).
     Arrays keep their stored dtypes (uint16 ids, float16 shares): `lift` converts one frame at a
-    time, exactly, instead of a whole shard at once (~110 MB for 64 frames)."""
-    if labels_of_shard is None:
+    time, exactly, instead of a whole shard at once (~110 MB for 64 frames). `labels_only`: the
+    consensus labels and the geometry alone (what the ray pre-pass reads: `lift(..., ray_frames=)`)."""
+    if labels_only:
+        masks = None
+
+        def labels_of_shard(i):
+            return [(ws.consensus_shards.labels(i), None)]
+    elif labels_of_shard is None:
         def labels_of_shard(i):
             return [ws.consensus_shards.ranked(i)]
 
@@ -532,7 +539,8 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
             mask_model = cfg.instances.masks if evidence else None
             result = lift(lambda: lift_frames(ws, masks=mask_model), mesh.vertices, triangles,
                           n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
-                          on_visible=evidence.add if evidence else None)
+                          on_visible=evidence.add if evidence else None,
+                          ray_frames=lambda: lift_frames(ws, labels_only=True))
         release_free_memory()  # the vote accumulator's pages, before pooling and writing
         seen = result.labels > 0  # (before pooling, which may fill vertices no frame labelled)
         share = float(seen.mean()) if len(mesh) else 0.0
