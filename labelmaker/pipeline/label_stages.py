@@ -526,21 +526,40 @@ def lift_scene(ws: Workspace, cfg: LiftStageConfig, force: bool = False, progres
         n_classes = len(unified_space().ids)
         triangles = mesh.triangles if len(mesh.triangles) else None
         segments, evidence, extra = None, None, {}
-        if cfg.segments.enabled or cfg.instances.enabled:
+
+        def segmented() -> np.ndarray:
             t0 = time.perf_counter()
-            segments = segment_mesh(mesh.vertices, mesh.normals, mesh.colors, mesh.triangles, cfg.segments)
-            extra.update(segments=int(segments.max()) + 1 if len(segments) else 0,
+            ids = segment_mesh(mesh.vertices, mesh.normals, mesh.colors, mesh.triangles, cfg.segments)
+            extra.update(segments=int(ids.max()) + 1 if len(ids) else 0,
                          segmentation_s=round(time.perf_counter() - t0, 2))
-            _save_npy(ws.output_path("segments"), segments.astype(np.int32))
+            _save_npy(ws.output_path("segments"), ids.astype(np.int32))
+            return ids
+
+        # Segments only pool the votes afterwards: on a mesh of one vertex pass they are made in a
+        # thread beside the frame loop (numpy and the compiled loops release the GIL); 3D instances
+        # need them while voting, and a larger mesh makes them first, so that their memory does not
+        # add to a pass's.
+        beside = ThreadPoolExecutor(max_workers=1) if (
+            cfg.segments.enabled and not cfg.instances.enabled and numpy_on_cpu(cfg.device)
+            and 0 < len(mesh) <= cfg.vertices_per_pass) else None
+        segmenting = beside.submit(segmented) if beside else None
+        if segmenting is None and (cfg.segments.enabled or cfg.instances.enabled):
+            segments = segmented()
         if cfg.instances.enabled:
             pairs = segment_adjacency(segments, mesh.vertices, mesh.triangles, cfg.instances.adjacency_m)
             evidence = MaskEvidence(segments, pairs, cfg.instances)
-        with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
-            mask_model = cfg.instances.masks if evidence else None
-            result = lift(lambda: lift_frames(ws, masks=mask_model), mesh.vertices, triangles,
-                          n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
-                          on_visible=evidence.add if evidence else None,
-                          ray_frames=lambda: lift_frames(ws, labels_only=True))
+        try:
+            with tqdm(total=n_frames, desc=f"lift {ws.scene}", unit="frame", disable=not progress) as bar:
+                mask_model = cfg.instances.masks if evidence else None
+                result = lift(lambda: lift_frames(ws, masks=mask_model), mesh.vertices, triangles,
+                              n_classes, cfg.core(), normals=mesh.normals, progress=bar.update,
+                              on_visible=evidence.add if evidence else None,
+                              ray_frames=lambda: lift_frames(ws, labels_only=True))
+            if segmenting is not None:
+                segments = segmenting.result()
+        finally:
+            if beside is not None:
+                beside.shutdown(cancel_futures=True)
         release_free_memory()  # the vote accumulator's pages, before pooling and writing
         seen = result.labels > 0  # (before pooling, which may fill vertices no frame labelled)
         share = float(seen.mean()) if len(mesh) else 0.0
