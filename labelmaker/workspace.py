@@ -458,7 +458,8 @@ class PredictionShards(ShardSet):
 
     def votes(self, index: int) -> list[np.ndarray]:
         """The labels, and the flipped frames' labels when stored: each votes in the consensus."""
-        return [self.read(index, (key,))[key] for key in ("labels", "labels_flip") if key in self.keys(index)]
+        with h5py.File(self.path(index), "r") as f:
+            return [f[key][()] for key in ("labels", "labels_flip") if key in f]
 
 
 class ConsensusShards(ShardSet):

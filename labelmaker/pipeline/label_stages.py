@@ -321,7 +321,7 @@ def _agreement_stats(labels: np.ndarray, confidence: np.ndarray, disagree_compar
     known = labels > 0
     disagree, compared = disagree_compared
     return {"pixels": float(labels.size), "known_pixels": float(known.sum()),
-            "confidence_sum": float(np.asarray(confidence, dtype=np.float64)[known].sum()),
+            "confidence_sum": float(np.asarray(confidence)[known].astype(np.float64).sum()),
             "disagree_pixels": float(disagree), "compared_pixels": float(compared)}
 
 
