@@ -30,7 +30,7 @@ from .refine import SamRefineConfig
 torch = LazyModule("torch")  # loaded on first use (see lazy.py)
 
 __all__ = ["ConsensusConfig", "Calibration", "vote", "vote_calibrated", "class_counts", "calibrate",
-           "dense_mapping", "disagreement", "tuple_disagreement", "keep_clear_majorities",
+           "dense_mapping", "disagreement", "distinct_tuples", "tuple_disagreement", "keep_clear_majorities",
            "vanishing_classes", "agreement_counts", "reliability_weights"]
 
 # Votes within this fraction of the pixel's total cast weight of the maximum count as tied.
@@ -535,9 +535,13 @@ def disagreement(predictions: Sequence[np.ndarray], mappings: Sequence[Any], n_c
     if len(predictions) < 2:
         return 0, 0
     # Each distinct tuple of ids (a frame has few) is judged once and counted by its pixels.
-    preds, count = _distinct_id_tuples([np.asarray(p).reshape(-1) for p in predictions],
-                                       [len(np.asarray(m.offsets)) - 1 for m in mappings])
-    return tuple_disagreement(preds, count, mappings, n_classes)
+    flat = [np.asarray(p).reshape(-1) for p in predictions]
+    sizes = [len(np.asarray(m.offsets)) - 1 for m in mappings]
+    for p, size in zip(flat, sizes):
+        if p.size and (int(p.min()) < 0 or int(p.max()) >= size):
+            raise IndexError(f"label id outside 0..{size - 1} of its mapping")
+    tuple_ids, inverse, n_unique = distinct_tuples(flat, sizes)
+    return tuple_disagreement(tuple_ids, np.bincount(inverse, minlength=n_unique), mappings, n_classes)
 
 
 def tuple_disagreement(preds: Sequence[np.ndarray], count: np.ndarray, mappings: Sequence[Any],
@@ -560,36 +564,54 @@ def tuple_disagreement(preds: Sequence[np.ndarray], count: np.ndarray, mappings:
     return int(count[contradict].sum()), int(count[compared].sum())
 
 
-def _distinct_id_tuples(preds: list[np.ndarray], sizes: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
-    """The distinct tuples (one id per prediction) over the pixels: per prediction the (U,) int64
-    ids of each tuple, and the (U,) number of pixels holding it."""
-    key, radix = np.zeros(preds[0].size, np.int64), 1
-    used = []
-    for p, size in zip(preds, sizes):
-        if p.size and (int(p.min()) < 0 or int(p.max()) >= size):
-            raise IndexError(f"label id outside 0..{size - 1} of its mapping")
+_INT32 = 1 << 31  # keys and ranks below this are kept in int32
+
+
+def _compact_keys(key: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
+    """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count)."""
+    if radix <= max(_DENSE_UNIQUE_MIN, min(4 * key.size, _DENSE_UNIQUE_MAX)):
+        present = np.zeros(radix, bool)
+        present[key] = True
+        rank = np.cumsum(present, dtype=np.int32)
+        rank -= 1
+        del present
+        return rank[key], int(rank[-1]) + 1
+    uniq, inverse = np.unique(key, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int32 if uniq.size < _INT32 else np.int64, copy=False), int(uniq.size)
+
+
+def distinct_tuples(flat: Sequence[np.ndarray], sizes: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """The distinct tuples (one id per prediction) over the pixels of flat numpy label maps whose ids
+    lie in 0..sizes[i]-1: (per prediction the (U,) int64 ids of each tuple, (P,) each pixel's tuple,
+    U). The numpy vote and `disagreement` judge each tuple once instead of each pixel."""
+    n = flat[0].size
+    if n == 0:
+        return [np.zeros(0, np.int64) for _ in flat], np.zeros(0, np.int64), 0
+    # Each prediction's ids replaced by their rank among the ids it uses (an order-keeping map), so
+    # the packed keys stay small: the distinct tuples and their order are those of the raw ids.
+    # int32 keys while the packed radix allows (half the memory traffic of int64; same integers).
+    dense_ids = []
+    for p, size in zip(flat, sizes):
         present = np.zeros(size, bool)
         present[p] = True
-        ids = np.flatnonzero(present)  # ids used, ascending: a pixel's id is ids[rank]
-        rank = np.cumsum(present, dtype=np.int64) - 1
-        key = key * len(ids) + rank[p]
-        radix *= max(len(ids), 1)
-        used.append(ids)
-        if radix >= 1 << 62:  # too many combinations to pack: fall back to the tuples' raw ids
-            stacked = np.stack([q.astype(np.int64) for q in preds], 1)
-            tuples, count = np.unique(stacked, axis=0, return_counts=True)
-            return [tuples[:, i] for i in range(len(preds))], count
-    if radix <= 4 * key.size + (1 << 16):
-        count = np.bincount(key, minlength=radix)
-        keys = np.flatnonzero(count)
-        count = count[keys]
-    else:
-        keys, count = np.unique(key, return_counts=True)
-    out = []
-    for ids in reversed(used):
-        keys, rank = np.divmod(keys, max(len(ids), 1))
-        out.append(ids[rank])
-    return out[::-1], count
+        rank = np.cumsum(present, dtype=np.int32 if size < _INT32 else np.int64)
+        rank -= 1
+        dense_ids.append((rank[p], int(rank[-1]) + 1))
+    key, radix = dense_ids[0]
+    for p, size in dense_ids[1:]:
+        if radix * size >= _KEY_LIMIT:
+            key, radix = _compact_keys(key, radix)
+        if radix * size >= _INT32 and key.dtype != np.int64:
+            key = key.astype(np.int64)
+        key = key * size
+        key += p
+        radix *= size
+    del dense_ids
+    inverse, n_unique = _compact_keys(key, radix)
+    del key
+    rep = np.empty(n_unique, np.int64)
+    rep[inverse] = np.arange(n)
+    return [p[rep].astype(np.int64) for p in flat], inverse, n_unique
 
 
 def keep_clear_majorities(plain: tuple[torch.Tensor, torch.Tensor], calibrated: tuple[torch.Tensor, torch.Tensor],

@@ -16,8 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .consensus import (_DENSE_UNIQUE_MAX, _DENSE_UNIQUE_MIN, _KEY_LIMIT, _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig,
-                        checked_vote_arguments)
+from .consensus import _VOTE_CHUNK, TIE_TOLERANCE, ConsensusConfig, checked_vote_arguments, distinct_tuples
 
 __all__ = ["vote_numpy", "vote_tuples_numpy", "TupleVote", "dense_mapping_numpy"]
 
@@ -55,22 +54,6 @@ def dense_mapping_numpy(offsets: np.ndarray, targets: np.ndarray, n_classes: int
     dense = np.zeros(n_src * n_classes, np.float32)
     np.add.at(dense, rows * n_classes + cols, vals)
     return dense.reshape(n_src, n_classes)
-
-
-_INT32 = 1 << 31  # keys and ranks below this are kept in int32
-
-
-def _compact_np(key: np.ndarray, radix: int) -> tuple[np.ndarray, int]:
-    """Keys in [0, radix) replaced by their rank among the distinct keys; (ranks, count)."""
-    if radix <= max(_DENSE_UNIQUE_MIN, min(4 * key.size, _DENSE_UNIQUE_MAX)):
-        present = np.zeros(radix, bool)
-        present[key] = True
-        rank = np.cumsum(present, dtype=np.int32)
-        rank -= 1
-        del present
-        return rank[key], int(rank[-1]) + 1
-    uniq, inverse = np.unique(key, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int32 if uniq.size < _INT32 else np.int64, copy=False), int(uniq.size)
 
 
 def vote_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weights: Sequence[float], n_classes: int,
@@ -138,6 +121,7 @@ def vote_tuples_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weigh
             bad = lo if lo < 0 else hi
             raise ValueError(f"prediction {i}: source label id {bad} is outside its label mapping "
                              f"(which covers ids 0..{size - 1})")
+
     def empty(inverse, tuple_ids) -> TupleVote:
         n_unique = len(tuple_ids[0]) if tuple_ids else 0
         return TupleVote(np.zeros((ranks, n_unique), np.int64), np.zeros((ranks, n_unique), np.float32),
@@ -145,32 +129,7 @@ def vote_tuples_numpy(predictions: Sequence[Any], mappings: Sequence[Any], weigh
 
     if flat[0].size == 0:
         return empty(np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in flat])
-    n = flat[0].size
-    # Each prediction's ids replaced by their rank among the ids it uses (an order-keeping map), so
-    # the packed keys stay small: the distinct tuples and their order are those of the raw ids.
-    # int32 keys while the packed radix allows (half the memory traffic of int64; same integers).
-    dense_ids = []
-    for p, size in zip(flat, sizes):
-        present = np.zeros(size, bool)
-        present[p] = True
-        rank = np.cumsum(present, dtype=np.int32 if size < _INT32 else np.int64)
-        rank -= 1
-        dense_ids.append((rank[p], int(rank[-1]) + 1))
-    key, radix = dense_ids[0]
-    for p, size in dense_ids[1:]:
-        if radix * size >= _KEY_LIMIT:
-            key, radix = _compact_np(key, radix)
-        if radix * size >= _INT32 and key.dtype != np.int64:
-            key = key.astype(np.int64)
-        key = key * size
-        key += p
-        radix *= size
-    del dense_ids
-    inverse, n_unique = _compact_np(key, radix)
-    del key
-    rep = np.empty(n_unique, np.int64)
-    rep[inverse] = np.arange(n)
-    tuple_ids = [p[rep].astype(np.int64) for p in flat]
+    tuple_ids, inverse, n_unique = distinct_tuples(flat, sizes)
 
     dense = [dense_mapping_numpy(off, tgt, n_classes, cfg.split, prior) for off, tgt in maps]
     active = np.zeros(n_classes, bool)
