@@ -210,8 +210,7 @@ def read_mesh_or_points(path: Path) -> MeshArrays:
     return _from_open3d(cloud.points, np.zeros((0, 3)), cloud.colors, cloud.normals)
 
 
-_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
-              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+_PLY_SIZES = {name: np.dtype(t).itemsize for name, t in _PLY_DTYPES.items()}
 
 
 def ply_shortfall(path: Path) -> str | None:
